@@ -1,0 +1,196 @@
+"""The public attention API: attend() and the registry of implementations.
+
+`what` a layer computes is the Mask (and, for DSA, the selected indices); `how` it is computed is the impl
+string, looked up in one registry. "auto" picks the fastest correct impl for the default backend and logs
+its choice once; nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attention import reference, xla_flash
+from attention.mask import BlockMap, BlockSizes, Mask, attention_flops, block_map, element_mask
+
+_log = logging.getLogger(__name__)
+
+_FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+
+
+@dataclasses.dataclass(frozen=True)
+class Impl:
+  """One way to compute attention.
+
+  fn(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, interpret, block_sizes) -> out.
+  platforms: backends it runs on natively (None: any); `interpretable`: runs anywhere in interpret mode.
+  """
+
+  fn: Callable
+  platforms: tuple[str, ...] | None = None
+  interpretable: bool = False
+
+
+def _reference(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, interpret, block_sizes):
+  del interpret, block_sizes
+  return reference.attention(q, k, v, mask=mask, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+                             q_offset=q_offset, scale=scale)
+
+
+def _xla(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, interpret, block_sizes):
+  del interpret
+  return xla_flash.flash_attention(q, k, v, mask=mask, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+                                   q_offset=q_offset, scale=scale, block_sizes=block_sizes)
+
+
+def _cudnn(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, interpret, block_sizes):
+  del interpret, block_sizes
+  if segment_ids is not None or kv_segment_ids is not None:
+    raise ValueError("impl='cudnn' does not support segment_ids; use impl='pallas' or 'xla'")
+  if not (isinstance(q_offset, int) and q_offset == 0):
+    raise ValueError(f"impl='cudnn' supports only q_offset=0, got {q_offset!r}; use impl='pallas' or 'xla'")
+  if q.shape[-1] != v.shape[-1]:
+    raise ValueError(f"impl='cudnn' needs equal q and v head dims, got {q.shape[-1]} and {v.shape[-1]}")
+  return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=mask.causal,
+                                      local_window_size=mask.window, implementation="cudnn")
+
+
+REGISTRY: dict[str, Impl] = {
+    "reference": Impl(_reference),
+    "xla": Impl(_xla),
+    "cudnn": Impl(_cudnn, platforms=("gpu",)),
+}
+# impl="auto" per backend, first registered wins; the Pallas modules put themselves in front.
+AUTO: dict[str, list[str]] = {"cpu": ["xla"], "gpu": ["xla"], "tpu": ["xla"]}
+_AUTO_LOGGED: set[tuple[str, str]] = set()
+
+
+def register(name: str, impl: Impl, *, auto_for: tuple[str, ...] = ()):
+  """Add an implementation; `auto_for` lists backends where "auto" should prefer it."""
+  REGISTRY[name] = impl
+  for backend in auto_for:
+    AUTO.setdefault(backend, []).insert(0, name)
+
+
+def resolve_impl(impl: str, interpret: bool | None, *, registry: dict[str, Impl] | None = None,
+                 family: str = "") -> tuple[str, bool]:
+  """Turn (impl, interpret) into a registered name and a concrete interpret flag, or raise ValueError.
+
+  `family` is the prefix of the registry keys ("" for attend, e.g. "dsa_" for sparse attention), so the
+  same rules serve every op. "pallas" becomes "pallas_gpu" or "pallas_tpu" for the backend.
+  """
+  registry = REGISTRY if registry is None else registry
+  backend = jax.default_backend()
+  if not isinstance(impl, str):
+    raise ValueError(f"impl must be a string, got {impl!r}")
+  if interpret is not None and not isinstance(interpret, bool):
+    raise ValueError(f"interpret must be None or a bool, got {interpret!r}")
+  if impl == "auto":
+    choices = [c for c in AUTO.get(backend, ["xla"]) if family + c in registry]
+    if not choices:
+      raise ValueError(f"impl='auto' found no implementation for backend {backend!r}")
+    impl = choices[0]
+    if (family + backend, impl) not in _AUTO_LOGGED:
+      _AUTO_LOGGED.add((family + backend, impl))
+      _log.info("attention%s impl='auto' chose %r on backend %r", f" ({family[:-1]})" if family else "",
+                impl, backend)
+  if impl == "pallas":
+    impl = "pallas_tpu" if backend == "tpu" else "pallas_gpu"  # on the CPU: the GPU kernel, interpreted
+  key = family + impl
+  if key not in registry:
+    names = sorted(n[len(family):] for n in registry if n.startswith(family))
+    raise ValueError(f"impl={impl!r} is not registered; choose one of {names + ['auto', 'pallas']}")
+  entry = registry[key]
+  if interpret is None:
+    interpret = entry.interpretable and backend == "cpu"
+  # A Pallas kernel runs anywhere interpreted, and with interpret=False it is lowered for its own hardware
+  # whatever the backend (cross-lowering from a CPU-only machine).
+  if entry.platforms is not None and backend not in entry.platforms and not entry.interpretable:
+    raise ValueError(f"impl={impl!r} runs on {entry.platforms}, but the default backend is {backend!r}")
+  return key, interpret
+
+
+def _check_rank(name, x, rank=4):
+  if getattr(x, "ndim", None) != rank:
+    raise ValueError(f"{name} must have rank {rank} (BTNH), got shape {getattr(x, 'shape', None)}")
+
+
+def validate(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset):
+  """Raise ValueError naming the argument for anything attend() cannot honour."""
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    _check_rank(name, x)
+    if x.dtype not in _FLOAT_DTYPES:
+      raise ValueError(f"{name} must be float32, bfloat16 or float16, got dtype {x.dtype}")
+  if not (q.dtype == k.dtype == v.dtype):
+    raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+  b, t, n, h = q.shape
+  if k.shape[0] != b or v.shape[0] != b:
+    raise ValueError(f"batch sizes differ: q {q.shape}, k {k.shape}, v {v.shape}")
+  if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+    raise ValueError(f"k and v must agree on [B, S, K]: k {k.shape}, v {v.shape}")
+  if k.shape[3] != h:
+    raise ValueError(f"k head dim {k.shape[3]} must equal q head dim {h} (q {q.shape}, k {k.shape})")
+  if k.shape[2] < 1 or n % k.shape[2]:
+    raise ValueError(f"q heads N={n} must be a multiple of kv heads K={k.shape[2]}")
+  if t < 1 or k.shape[1] < 1:
+    raise ValueError(f"sequence lengths must be >= 1, got q {q.shape}, k {k.shape}")
+  if not isinstance(mask, Mask):
+    raise ValueError(f"mask must be an attention.Mask, got {mask!r}")
+  s = k.shape[1]
+  if segment_ids is not None:
+    if getattr(segment_ids, "shape", None) != (b, t) or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+      raise ValueError(f"segment_ids must be an int array of shape {(b, t)}, got "
+                       f"{getattr(segment_ids, 'shape', segment_ids)}")
+    if kv_segment_ids is None and s != t:
+      raise ValueError(f"kv_segment_ids is required when T={t} != S={s}")
+  if kv_segment_ids is not None:
+    if segment_ids is None:
+      raise ValueError("kv_segment_ids given without segment_ids")
+    if getattr(kv_segment_ids, "shape", None) != (b, s) or not jnp.issubdtype(kv_segment_ids.dtype, jnp.integer):
+      raise ValueError(f"kv_segment_ids must be an int array of shape {(b, s)}, got "
+                       f"{getattr(kv_segment_ids, 'shape', kv_segment_ids)}")
+  if isinstance(q_offset, (bool, float)) or not (
+      isinstance(q_offset, (int, np.integer)) or
+      (hasattr(q_offset, "dtype") and jnp.issubdtype(q_offset.dtype, jnp.integer) and
+       np.ndim(q_offset) <= 1 and np.size(q_offset) in (1, b))):
+    raise ValueError(f"q_offset must be an int or an int array of shape [{b}], got {q_offset!r}")
+  if isinstance(q_offset, (int, np.integer)) and q_offset < 0:
+    raise ValueError(f"q_offset must be >= 0, got {q_offset}")
+
+
+def attend(q, k, v, *, mask: Mask = Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None,
+           impl: str = "auto", interpret: bool | None = None, block_sizes: BlockSizes | None = None):
+  """Exact attention; q [B, T, N, H], k [B, S, K, H], v [B, S, K, Hv] -> [B, T, N, Hv].
+
+  Args:
+    mask: causal and/or sliding window (see attention.Mask).
+    segment_ids: [B, T] int; a query sees a key only with an equal id (kv_segment_ids [B, S] defaults
+      to segment_ids).
+    q_offset: position of the first query (int or int32 [B]); causal and window compare positions.
+    scale: logit scale, default 1/sqrt(H).
+    impl: "reference" | "xla" | "pallas" | "pallas_gpu" | "pallas_tpu" | "cudnn" | "auto".
+    interpret: Pallas interpret mode; None means "exactly when the default backend is the CPU".
+    block_sizes: optional tile sizes overriding the impl's default table.
+  Returns:
+    [B, T, N, Hv] in q's dtype; a query that sees no key gets zeros.
+  """
+  validate(q, k, v, mask=mask, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids, q_offset=q_offset)
+  if scale is not None and not isinstance(scale, (int, float)):
+    raise ValueError(f"scale must be a Python number or None, got {scale!r}")
+  if block_sizes is not None and not isinstance(block_sizes, BlockSizes):
+    raise ValueError(f"block_sizes must be an attention.BlockSizes, got {block_sizes!r}")
+  name, interpret = resolve_impl(impl, interpret)
+  scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+  if isinstance(q_offset, np.integer):
+    q_offset = int(q_offset)
+  return REGISTRY[name].fn(q, k, v, mask=mask, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+                           q_offset=q_offset, scale=scale, interpret=interpret, block_sizes=block_sizes)
+
+
+__all__ = ["Mask", "BlockSizes", "BlockMap", "Impl", "REGISTRY", "attend", "attention_flops", "block_map",
+           "element_mask", "register", "resolve_impl", "validate"]

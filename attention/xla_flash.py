@@ -1,0 +1,238 @@
+"""Blockwise FlashAttention in plain JAX: exact attention in O(L) memory on any backend.
+
+FlashAttention (Dao et al., arXiv 2205.14135; FlashAttention-2, arXiv 2307.08691): for each q block, loop
+over the kv blocks the block map allows, keeping a running max m, normaliser l and output accumulator
+(online softmax), and save the log-sum-exp. The backward pass (custom_vjp) recomputes each probability
+tile from the saved log-sum-exp, so neither pass builds an L x L array.
+
+Each loop runs over exactly the kv (or q) block range of attention.mask.block_map, split into three
+stretches: masked head, fully visible middle (no element-wise mask), masked tail. Blocks outside the range
+are never touched, which is what makes causal and sliding-window attention cheaper than full attention.
+With segment ids a masked tile whose q and kv segment ranges cannot overlap is skipped at run time.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from attention.mask import BlockSizes, Mask, block_map, element_mask, segment_block_overlap
+
+DEFAULT_BLOCK_SIZES = BlockSizes(block_q=512, block_k=512)
+
+
+def _pad_axis(x, axis, size):
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, pad)
+
+
+def _three_stretches(start, full_start, full_end, end, body, carry):
+  """Run body(j, carry, masked) over [start, full_start) masked, the full middle, [full_end, end) masked."""
+  carry = lax.fori_loop(start, full_start, functools.partial(body, masked=True), carry)
+  carry = lax.fori_loop(full_start, full_end, functools.partial(body, masked=False), carry)
+  return lax.fori_loop(full_end, end, functools.partial(body, masked=True), carry)
+
+
+class _Tiles:
+  """Padded head-major operands and the per-tile helpers shared by forward and backward."""
+
+  def __init__(self, mask, q_len, kv_len, bs, q_offset, q_seg, kv_seg, scale):
+    self.mask, self.q_len, self.kv_len, self.bs, self.scale = mask, q_len, kv_len, bs, scale
+    self.q_seg, self.kv_seg = q_seg, kv_seg  # [B, Tp], [B, Sp] or None
+    self.off = jnp.reshape(jnp.asarray(q_offset, jnp.int32), (-1, 1))  # [B|1, 1]
+    self.map = block_map(mask, q_len, kv_len, bs, has_segments=q_seg is not None, q_offset=q_offset)
+
+  def visible(self, i, j):
+    """[B|1, 1, 1, bq, bk] element mask of tile (i, j)."""
+    bq, bk = self.bs.block_q, self.bs.block_k
+    q_pos = self.off + i * bq + jnp.arange(bq, dtype=jnp.int32)[None]  # [B|1, bq]
+    k_pos = j * bk + jnp.arange(bk, dtype=jnp.int32)[None]  # [1, bk]
+    q_seg = k_seg = None
+    if self.q_seg is not None:
+      q_seg = lax.dynamic_slice_in_dim(self.q_seg, i * bq, bq, 1)[:, :, None]
+      k_seg = lax.dynamic_slice_in_dim(self.kv_seg, j * bk, bk, 1)[:, None, :]
+    vis = element_mask(self.mask, q_pos[:, :, None], k_pos[:, None, :], self.kv_len, q_seg, k_seg)
+    return vis[:, None, None]
+
+  def maybe_skip(self, i, j, masked, compute, carry):
+    """Skip a masked tile whose segment ranges are disjoint (documents packed in one row)."""
+    if not masked or self.q_seg is None:
+      return compute(carry)
+    bq, bk = self.bs.block_q, self.bs.block_k
+    overlap = segment_block_overlap(lax.dynamic_slice_in_dim(self.q_seg, i * bq, bq, 1),
+                                    lax.dynamic_slice_in_dim(self.kv_seg, j * bk, bk, 1))
+    return lax.cond(overlap, compute, lambda c: c, carry)
+
+  def scores(self, qi, kj, i, j, masked):
+    """qi [B, K, G, bq, H], kj [B, K, bk, H] -> float32 [B, K, G, bq, bk] scaled, -inf where masked."""
+    s = jnp.einsum("bkgqh,bksh->bkgqs", qi, kj, preferred_element_type=jnp.float32) * self.scale
+    if masked:
+      s = jnp.where(self.visible(i, j), s, -jnp.inf)
+    return s
+
+
+def _forward(tiles: _Tiles, q, k, v):
+  """q [B, K, G, Tp, H], k [B, K, Sp, H], v [B, K, Sp, Hv] -> out [B, K, G, Tp, Hv] f32, lse [B, K, G, Tp]."""
+  bq, bk = tiles.bs.block_q, tiles.bs.block_k
+  bm = tiles.map
+  b, kh, g, _, _ = q.shape
+  hv = v.shape[-1]
+
+  def one_q_block(i):
+    qi = lax.dynamic_slice_in_dim(q, i * bq, bq, 3)  # [B, K, G, bq, H]
+
+    def body(j, carry, masked):
+      def compute(carry):
+        m, l, acc = carry
+        kj = lax.dynamic_slice_in_dim(k, j * bk, bk, 2)  # [B, K, bk, H]
+        vj = lax.dynamic_slice_in_dim(v, j * bk, bk, 2)  # [B, K, bk, Hv]
+        s = tiles.scores(qi, kj, i, j, masked)  # [B, K, G, bq, bk]
+        m_new = jnp.maximum(m, s.max(-1))
+        m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)  # a row with nothing visible yet
+        p = jnp.exp(s - m_safe[..., None])
+        corr = jnp.exp(m - m_safe)
+        pv = jnp.einsum("bkgqs,bksh->bkgqh", p.astype(v.dtype), vj, preferred_element_type=jnp.float32)
+        return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
+
+      return tiles.maybe_skip(i, j, masked, compute, carry)
+
+    init = (jnp.full((b, kh, g, bq), -jnp.inf, jnp.float32), jnp.zeros((b, kh, g, bq), jnp.float32),
+            jnp.zeros((b, kh, g, bq, hv), jnp.float32))
+    ranges = [jnp.asarray(a)[i] for a in (bm.kv_start, bm.full_start, bm.full_end, bm.kv_end)]
+    m, l, acc = _three_stretches(*ranges, body, init)
+    out = acc / jnp.where(l == 0, 1.0, l)[..., None]  # a row that sees no key returns zeros
+    lse = jnp.where(l > 0, m + jnp.log(l), jnp.inf)  # +inf makes exp(s - lse) = 0 in the backward
+    return out, lse
+
+  out, lse = lax.map(one_q_block, jnp.arange(bm.num_q_blocks))  # [nq, B, K, G, bq, (Hv)]
+  out = jnp.moveaxis(out, 0, 3).reshape(b, kh, g, -1, hv)
+  lse = jnp.moveaxis(lse, 0, 3).reshape(b, kh, g, -1)
+  return out, lse
+
+
+def _backward(tiles: _Tiles, q, k, v, lse, delta, do):
+  """dq, dk, dv (f32, head-major) from the saved lse [B, K, G, Tp] and delta = rowsum(dO * O)."""
+  bq, bk = tiles.bs.block_q, tiles.bs.block_k
+  bm = tiles.map
+
+  def one_kv_block(j, dq):
+    kj = lax.dynamic_slice_in_dim(k, j * bk, bk, 2)  # [B, K, bk, H]
+    vj = lax.dynamic_slice_in_dim(v, j * bk, bk, 2)  # [B, K, bk, Hv]
+
+    def body(i, carry, masked):
+      def compute(carry):
+        dq, dk, dv = carry
+        qi = lax.dynamic_slice_in_dim(q, i * bq, bq, 3)  # [B, K, G, bq, H]
+        doi = lax.dynamic_slice_in_dim(do, i * bq, bq, 3)  # [B, K, G, bq, Hv]
+        lse_i = lax.dynamic_slice_in_dim(lse, i * bq, bq, 3)  # [B, K, G, bq]
+        delta_i = lax.dynamic_slice_in_dim(delta, i * bq, bq, 3)
+        s = tiles.scores(qi, kj, i, j, masked)  # [B, K, G, bq, bk]
+        p = jnp.exp(s - lse_i[..., None])
+        # Summing over g (the query heads of one kv head) gives GQA its dK/dV without repeating K, V.
+        dv = dv + jnp.einsum("bkgqs,bkgqh->bksh", p.astype(do.dtype), doi, preferred_element_type=jnp.float32)
+        dp = jnp.einsum("bkgqh,bksh->bkgqs", doi, vj, preferred_element_type=jnp.float32)
+        ds = p * (dp - delta_i[..., None]) * tiles.scale
+        dk = dk + jnp.einsum("bkgqs,bkgqh->bksh", ds.astype(q.dtype), qi, preferred_element_type=jnp.float32)
+        dqi = lax.dynamic_slice_in_dim(dq, i * bq, bq, 3) + jnp.einsum(
+            "bkgqs,bksh->bkgqh", ds.astype(k.dtype), kj, preferred_element_type=jnp.float32)
+        return lax.dynamic_update_slice_in_dim(dq, dqi, i * bq, 3), dk, dv
+
+      return tiles.maybe_skip(i, j, masked, compute, carry)
+
+    init = (dq, jnp.zeros(kj.shape, jnp.float32), jnp.zeros(vj.shape, jnp.float32))
+    ranges = [jnp.asarray(a)[j] for a in (bm.q_start, bm.q_full_start, bm.q_full_end, bm.q_end)]
+    return _three_stretches(*ranges, body, init)
+
+  def scan_body(dq, j):
+    dq, dk, dv = one_kv_block(j, dq)
+    return dq, (dk, dv)
+
+  dq, (dk, dv) = lax.scan(scan_body, jnp.zeros(q.shape, jnp.float32), jnp.arange(bm.num_kv_blocks))
+  b, kh, _, h = k.shape
+  dk = jnp.moveaxis(dk, 0, 2).reshape(b, kh, -1, h)  # [nk, B, K, bk, H] -> [B, K, Sp, H]
+  dv = jnp.moveaxis(dv, 0, 2).reshape(b, kh, -1, v.shape[-1])
+  return dq, dk, dv
+
+
+def _to_head_major(q, k, v, bs):
+  """BTNH -> padded [B, K, G, Tp, H], [B, K, Sp, H], [B, K, Sp, Hv]."""
+  b, t, n, h = q.shape
+  kh = k.shape[2]
+  tp, sp = -(-t // bs.block_q) * bs.block_q, -(-k.shape[1] // bs.block_k) * bs.block_k
+  qh = _pad_axis(q, 1, tp).reshape(b, tp, kh, n // kh, h).transpose(0, 2, 3, 1, 4)
+  kh_ = _pad_axis(k, 1, sp).transpose(0, 2, 1, 3)
+  vh = _pad_axis(v, 1, sp).transpose(0, 2, 1, 3)
+  return qh, kh_, vh
+
+
+def _from_head_major(x, t):
+  """[B, K, G, Tp, D] -> [B, T, K*G, D]."""
+  b, kh, g, _, d = x.shape
+  return x.transpose(0, 3, 1, 2, 4)[:, :t].reshape(b, t, kh * g, d)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _flash(mask, scale, bs, q, k, v, q_offset, q_seg, kv_seg):
+  return _flash_fwd(mask, scale, bs, q, k, v, q_offset, q_seg, kv_seg)[0]
+
+
+def _flash_fwd(mask, scale, bs, q, k, v, q_offset, q_seg, kv_seg):
+  t = q.shape[1]
+  qh, kh, vh = _to_head_major(q, k, v, bs)
+  tiles = _Tiles(mask, t, k.shape[1], bs, q_offset, q_seg, kv_seg, scale)
+  out, lse = _forward(tiles, qh, kh, vh)
+  res = (q, k, v, q_offset, q_seg, kv_seg, out, lse)
+  b, n = q.shape[0], q.shape[2]
+  return (_from_head_major(out, t).astype(q.dtype), lse[:, :, :, :t].reshape(b, n, t)), res
+
+
+def _flash_bwd(mask, scale, bs, res, cotangents):
+  q, k, v, q_offset, q_seg, kv_seg, out, lse = res
+  do, _ = cotangents  # the lse output is for merging partial results (ring attention), not differentiated
+  t, s = q.shape[1], k.shape[1]
+  qh, kh, vh = _to_head_major(q, k, v, bs)
+  doh = _to_head_major(do, k, v, bs)[0]
+  delta = jnp.sum(doh.astype(jnp.float32) * out, axis=-1)  # [B, K, G, Tp]: rowsum(dO * O)
+  tiles = _Tiles(mask, t, s, bs, q_offset, q_seg, kv_seg, scale)
+  dq, dk, dv = _backward(tiles, qh, kh, vh, lse, delta, doh.astype(q.dtype))
+  dq = _from_head_major(dq, t).astype(q.dtype)
+  dk = dk.transpose(0, 2, 1, 3)[:, :s].astype(k.dtype)
+  dv = dv.transpose(0, 2, 1, 3)[:, :s].astype(v.dtype)
+  return dq, dk, dv, None, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _pad_segments(seg, size):
+  return None if seg is None else _pad_axis(jnp.asarray(seg, jnp.int32), 1, size)
+
+
+def flash_attention_with_lse(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0,
+                             scale=None, block_sizes: BlockSizes | None = None):
+  """Blockwise attention returning (out [B, T, N, Hv], lse [B, N, T] float32; +inf for rows seeing nothing).
+
+  Inputs are not validated here; attention.attend() does that. Differentiable in q, k, v (the lse output
+  carries no gradient).
+  """
+  t, s = q.shape[1], k.shape[1]
+  bs = block_sizes or DEFAULT_BLOCK_SIZES
+  # Tiles never larger than the (8-rounded) sequence: decoding with T=1 must not pad to 512 rows.
+  bs = BlockSizes(min(bs.block_q, -(-t // 8) * 8), min(bs.block_k, -(-s // 8) * 8))
+  scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+  if segment_ids is not None and kv_segment_ids is None:
+    kv_segment_ids = segment_ids
+  tp, sp = -(-t // bs.block_q) * bs.block_q, -(-s // bs.block_k) * bs.block_k
+  if not isinstance(q_offset, int):
+    q_offset = jnp.asarray(q_offset, jnp.int32)
+  return _flash(mask, scale, bs, q, k, v, q_offset, _pad_segments(segment_ids, tp),
+                _pad_segments(kv_segment_ids, sp))
+
+
+def flash_attention(q, k, v, **kwargs):
+  """Blockwise attention, same arguments as flash_attention_with_lse; returns out [B, T, N, Hv]."""
+  return flash_attention_with_lse(q, k, v, **kwargs)[0]

@@ -1,0 +1,31 @@
+"""Long-context attention in JAX/Pallas: FlashAttention kernels, sparse and DSA attention, RoPE scaling."""
+
+from setuptools import setup
+
+setup(
+    name="longctx",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.11",
+    packages=["attention", "models", "data", "eval", "configs", "benchmarks"],
+    py_modules=["train"],
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "einops>=0.8",
+        "absl-py>=2.0",
+        "ml_collections>=1.0",
+        "grain>=0.2.18",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.8",
+        "numpy>=2.0",
+    ],
+    extras_require={
+        # torch (CPU) and transformers serve only the Hugging Face conformance tests.
+        "test": ["pytest>=8", "safetensors>=0.4", "torch>=2.9", "transformers>=4.50"],
+        "gpu": ["jax[cuda13]>=0.10"],
+        "tpu": ["jax[tpu]>=0.10"],
+    },
+)
