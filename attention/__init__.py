@@ -67,7 +67,7 @@ REGISTRY: dict[str, Impl] = {
 }
 # impl="auto" per backend, first registered wins; the Pallas modules put themselves in front.
 AUTO: dict[str, list[str]] = {"cpu": ["xla"], "gpu": ["xla"], "tpu": ["xla"]}
-_AUTO_LOGGED: set[tuple[str, str]] = set()
+_AUTO_LOGGED: set[tuple[str, str, str]] = set()
 
 
 def register(name: str, impl: Impl, *, auto_for: tuple[str, ...] = ()):
@@ -78,11 +78,11 @@ def register(name: str, impl: Impl, *, auto_for: tuple[str, ...] = ()):
 
 
 def resolve_impl(impl: str, interpret: bool | None, *, registry: dict[str, Impl] | None = None,
-                 family: str = "") -> tuple[str, bool]:
+                 op: str = "attend") -> tuple[str, bool]:
   """Turn (impl, interpret) into a registered name and a concrete interpret flag, or raise ValueError.
 
-  `family` is the prefix of the registry keys ("" for attend, e.g. "dsa_" for sparse attention), so the
-  same rules serve every op. "pallas" becomes "pallas_gpu" or "pallas_tpu" for the backend.
+  Shared by every op with its own registry (attend, sparse_attend, topk_indices), so the impl names and
+  the interpret rule are the same everywhere. "pallas" becomes "pallas_tpu" on TPU, else "pallas_gpu".
   """
   registry = REGISTRY if registry is None else registry
   backend = jax.default_backend()
@@ -91,28 +91,26 @@ def resolve_impl(impl: str, interpret: bool | None, *, registry: dict[str, Impl]
   if interpret is not None and not isinstance(interpret, bool):
     raise ValueError(f"interpret must be None or a bool, got {interpret!r}")
   if impl == "auto":
-    choices = [c for c in AUTO.get(backend, ["xla"]) if family + c in registry]
+    choices = [c for c in AUTO.get(backend, ["xla"]) if c in registry]
     if not choices:
-      raise ValueError(f"impl='auto' found no implementation for backend {backend!r}")
+      raise ValueError(f"{op}: impl='auto' found no implementation for backend {backend!r}")
     impl = choices[0]
-    if (family + backend, impl) not in _AUTO_LOGGED:
-      _AUTO_LOGGED.add((family + backend, impl))
-      _log.info("attention%s impl='auto' chose %r on backend %r", f" ({family[:-1]})" if family else "",
-                impl, backend)
+    if (op, backend, impl) not in _AUTO_LOGGED:
+      _AUTO_LOGGED.add((op, backend, impl))
+      _log.info("%s: impl='auto' chose %r on backend %r", op, impl, backend)
   if impl == "pallas":
     impl = "pallas_tpu" if backend == "tpu" else "pallas_gpu"  # on the CPU: the GPU kernel, interpreted
-  key = family + impl
-  if key not in registry:
-    names = sorted(n[len(family):] for n in registry if n.startswith(family))
-    raise ValueError(f"impl={impl!r} is not registered; choose one of {names + ['auto', 'pallas']}")
-  entry = registry[key]
+  if impl not in registry:
+    raise ValueError(f"{op}: impl={impl!r} is not registered; choose one of "
+                     f"{sorted(registry) + ['auto', 'pallas']}")
+  entry = registry[impl]
   if interpret is None:
     interpret = entry.interpretable and backend == "cpu"
   # A Pallas kernel runs anywhere interpreted, and with interpret=False it is lowered for its own hardware
   # whatever the backend (cross-lowering from a CPU-only machine).
   if entry.platforms is not None and backend not in entry.platforms and not entry.interpretable:
-    raise ValueError(f"impl={impl!r} runs on {entry.platforms}, but the default backend is {backend!r}")
-  return key, interpret
+    raise ValueError(f"{op}: impl={impl!r} runs on {entry.platforms}, but the default backend is {backend!r}")
+  return impl, interpret
 
 
 def _check_rank(name, x, rank=4):
