@@ -1,0 +1,89 @@
+"""Passkey retrieval: a random 5-digit key hidden at a chosen depth in filler text, asked for at the end.
+
+The task of Mohtashami & Jaggi (2023, "Landmark Attention: Random-Access Infinite Context Length for
+Transformers", Sec. 4.2), with their prompt and filler, as used to test context extension in Position
+Interpolation (Chen et al., 2023) and YaRN (Peng et al., 2023). Filler is perfectly predictable, so a model
+can only answer by attending back to the key: the depth at which it still answers shows how far its
+attention really reaches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+INTRO = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
+         "I will quiz you about the important information there.\n")
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
+QUESTION = "\nWhat is the pass key? The pass key is"
+
+
+@dataclasses.dataclass(frozen=True)
+class PasskeyExample:
+  """One prompt + answer of exactly `len(tokens)` tokens.
+
+  tokens: int32 [L]: BOS, intro, filler with the needle inside, question, " " + key, EOS.
+  key: the 5 digits.
+  needle_start, needle_len: the needle's first token and its length; the key's digits sit inside it.
+  haystack_start, haystack_len: where the filler (needle included) begins and how many tokens it spans.
+  depth: the depth actually realised, (needle_start - haystack_start) / filler tokens, within one filler
+    sentence of the requested depth.
+  answer_start, answer_len: the answer tokens (" " + key) that a model must produce after the question.
+  """
+
+  tokens: np.ndarray
+  key: str
+  needle_start: int
+  needle_len: int
+  haystack_start: int
+  haystack_len: int
+  answer_start: int
+  answer_len: int
+
+  @property
+  def depth(self) -> float:
+    return (self.needle_start - self.haystack_start) / max(self.haystack_len - self.needle_len, 1)
+
+
+def passkey_example(tokenizer, length: int, depth: float, seed: int) -> PasskeyExample:
+  """A passkey prompt of exactly `length` tokens with the needle at `depth` (0 = start, 1 = end).
+
+  Deterministic in `seed` (which picks the key). The needle is placed at a filler sentence boundary, so the
+  realised depth is within one sentence of `depth`.
+  """
+  if not 0.0 <= depth <= 1.0:
+    raise ValueError(f"depth must be in [0, 1], got {depth}")
+  key = str(np.random.default_rng(seed).integers(10_000, 100_000))
+  enc = tokenizer.encode
+  intro = enc(INTRO, bos=True)
+  needle = enc(NEEDLE.format(key=key))
+  question = enc(QUESTION)
+  answer = enc(" " + key)
+  end = np.array([tokenizer.eos_id], np.int32)
+  filler_len = length - (intro.size + needle.size + question.size + answer.size + end.size)
+  if filler_len < 0:
+    raise ValueError(f"length={length} is too short for a passkey prompt; need at least "
+                     f"{length - filler_len} tokens")
+  sentences = [enc(s + ".") for s in FILLER.rstrip(". ").split(". ")]
+  sentences = [np.concatenate([s, enc(" ")]) for s in sentences]
+  cycle = np.concatenate(sentences)
+  filler = np.resize(cycle, filler_len).astype(np.int32)  # [filler_len]: the cycle tiled and cut
+  # Sentence boundaries inside the filler; the needle goes at the one nearest the requested depth.
+  bounds = np.cumsum([0] + [s.size for s in sentences] * (filler_len // cycle.size + 1))
+  bounds = bounds[bounds <= filler_len]
+  cut = int(bounds[np.argmin(np.abs(bounds - depth * filler_len))])
+  haystack = np.concatenate([filler[:cut], needle, filler[cut:]])
+  tokens = np.concatenate([intro, haystack, question, answer, end]).astype(np.int32)
+  answer_start = intro.size + haystack.size + question.size
+  return PasskeyExample(tokens=tokens, key=key, needle_start=intro.size + cut, needle_len=needle.size,
+                        haystack_start=intro.size,
+                        haystack_len=haystack.size, answer_start=answer_start, answer_len=answer.size)
+
+
+def passkey_row(tokenizer, seq_len: int, depth: float, seed: int) -> dict[str, np.ndarray]:
+  """A passkey example laid out as one packed training row (one segment, positions 0..T-1)."""
+  ex = passkey_example(tokenizer, seq_len, depth, seed)
+  return {"tokens": ex.tokens, "segment_ids": np.ones(seq_len, np.int32),
+          "positions": np.arange(seq_len, dtype=np.int32)}

@@ -1,0 +1,110 @@
+"""The input pipeline: corpus -> tokens -> packed rows -> shuffled, passkey-mixed, batched grain datasets.
+
+Built on grain's MapDataset (random access), so every batch is a pure function of (seed, batch index): the
+iterator state saved in a checkpoint is just the next index, and a restored run sees exactly the batches it
+would have seen without the interruption. Shuffling reseeds every epoch (grain's `repeat`), and the passkey
+mix is decided per row index, so it too survives a resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import grain
+import numpy as np
+
+from data import corpus as corpus_lib
+from data import packing, passkey
+
+ROW_KEYS = ("tokens", "segment_ids", "positions")
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedSplits:
+  """Packed rows of the train and validation documents: dicts of int32 [R, T] arrays."""
+
+  train: dict[str, np.ndarray]
+  val: dict[str, np.ndarray]
+  num_train_documents: int
+  num_val_documents: int
+
+
+def load_splits(sources, tokenizer, *, seq_len: int, val_fraction: float, seed: int,
+                max_documents: int = 0) -> PackedSplits:
+  """Read, split (by document name), tokenize (BOS + text + EOS) and pack both splits.
+
+  Training documents are laid out in a seed-dependent order before packing, so which documents share a row
+  depends on the seed too; validation documents keep their sorted order, so validation never changes.
+  `max_documents` > 0 keeps a seed-independent subset (the first by name hash) for small runs.
+  """
+  docs = corpus_lib.load_documents(sources)
+  if max_documents:
+    docs = sorted(docs, key=lambda d: corpus_lib.name_hash("subset:" + d.name))[:max_documents]
+    docs.sort(key=lambda d: d.name)
+  train_docs, val_docs = corpus_lib.split_documents(docs, val_fraction)
+  order = np.random.default_rng(seed).permutation(len(train_docs))
+  encode = lambda d: tokenizer.encode(d.text, bos=True, eos=True)
+  train = packing.pack([encode(train_docs[i]) for i in order], seq_len, pad_id=tokenizer.pad_id)
+  val = packing.pack([encode(d) for d in val_docs], seq_len, pad_id=tokenizer.pad_id)
+  return PackedSplits(train, val, len(train_docs), len(val_docs))
+
+
+class _Rows:
+  """Row i of a dict of [R, T] arrays, as a random-access grain source."""
+
+  def __init__(self, rows: dict[str, np.ndarray]):
+    self._rows = rows
+    self._len = len(rows["tokens"])
+
+  def __len__(self) -> int:
+    return self._len
+
+  def __getitem__(self, i):
+    return {k: self._rows[k][i] for k in ROW_KEYS}
+
+
+def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, seed: int,
+                  passkey_rate: float = 0.0, shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+  """An infinite MapDataset of batches {tokens, segment_ids, positions}: int32 [batch_size, T].
+
+  Rows are shuffled per epoch; with probability `passkey_rate` (decided per row index, deterministically)
+  a row is replaced by a passkey example at a uniformly random depth. `shard_index`/`shard_count` give
+  this host its share of every global batch (batch_size is the per-host batch).
+  """
+  if not 0.0 <= passkey_rate <= 1.0:
+    raise ValueError(f"passkey_rate must be in [0, 1], got {passkey_rate}")
+  seq_len = rows["tokens"].shape[1]
+
+  def mix(index, row):
+    rng = np.random.default_rng([seed, index, 0x9A55])
+    if passkey_rate and rng.random() < passkey_rate:
+      return passkey.passkey_row(tokenizer, seq_len, depth=float(rng.random()),
+                                 seed=int(rng.integers(2**31)))
+    return row
+
+  ds = grain.MapDataset.source(_Rows(rows)).shuffle(seed % 2**32).repeat().map_with_index(mix)
+  if shard_count > 1:
+    ds = ds[shard_index::shard_count]
+  return ds.batch(batch_size, drop_remainder=True)
+
+
+def train_iterator(ds: grain.MapDataset, *, num_threads: int = 2, prefetch: int = 4):
+  """A checkpointable iterator over `ds` (get_state() / set_state())."""
+  return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
+
+
+def val_batches(rows: dict[str, np.ndarray], *, batch_size: int, num_batches: int) -> list[dict[str, np.ndarray]]:
+  """The first `num_batches` batches of validation rows in a fixed order (fewer if the split is small).
+
+  The last batch is completed with all-padding rows (segment id 0), which carry no loss.
+  """
+  n = len(rows["tokens"])
+  num_batches = max(1, min(num_batches, -(-n // batch_size)))
+  out = []
+  for b in range(num_batches):
+    batch = {k: rows[k][b * batch_size:(b + 1) * batch_size] for k in ROW_KEYS}
+    short = batch_size - len(batch["tokens"])
+    if short:
+      batch = {k: np.concatenate([v, np.zeros((short, v.shape[1]), np.int32)]) for k, v in batch.items()}
+    out.append(batch)
+  return out
