@@ -191,4 +191,7 @@ def attend(q, k, v, *, mask: Mask = Mask(), segment_ids=None, kv_segment_ids=Non
 
 
 __all__ = ["Mask", "BlockSizes", "BlockMap", "Impl", "REGISTRY", "attend", "attention_flops", "block_map",
-           "element_mask", "register", "resolve_impl", "validate"]
+           "element_mask", "register", "resolve_impl", "validate",
+           "indexer_kl_loss", "sparse_attend", "topk_indices"]
+
+from attention.dsa import indexer_kl_loss, sparse_attend, topk_indices  # noqa: E402,F401

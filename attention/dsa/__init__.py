@@ -1,0 +1,163 @@
+"""DeepSeek Sparse Attention (DSA): lightning indexer, top-k selection and attention over the selected keys.
+
+DeepSeek-AI 2025, "DeepSeek-V3.2-Exp: Boosting Long-Context Efficiency with DeepSeek Sparse Attention".
+A lightning indexer scores every key cheaply (few heads, ReLU, low precision), topk_indices keeps the best
+top_k (2048 in V3.2) per query, and sparse_attend runs exact softmax attention over those keys only:
+O(L*k) instead of O(L^2) for the attention, with no L x L array in either step.
+
+Each op has its own registry of attention.Impl, resolved by attention.resolve_impl with the same impl
+names and interpret rule as attend(). The Pallas kernels register themselves on import.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from attention import Impl, _check_rank, resolve_impl
+from attention.dsa.indexer import SCORE_DTYPES, indexer_rope, indexer_scores, quantize_rows
+from attention.dsa.losses import indexer_kl_loss
+from attention.dsa.sparse_reference import selection_mask, sparse_reference
+from attention.dsa.sparse_xla import sparse_xla
+from attention.dsa.topk import topk_reference, topk_xla
+from attention.mask import Mask
+
+_FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+
+# fn(q, k, v, indices, *, scale, interpret) -> [B, T, N, Hv]
+SPARSE_REGISTRY: dict[str, Impl] = {
+    "reference": Impl(sparse_reference),
+    "xla": Impl(sparse_xla),
+}
+# fn(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype, chunk_size)
+TOPK_REGISTRY: dict[str, Impl] = {
+    "reference": Impl(topk_reference),
+    "xla": Impl(topk_xla),
+}
+
+
+def _check_float(name, x):
+  if x.dtype not in _FLOAT_DTYPES:
+    raise ValueError(f"{name} must be float32, bfloat16 or float16, got dtype {x.dtype}")
+
+
+def _check_q_offset(q_offset, b):
+  if isinstance(q_offset, (bool, float)) or not (
+      isinstance(q_offset, (int, np.integer)) or
+      (hasattr(q_offset, "dtype") and jnp.issubdtype(q_offset.dtype, jnp.integer) and
+       np.ndim(q_offset) <= 1 and np.size(q_offset) in (1, b))):
+    raise ValueError(f"q_offset must be an int or an int array of shape [{b}], got {q_offset!r}")
+  if isinstance(q_offset, (int, np.integer)) and q_offset < 0:
+    raise ValueError(f"q_offset must be >= 0, got {q_offset}")
+  return int(q_offset) if isinstance(q_offset, np.integer) else q_offset
+
+
+def _check_segments(segment_ids, kv_segment_ids, b, t, s):
+  """Validate [B, T] / [B, S] int segment ids; kv_segment_ids defaults to segment_ids (needs T == S)."""
+  if segment_ids is None:
+    if kv_segment_ids is not None:
+      raise ValueError("kv_segment_ids given without segment_ids")
+    return None, None
+  if getattr(segment_ids, "shape", None) != (b, t) or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+    raise ValueError(f"segment_ids must be an int array of shape {(b, t)}, got "
+                     f"{getattr(segment_ids, 'shape', segment_ids)}")
+  if kv_segment_ids is None:
+    if s != t:
+      raise ValueError(f"kv_segment_ids is required when T={t} != S={s}")
+    kv_segment_ids = segment_ids
+  if getattr(kv_segment_ids, "shape", None) != (b, s) or not jnp.issubdtype(kv_segment_ids.dtype, jnp.integer):
+    raise ValueError(f"kv_segment_ids must be an int array of shape {(b, s)}, got "
+                     f"{getattr(kv_segment_ids, 'shape', kv_segment_ids)}")
+  return jnp.asarray(segment_ids, jnp.int32), jnp.asarray(kv_segment_ids, jnp.int32)
+
+
+def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True), segment_ids=None,
+                 kv_segment_ids=None, q_offset=0, impl: str = "auto", score_dtype=jnp.bfloat16,
+                 chunk_size: int | None = None):
+  """Lightning-indexer top-k: the keys each query will attend to.
+
+  score[t, s] = sum_j w[t, j] * relu(q_idx[t, j] . k_idx[s]), over the keys the mask lets query t see.
+
+  Args:
+    q_idx: [B, T, Hi, Di] indexer queries; k_idx: [B, S, Di] indexer keys; w: [B, T, Hi] head weights.
+    top_k: keys kept per query (>= 1; may exceed S, the extra slots hold -1).
+    mask: causal and/or window, positions as in attend(): key j at j, query i at q_offset + i.
+    segment_ids: [B, T] int; kv_segment_ids: [B, S] int (defaults to segment_ids).
+    q_offset: position of the first query (int or int32 [B]); the cache length when decoding.
+    impl: "reference" (dense scores, tests) | "xla" (query-chunked) | "auto".
+    score_dtype: precision of the q.k products: jnp.bfloat16 (default), jnp.float32, or
+      jnp.float8_e4m3fn (per-row scales; for backends with FP8 matmuls).
+    chunk_size: queries per chunk (default: a ~16 MiB working set).
+  Returns:
+    int32 [B, T, top_k], best first, ties towards the lower index, -1 past the number of visible keys.
+  """
+  for name, x in (("q_idx", q_idx), ("k_idx", k_idx), ("w", w)):
+    _check_rank(name, x, {"q_idx": 4, "k_idx": 3, "w": 3}[name])
+  b, t, hi, di = q_idx.shape
+  if k_idx.shape[0] != b or k_idx.shape[2] != di:
+    raise ValueError(f"k_idx must have shape [B={b}, S, Di={di}], got {k_idx.shape}")
+  if w.shape != (b, t, hi):
+    raise ValueError(f"w must have shape {(b, t, hi)}, got {w.shape}")
+  for name, x in (("q_idx", q_idx), ("k_idx", k_idx), ("w", w)):
+    _check_float(name, x)
+  if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+    raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+  if not isinstance(mask, Mask):
+    raise ValueError(f"mask must be an attention.Mask, got {mask!r}")
+  if score_dtype not in SCORE_DTYPES:
+    raise ValueError(f"score_dtype must be one of {[jnp.dtype(d).name for d in SCORE_DTYPES]}, got {score_dtype!r}")
+  if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+  if t < 1 or k_idx.shape[1] < 1:
+    raise ValueError(f"sequence lengths must be >= 1, got q_idx {q_idx.shape}, k_idx {k_idx.shape}")
+  q_offset = _check_q_offset(q_offset, b)
+  segment_ids, kv_segment_ids = _check_segments(segment_ids, kv_segment_ids, b, t, k_idx.shape[1])
+  name, _ = resolve_impl(impl, None, registry=TOPK_REGISTRY, op="topk_indices")
+  return TOPK_REGISTRY[name].fn(q_idx, k_idx, w, top_k=int(top_k), mask=mask, segment_ids=segment_ids,
+                                kv_segment_ids=kv_segment_ids, q_offset=q_offset, score_dtype=score_dtype,
+                                chunk_size=chunk_size)
+
+
+def sparse_attend(q, k, v, indices, *, scale=None, impl: str = "auto", interpret: bool | None = None):
+  """Attention of each query over exactly the keys in indices[b, t], shared by all heads.
+
+  Args:
+    q: [B, T, N, H]; k: [B, S, K, H]; v: [B, S, K, Hv], N % K == 0 (GQA: a group's heads share the keys).
+    indices: int32 [B, T, k] key positions in [0, S), -1 for an empty slot; distinct within a row (as
+      topk_indices returns them).
+    scale: logit scale, default 1/sqrt(H).
+    impl: "reference" | "xla" | "pallas" | "pallas_gpu" | "pallas_tpu" | "auto", as in attend().
+    interpret: Pallas interpret mode; None means "exactly when the default backend is the CPU".
+  Returns:
+    [B, T, N, Hv] in q's dtype; a query with no valid index gets zeros. Differentiable in q, k, v.
+  """
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    _check_rank(name, x)
+    _check_float(name, x)
+  if not (q.dtype == k.dtype == v.dtype):
+    raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+  b, t, n, h = q.shape
+  if k.shape[0] != b or v.shape[0] != b:
+    raise ValueError(f"batch sizes differ: q {q.shape}, k {k.shape}, v {v.shape}")
+  if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+    raise ValueError(f"k and v must agree on [B, S, K]: k {k.shape}, v {v.shape}")
+  if k.shape[3] != h:
+    raise ValueError(f"k head dim {k.shape[3]} must equal q head dim {h} (q {q.shape}, k {k.shape})")
+  if k.shape[2] < 1 or n % k.shape[2]:
+    raise ValueError(f"q heads N={n} must be a multiple of kv heads K={k.shape[2]}")
+  if t < 1 or k.shape[1] < 1:
+    raise ValueError(f"sequence lengths must be >= 1, got q {q.shape}, k {k.shape}")
+  _check_rank("indices", indices, 3)
+  if indices.dtype != jnp.int32:
+    raise ValueError(f"indices must be int32, got dtype {indices.dtype}")
+  if indices.shape[:2] != (b, t) or indices.shape[2] < 1:
+    raise ValueError(f"indices must have shape [B={b}, T={t}, top_k>=1], got {indices.shape}")
+  if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+    raise ValueError(f"scale must be a Python number or None, got {scale!r}")
+  name, interpret = resolve_impl(impl, interpret, registry=SPARSE_REGISTRY, op="sparse_attend")
+  scale = h ** -0.5 if scale is None else float(scale)
+  return SPARSE_REGISTRY[name].fn(q, k, v, indices, scale=scale, interpret=interpret)
+
+
+__all__ = ["SPARSE_REGISTRY", "TOPK_REGISTRY", "indexer_kl_loss", "indexer_rope", "indexer_scores",
+           "quantize_rows", "selection_mask", "sparse_attend", "topk_indices"]

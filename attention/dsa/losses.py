@@ -1,0 +1,132 @@
+"""Indexer training loss of DeepSeek Sparse Attention (DeepSeek-V3.2-Exp report, sec. 2.1, "continued
+pre-training": dense warm-up stage and sparse training stage).
+
+Target: p_t, the main attention distribution of query t summed over all heads and L1-normalised, under
+stop_gradient. Indexer distribution: softmax(score_t) over the keys query t may see. Loss: KL(p_t ||
+softmax(score_t)), averaged over the queries that see at least one key.
+
+- Dense warm-up (indices=None): over all visible keys, computed blockwise over query chunks, so the largest
+  array is one chunk's [B, C, N, S] logits (never [T, S]); each chunk is rematerialised in the backward
+  pass, so the saved residuals stay O(T) too.
+- Sparse phase (indices given): both distributions restricted to the selected keys and renormalised.
+
+Gradients reach only q_idx, k_idx and w: the target is stop_gradient'ed. Detaching the indexer's *input*
+(so the KL trains only the indexer and the LM loss only the model) is the caller's job.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from attention.dsa.indexer import indexer_scores
+from attention.dsa.topk import visibility
+from attention.mask import Mask, element_mask
+
+_CHUNK_BUDGET = 1 << 22
+
+
+def _chunks(x, c, nc):
+  """[B, T, ...] -> [nc, B, C, ...] (zero-padded)."""
+  if x is None:
+    return None
+  pad = [(0, 0)] * x.ndim
+  pad[1] = (0, nc * c - x.shape[1])
+  x = jnp.pad(x, pad)
+  return jnp.moveaxis(x.reshape(x.shape[0], nc, c, *x.shape[2:]), 1, 0)
+
+
+def _masked_softmax(s, visible):
+  """Softmax over the last axis restricted to `visible`; rows with nothing visible give zeros."""
+  s = jnp.where(visible, s, -jnp.inf)
+  m = s.max(-1, keepdims=True)
+  e = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
+  z = e.sum(-1, keepdims=True)
+  return e / jnp.where(z == 0, 1.0, z)
+
+
+def _masked_log_softmax(s, visible):
+  s = jnp.where(visible, s, -jnp.inf)
+  m = lax.stop_gradient(s.max(-1, keepdims=True))
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  lse = m + jnp.log(jnp.sum(jnp.exp(s - m), -1, keepdims=True))
+  return s - lse
+
+
+def _kl(p, score, visible):
+  """Sum over rows of KL(p || softmax(score)) restricted to `visible` ([B, C, X] each), and the row count."""
+  logq = _masked_log_softmax(score, visible)
+  logp = jnp.log(jnp.where(p > 0, p, 1.0))
+  kl_rows = jnp.sum(jnp.where(p > 0, p * (logp - jnp.where(visible, logq, 0.0)), 0.0), -1)  # [B, C]
+  has_key = jnp.any(visible, -1)
+  return jnp.sum(jnp.where(has_key, kl_rows, 0.0)), jnp.sum(has_key)
+
+
+def _target(s_main, visible):
+  """s_main [B, C, K, G, X] logits -> p [B, C, X]: softmax per head, summed over heads, L1-normalised."""
+  p = _masked_softmax(s_main, visible[:, :, None, None]).sum((2, 3))
+  z = p.sum(-1, keepdims=True)
+  return lax.stop_gradient(p / jnp.where(z == 0, 1.0, z))
+
+
+def indexer_kl_loss(q, k, q_idx, k_idx, w, *, mask: Mask = Mask(causal=True), segment_ids=None, indices=None,
+                    scale=None, chunk_size: int | None = None):
+  """KL(p_t || softmax(indexer score_t)), the V3.2 indexer loss; a float32 scalar.
+
+  Args:
+    q: [B, T, N, H], k: [B, S, K, H] main attention queries / keys (only their softmax is used, detached).
+    q_idx: [B, T, Hi, Di], k_idx: [B, S, Di], w: [B, T, Hi] the indexer's inputs (receive the gradients).
+    mask: the main attention's mask (positions as in attend(), q_offset 0).
+    segment_ids: [B, T] int, used for the keys too (T == S).
+    indices: None for the dense warm-up; int32 [B, T, k] (-1 empty) for the sparse phase.
+    scale: main attention logit scale, default 1/sqrt(H).
+    chunk_size: queries per chunk (default: a ~16 MiB working set).
+  Returns:
+    float32 scalar: the mean over queries that see at least one key.
+  """
+  b, t, n, h = q.shape
+  s_len, kvh = k.shape[1], k.shape[2]
+  hi = q_idx.shape[2]
+  if k.shape[0] != b or k.shape[3] != h or n % kvh:
+    raise ValueError(f"k must have shape [B={b}, S, K | {n}, H={h}], got {k.shape}")
+  if q_idx.shape[:2] != (b, t) or k_idx.shape[:2] != (b, s_len) or w.shape != (b, t, hi):
+    raise ValueError(f"indexer shapes must be q_idx [B, T, Hi, Di], k_idx [B, S, Di], w [B, T, Hi] with "
+                     f"B={b}, T={t}, S={s_len}; got {q_idx.shape}, {k_idx.shape}, {w.shape}")
+  if segment_ids is not None and (getattr(segment_ids, "shape", None) != (b, t) or s_len != t):
+    raise ValueError(f"segment_ids must have shape {(b, t)} with T == S, got "
+                     f"{getattr(segment_ids, 'shape', segment_ids)} and S={s_len}")
+  if indices is not None and (getattr(indices, "shape", (None,))[:2] != (b, t) or indices.dtype != jnp.int32):
+    raise ValueError(f"indices must be int32 [B={b}, T={t}, k], got {getattr(indices, 'shape', indices)}")
+  scale = h ** -0.5 if scale is None else float(scale)
+  seg = None if segment_ids is None else jnp.asarray(segment_ids, jnp.int32)
+  width = s_len if indices is None else indices.shape[-1]
+  c = chunk_size or max(1, min(t, _CHUNK_BUDGET // (b * width * (n + hi + kvh * h // max(1, hi)))))
+  nc = -(-t // c)
+
+  @jax.checkpoint  # recompute each chunk in the backward pass: residuals stay O(T), not O(T * S)
+  def one_chunk(args):
+    i, qc, qic, wc, segc, ic = args
+    rows = i * c + jnp.arange(c, dtype=jnp.int32)[None]  # [1, C] query positions (q_offset 0)
+    qc = qc.reshape(b, c, kvh, n // kvh, h)  # [B, C, K, G, H]
+    if ic is None:  # dense warm-up: every visible key
+      visible = visibility(mask, rows, s_len, segc, seg) & (rows < t)[:, :, None]  # [B|1, C, S]
+      s_main = jnp.einsum("bckgh,bskh->bckgs", qc, k, preferred_element_type=jnp.float32) * scale
+      score = indexer_scores(qic, k_idx, wc, score_dtype=jnp.float32)  # [B, C, S]
+    else:  # sparse phase: the selected keys only
+      safe = jnp.maximum(ic, 0)
+      k_seg = None if seg is None else jnp.take_along_axis(seg[:, None, :], safe, axis=2)
+      visible = (ic >= 0) & (rows < t)[:, :, None] & element_mask(
+          mask, rows[:, :, None], safe, s_len, None if segc is None else segc[:, :, None], k_seg)  # [B, C, k]
+      kc = jax.vmap(lambda x, i: x[i])(k, safe)  # [B, C, k, K, H]
+      s_main = jnp.einsum("bckgh,bcjkh->bckgj", qc, kc, preferred_element_type=jnp.float32) * scale
+      kic = jax.vmap(lambda x, i: x[i])(k_idx, safe).astype(jnp.float32)  # [B, C, k, Di]
+      logits = jnp.einsum("bchd,bcjd->bchj", qic.astype(jnp.float32), kic)  # [B, C, Hi, k]
+      score = jnp.einsum("bchj,bch->bcj", jnp.maximum(logits, 0.0), wc.astype(jnp.float32))
+    visible = jnp.broadcast_to(visible, score.shape)
+    return _kl(_target(lax.stop_gradient(s_main), visible), score, visible)
+
+  xs = (jnp.arange(nc, dtype=jnp.int32), _chunks(q, c, nc), _chunks(q_idx, c, nc), _chunks(w, c, nc),
+        _chunks(seg, c, nc), _chunks(indices, c, nc))
+  total, count = lax.map(one_chunk, xs)
+  return (jnp.sum(total) / jnp.maximum(jnp.sum(count), 1)).astype(jnp.float32)
