@@ -1,0 +1,517 @@
+"""FlashAttention forward and backward as Pallas GPU kernels (Triton lowering).
+
+FlashAttention-2 (Dao, arXiv 2307.08691): each program owns one q tile of one query head, walks the kv
+tiles with an online softmax (running max m, normaliser l, float32 accumulator) and saves the log-sum-exp.
+The backward pass is two kernels that recompute p = exp(s - lse) tile by tile: one per kv tile of one kv
+head (dK, dV, summed over the G query heads of the group, so GQA never repeats K and V) and one per q tile
+(dQ), as in FlashAttention-2's Algorithm 2 split into two launches to avoid atomics.
+
+Every loop runs over exactly the ranges of attention.mask.block_map, passed to the kernels as small int32
+arrays: a masked head, a fully visible middle (no element-wise mask, no extra instructions), a masked tail.
+Tiles outside the range are never loaded, which makes causal and sliding-window attention skip work.
+With segment ids a masked tile whose q and kv segment ranges cannot overlap is skipped at run time.
+Logits are kept in base 2 (scale * log2(e) folded into one multiply) so the softmax uses exp2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from attention import Impl, register
+from attention.mask import BlockSizes, Mask, block_map, element_mask, segment_block_overlap
+
+_LOG2E = math.log2(math.e)
+_LN2 = math.log(2.0)
+NATIVE_HEAD_DIMS = (64, 128, 256)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+  """Tile sizes and Triton launch parameters of one kernel (powers of two, tiles at least 16)."""
+
+  block_q: int
+  block_k: int
+  num_warps: int
+  num_stages: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Configs:
+  """One KernelConfig per kernel: forward, dK/dV (kv tile outer) and dQ (q tile outer)."""
+
+  fwd: KernelConfig
+  dkv: KernelConfig
+  dq: KernelConfig
+
+
+# (padded head dim, 2-byte dtype?) -> Configs. Register pressure decides: a program holds a [block, H]
+# float32 accumulator (two of them in dK/dV), so large head dims and float32 inputs get smaller tiles.
+_DEFAULTS = {
+    (64, True): Configs(KernelConfig(128, 64, 4, 3), KernelConfig(64, 128, 8, 2), KernelConfig(128, 64, 8, 2)),
+    (128, True): Configs(KernelConfig(128, 64, 8, 3), KernelConfig(64, 128, 8, 2), KernelConfig(128, 64, 8, 2)),
+    (256, True): Configs(KernelConfig(64, 64, 4, 2), KernelConfig(32, 64, 4, 2), KernelConfig(64, 32, 4, 2)),
+    (64, False): Configs(KernelConfig(64, 64, 4, 2), KernelConfig(32, 64, 4, 2), KernelConfig(64, 32, 4, 2)),
+    (128, False): Configs(KernelConfig(64, 32, 4, 2), KernelConfig(32, 64, 4, 2), KernelConfig(64, 32, 4, 2)),
+    (256, False): Configs(KernelConfig(32, 32, 4, 1), KernelConfig(16, 32, 4, 1), KernelConfig(32, 16, 4, 1)),
+}
+
+
+def padded_head_dim(h: int) -> int:
+  """The native head dim (64, 128, 256) a head dim is zero-padded to."""
+  for native in NATIVE_HEAD_DIMS:
+    if h <= native:
+      return native
+  raise NotImplementedError(f"pallas_gpu supports head dims up to 256, got {h}")
+
+
+def default_configs(head_dim: int, dtype) -> Configs:
+  """The default table entry for a (q/k) head dim and input dtype."""
+  return _DEFAULTS[(padded_head_dim(head_dim), jnp.dtype(dtype).itemsize == 2)]
+
+
+def _pow2_at_least(n: int) -> int:
+  return max(16, 1 << (int(n) - 1).bit_length())
+
+
+def configs_for(q_len: int, kv_len: int, head_dim: int, dtype, block_sizes: BlockSizes | None) -> Configs:
+  """Default table (or the user's BlockSizes for all three kernels), tiles clipped to short sequences."""
+  base = default_configs(head_dim, dtype)
+  if block_sizes is not None:
+    for name in ("block_q", "block_k"):
+      b = getattr(block_sizes, name)
+      if b < 16 or b & (b - 1):
+        raise ValueError(f"pallas_gpu needs block_sizes.{name} to be a power of two >= 16, got {b}")
+    base = Configs(*(dataclasses.replace(c, block_q=block_sizes.block_q, block_k=block_sizes.block_k)
+                     for c in (base.fwd, base.dkv, base.dq)))
+  # Decoding with T=1 must not pad the query to 128 rows.
+  clip = lambda c: dataclasses.replace(c, block_q=min(c.block_q, _pow2_at_least(q_len)),
+                                       block_k=min(c.block_k, _pow2_at_least(kv_len)))
+  return Configs(clip(base.fwd), clip(base.dkv), clip(base.dq))
+
+
+def _dot(a, b, *, trans_a=False, trans_b=False):
+  """2-D matmul with float32 accumulation; float32 inputs stay IEEE float32 (no tf32) on Triton."""
+  dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
+  return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
+def _visible(mask, kv_len, q_first, k_first, bq, bk, q_seg, k_seg):
+  """[bq, bk] element mask of a tile whose first query sits at position q_first, first key at k_first."""
+  q_pos = (q_first + jnp.arange(bq, dtype=jnp.int32))[:, None]
+  k_pos = (k_first + jnp.arange(bk, dtype=jnp.int32))[None, :]
+  qs = None if q_seg is None else q_seg[:, None]
+  ks = None if k_seg is None else k_seg[None, :]
+  return element_mask(mask, q_pos, k_pos, kv_len, qs, ks)
+
+
+def _stretches(ranges_ref, body, carry, seg_tile=None):
+  """Run body(j, carry, masked) over the masked head, full middle and masked tail of ranges_ref [4].
+
+  seg_tile(j) -> bool says whether a masked tile's segment ranges overlap; disjoint tiles are skipped.
+  """
+  start, full_start, full_end, end = (ranges_ref[r] for r in range(4))
+
+  def masked_body(j, c):
+    if seg_tile is None:
+      return body(j, c, True)
+    return lax.cond(seg_tile(j), lambda c: body(j, c, True), lambda c: c, c)
+
+  carry = lax.fori_loop(start, full_start, masked_body, carry)
+  carry = lax.fori_loop(full_start, full_end, lambda j, c: body(j, c, False), carry)
+  return lax.fori_loop(full_end, end, masked_body, carry)
+
+
+def _fwd_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, *rest, mask, scale2, bq, bk, kv_len, has_seg):
+  """One q tile of one query head: out [bq, Hv] and lse [bq] (natural log; +inf for rows seeing no key)."""
+  if has_seg:
+    qseg_ref, kseg_ref, tiles_ref, o_ref, lse_ref = rest
+  else:
+    (o_ref, lse_ref), qseg_ref = rest, None
+  i = pl.program_id(0)
+  q = q_ref[...]  # [bq, H]
+  q_first = off_ref[...] + i * bq
+  q_seg = qseg_ref[...] if has_seg else None  # [bq]
+
+  def body(j, carry, masked):
+    m, l, acc = carry  # [bq], [bq], [bq, Hv]
+    kv = pl.ds(pl.multiple_of(j * bk, bk), bk)
+    s = _dot(q, k_ref[kv, :], trans_b=True) * scale2  # [bq, bk] base-2 logits
+    if masked:
+      k_seg = kseg_ref[kv] if has_seg else None
+      s = jnp.where(_visible(mask, kv_len, q_first, j * bk, bq, bk, q_seg, k_seg), s, -jnp.inf)
+    m_new = jnp.maximum(m, s.max(axis=1))
+    # A row that has seen no key yet keeps m = -inf; subtracting 0 instead avoids inf - inf.
+    m_use = jnp.where(m_new == -jnp.inf, 0.0, m_new) if masked else m_new
+    p = jnp.exp2(s - m_use[:, None])  # [bq, bk]
+    corr = jnp.exp2(m - m_use)
+    v = v_ref[kv, :]  # [bk, Hv]
+    return m_new, l * corr + p.sum(axis=1), acc * corr[:, None] + _dot(p.astype(v.dtype), v)
+
+  init = (jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32),
+          jnp.zeros(o_ref.shape, jnp.float32))
+  seg_tile = (lambda j: tiles_ref[j] != 0) if has_seg else None
+  m, l, acc = _stretches(ranges_ref, body, init, seg_tile)
+  seen = l > 0
+  o_ref[...] = (acc / jnp.where(seen, l, 1.0)[:, None]).astype(o_ref.dtype)
+  lse_ref[...] = jnp.where(seen, m * _LN2 + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)
+
+
+def _dkv_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *rest, mask, scale,
+                bq, bk, kv_len, groups, has_seg):
+  """One kv tile of one kv head: dK, dV summed over its q tiles and the G query heads that read it."""
+  if has_seg:
+    qseg_ref, kseg_ref, tiles_ref, dk_ref, dv_ref = rest
+  else:
+    (dk_ref, dv_ref), kseg_ref = rest, None
+  j = pl.program_id(0)
+  k, v = k_ref[...], v_ref[...]  # [bk, H], [bk, Hv]
+  k_seg = kseg_ref[...] if has_seg else None
+  off = off_ref[...]
+
+  def head(g, carry):
+    def body(i, carry, masked):
+      dk, dv = carry  # [bk, H], [bk, Hv] float32
+      rows = pl.ds(pl.multiple_of(i * bq, bq), bq)
+      q = q_ref[rows, g, :]  # [bq, H]
+      do = do_ref[rows, g, :]  # [bq, Hv]
+      s = _dot(q, k, trans_b=True) * (scale * _LOG2E)  # [bq, bk]
+      if masked:
+        q_seg = qseg_ref[rows] if has_seg else None
+        s = jnp.where(_visible(mask, kv_len, off + i * bq, j * bk, bq, bk, q_seg, k_seg), s, -jnp.inf)
+      p = jnp.exp2(s - lse_ref[g, rows][:, None])  # lse pre-scaled to base 2; +inf rows give p = 0
+      dv = dv + _dot(p.astype(do.dtype), do, trans_a=True)
+      ds = p * (_dot(do, v, trans_b=True) - delta_ref[g, rows][:, None])  # [bq, bk]; scale applied at end
+      return dk + _dot(ds.astype(q.dtype), q, trans_a=True), dv
+
+    seg_tile = (lambda i: tiles_ref[i] != 0) if has_seg else None
+    return _stretches(ranges_ref, body, carry, seg_tile)
+
+  init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
+  dk, dv = lax.fori_loop(0, groups, head, init)
+  dk_ref[...] = (dk * scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _dq_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *rest, mask, scale, bq,
+               bk, kv_len, has_seg):
+  """One q tile of one query head: dQ summed over its kv tiles."""
+  if has_seg:
+    qseg_ref, kseg_ref, tiles_ref, dq_ref = rest
+  else:
+    (dq_ref,), qseg_ref = rest, None
+  i = pl.program_id(0)
+  q, do = q_ref[...], do_ref[...]  # [bq, H], [bq, Hv]
+  lse2, delta = lse_ref[...][:, None], delta_ref[...][:, None]  # [bq, 1]
+  q_first = off_ref[...] + i * bq
+  q_seg = qseg_ref[...] if has_seg else None
+
+  def body(j, dq, masked):
+    kv = pl.ds(pl.multiple_of(j * bk, bk), bk)
+    k = k_ref[kv, :]  # [bk, H]
+    s = _dot(q, k, trans_b=True) * (scale * _LOG2E)  # [bq, bk]
+    if masked:
+      k_seg = kseg_ref[kv] if has_seg else None
+      s = jnp.where(_visible(mask, kv_len, q_first, j * bk, bq, bk, q_seg, k_seg), s, -jnp.inf)
+    p = jnp.exp2(s - lse2)
+    ds = p * (_dot(do, v_ref[kv, :], trans_b=True) - delta)
+    return dq + _dot(ds.astype(k.dtype), k)
+
+  seg_tile = (lambda j: tiles_ref[j] != 0) if has_seg else None
+  dq = _stretches(ranges_ref, body, jnp.zeros(q.shape, jnp.float32), seg_tile)
+  dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
+
+
+def _pad_to(x, axis, size, value=0):
+  if x.shape[axis] == size:
+    return x
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, pad, constant_values=value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Problem:
+  """Static facts of one call: lengths, padded sizes, group size, configs."""
+
+  t: int
+  s: int
+  tp: int
+  sp: int
+  groups: int
+  hp: int
+  hvp: int
+  cfg: Configs
+  mask: Mask
+  scale: float
+  has_seg: bool
+  interpret: bool
+
+
+def _problem(q, k, v, *, mask, segment_ids, scale, block_sizes, interpret) -> _Problem:
+  if not isinstance(mask, Mask):
+    raise ValueError(f"mask must be an attention.Mask, got {mask!r}")
+  t, s, h, hv = q.shape[1], k.shape[1], q.shape[3], v.shape[3]
+  cfg = configs_for(t, s, h, q.dtype, block_sizes)
+  mq = max(c.block_q for c in (cfg.fwd, cfg.dkv, cfg.dq))
+  mk = max(c.block_k for c in (cfg.fwd, cfg.dkv, cfg.dq))
+  scale = h ** -0.5 if scale is None else float(scale)
+  return _Problem(t, s, -(-t // mq) * mq, -(-s // mk) * mk, q.shape[2] // k.shape[2], padded_head_dim(h),
+                  padded_head_dim(hv), cfg, mask, scale, segment_ids is not None, bool(interpret))
+
+
+def _offsets(q_offset, b):
+  """Static int (kept for a NumPy block map) or traced int32 [B]; plus the kernels' int32 [B] operand."""
+  if isinstance(q_offset, (int, np.integer)) and not isinstance(q_offset, bool):
+    return int(q_offset), jnp.full((b,), int(q_offset), jnp.int32)
+  off = jnp.broadcast_to(jnp.reshape(jnp.asarray(q_offset, jnp.int32), (-1,)), (b,))
+  return off, off
+
+
+def _seg_operands(pb, segment_ids, kv_segment_ids, b):
+  if segment_ids is None:
+    return None, None
+  kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
+  q_seg = _pad_to(jnp.asarray(segment_ids, jnp.int32).reshape(b, pb.t), 1, pb.tp)
+  kv_seg = _pad_to(jnp.asarray(kv_segment_ids, jnp.int32).reshape(b, pb.s), 1, pb.sp)
+  return q_seg, kv_seg
+
+
+def _segment_tiles(q_seg, kv_seg, bq, bk, nq, nk):
+  """int32 [B, nq, nk]: 1 where a q tile's and a kv tile's segment ranges overlap (else skip the tile)."""
+  b = q_seg.shape[0]
+  overlap = jax.vmap(jax.vmap(jax.vmap(segment_block_overlap, (None, 0)), (0, None)))
+  return overlap(q_seg[:, :nq * bq].reshape(b, nq, bq), kv_seg[:, :nk * bk].reshape(b, nk, bk)).astype(jnp.int32)
+
+
+def _block_map(pb, c: KernelConfig, q_offset):
+  return block_map(pb.mask, pb.t, pb.s, BlockSizes(c.block_q, c.block_k), has_segments=pb.has_seg,
+                   q_offset=q_offset)
+
+
+def _ranges(*arrays):
+  return jnp.stack([jnp.asarray(a, jnp.int32) for a in arrays])  # [4, blocks]
+
+
+def _params(c: KernelConfig):
+  return plgpu.CompilerParams(num_warps=c.num_warps, num_stages=c.num_stages)
+
+
+def _forward_call(pb: _Problem, q, k, v, static_off, off, q_seg, kv_seg):
+  """Padded q [B, Tp, N, Hp], k [B, Sp, K, Hp], v [B, Sp, K, Hvp] -> out [B, Tp, N, Hvp], lse [B, N, Tp]."""
+  c = pb.cfg.fwd
+  bm = _block_map(pb, c, static_off)
+  b, _, n, _ = q.shape
+  g = pb.groups
+  ranges = _ranges(bm.kv_start, bm.full_start, bm.full_end, bm.kv_end)
+  in_specs = [
+      pl.BlockSpec((4, None), lambda i, bi, h: (0, i)),
+      pl.BlockSpec((None,), lambda i, bi, h: (bi,)),
+      pl.BlockSpec((None, c.block_q, None, pb.hp), lambda i, bi, h: (bi, i, h, 0)),
+      pl.BlockSpec((None, pb.sp, None, pb.hp), lambda i, bi, h: (bi, 0, lax.div(h, g), 0)),  # GQA
+      pl.BlockSpec((None, pb.sp, None, pb.hvp), lambda i, bi, h: (bi, 0, lax.div(h, g), 0)),
+  ]
+  args = [ranges, off, q, k, v]
+  if pb.has_seg:
+    in_specs += [pl.BlockSpec((None, c.block_q), lambda i, bi, h: (bi, i)),
+                 pl.BlockSpec((None, pb.sp), lambda i, bi, h: (bi, 0)),
+                 pl.BlockSpec((None, None, bm.num_kv_blocks), lambda i, bi, h: (bi, i, 0))]
+    args += [q_seg, kv_seg, _segment_tiles(q_seg, kv_seg, c.block_q, c.block_k, bm.num_q_blocks,
+                                           bm.num_kv_blocks)]
+  kernel = functools.partial(_fwd_kernel, mask=pb.mask, scale2=pb.scale * _LOG2E, bq=c.block_q, bk=c.block_k,
+                             kv_len=pb.s, has_seg=pb.has_seg)
+  return pl.pallas_call(
+      kernel,
+      grid=(bm.num_q_blocks, b, n),
+      in_specs=in_specs,
+      out_specs=[pl.BlockSpec((None, c.block_q, None, pb.hvp), lambda i, bi, h: (bi, i, h, 0)),
+                 pl.BlockSpec((None, None, c.block_q), lambda i, bi, h: (bi, h, i))],
+      out_shape=[jax.ShapeDtypeStruct((b, pb.tp, n, pb.hvp), q.dtype),
+                 jax.ShapeDtypeStruct((b, n, pb.tp), jnp.float32)],
+      compiler_params=_params(c),
+      interpret=pb.interpret,
+      name="flash_fwd",
+  )(*args)
+
+
+def _backward_call(pb: _Problem, q, k, v, do, lse2, delta, static_off, off, q_seg, kv_seg):
+  """Padded operands, lse2 = lse * log2(e) and delta [B, N, Tp] -> dq, dk, dv (padded, input dtypes)."""
+  b, _, n, _ = q.shape
+  kh, g = k.shape[2], pb.groups
+  seg_specs = lambda qb, kb, tb, im_q, im_k, im_t: [pl.BlockSpec((None, qb), im_q), pl.BlockSpec((None, kb), im_k),
+                                                   pl.BlockSpec((None, None, tb), im_t)]
+
+  c = pb.cfg.dkv
+  bm = _block_map(pb, c, static_off)
+  in_specs = [
+      pl.BlockSpec((4, None), lambda j, bi, h: (0, j)),
+      pl.BlockSpec((None,), lambda j, bi, h: (bi,)),
+      pl.BlockSpec((None, pb.tp, g, pb.hp), lambda j, bi, h: (bi, 0, h, 0)),  # the G heads reading kv head h
+      pl.BlockSpec((None, c.block_k, None, pb.hp), lambda j, bi, h: (bi, j, h, 0)),
+      pl.BlockSpec((None, c.block_k, None, pb.hvp), lambda j, bi, h: (bi, j, h, 0)),
+      pl.BlockSpec((None, pb.tp, g, pb.hvp), lambda j, bi, h: (bi, 0, h, 0)),
+      pl.BlockSpec((None, g, pb.tp), lambda j, bi, h: (bi, h, 0)),
+      pl.BlockSpec((None, g, pb.tp), lambda j, bi, h: (bi, h, 0)),
+  ]
+  args = [_ranges(bm.q_start, bm.q_full_start, bm.q_full_end, bm.q_end), off, q, k, v, do, lse2, delta]
+  if pb.has_seg:
+    in_specs += seg_specs(pb.tp, c.block_k, bm.num_q_blocks, lambda j, bi, h: (bi, 0), lambda j, bi, h: (bi, j),
+                          lambda j, bi, h: (bi, j, 0))
+    tiles = _segment_tiles(q_seg, kv_seg, c.block_q, c.block_k, bm.num_q_blocks, bm.num_kv_blocks)
+    args += [q_seg, kv_seg, tiles.transpose(0, 2, 1)]
+  kernel = functools.partial(_dkv_kernel, mask=pb.mask, scale=pb.scale, bq=c.block_q, bk=c.block_k,
+                             kv_len=pb.s, groups=g, has_seg=pb.has_seg)
+  dk, dv = pl.pallas_call(
+      kernel,
+      grid=(bm.num_kv_blocks, b, kh),
+      in_specs=in_specs,
+      out_specs=[pl.BlockSpec((None, c.block_k, None, pb.hp), lambda j, bi, h: (bi, j, h, 0)),
+                 pl.BlockSpec((None, c.block_k, None, pb.hvp), lambda j, bi, h: (bi, j, h, 0))],
+      out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
+      compiler_params=_params(c),
+      interpret=pb.interpret,
+      name="flash_bwd_dkv",
+  )(*args)
+
+  c = pb.cfg.dq
+  bm = _block_map(pb, c, static_off)
+  in_specs = [
+      pl.BlockSpec((4, None), lambda i, bi, h: (0, i)),
+      pl.BlockSpec((None,), lambda i, bi, h: (bi,)),
+      pl.BlockSpec((None, c.block_q, None, pb.hp), lambda i, bi, h: (bi, i, h, 0)),
+      pl.BlockSpec((None, pb.sp, None, pb.hp), lambda i, bi, h: (bi, 0, lax.div(h, g), 0)),
+      pl.BlockSpec((None, pb.sp, None, pb.hvp), lambda i, bi, h: (bi, 0, lax.div(h, g), 0)),
+      pl.BlockSpec((None, c.block_q, None, pb.hvp), lambda i, bi, h: (bi, i, h, 0)),
+      pl.BlockSpec((None, None, c.block_q), lambda i, bi, h: (bi, h, i)),
+      pl.BlockSpec((None, None, c.block_q), lambda i, bi, h: (bi, h, i)),
+  ]
+  args = [_ranges(bm.kv_start, bm.full_start, bm.full_end, bm.kv_end), off, q, k, v, do, lse2, delta]
+  if pb.has_seg:
+    in_specs += seg_specs(c.block_q, pb.sp, bm.num_kv_blocks, lambda i, bi, h: (bi, i), lambda i, bi, h: (bi, 0),
+                          lambda i, bi, h: (bi, i, 0))
+    args += [q_seg, kv_seg, _segment_tiles(q_seg, kv_seg, c.block_q, c.block_k, bm.num_q_blocks,
+                                           bm.num_kv_blocks)]
+  kernel = functools.partial(_dq_kernel, mask=pb.mask, scale=pb.scale, bq=c.block_q, bk=c.block_k, kv_len=pb.s,
+                             has_seg=pb.has_seg)
+  dq = pl.pallas_call(
+      kernel,
+      grid=(bm.num_q_blocks, b, n),
+      in_specs=in_specs,
+      out_specs=pl.BlockSpec((None, c.block_q, None, pb.hp), lambda i, bi, h: (bi, i, h, 0)),
+      out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+      compiler_params=_params(c),
+      interpret=pb.interpret,
+      name="flash_bwd_dq",
+  )(*args)
+  return dq, dk, dv
+
+
+def _pad_qkv(pb: _Problem, q, k, v):
+  q = _pad_to(_pad_to(q, 1, pb.tp), 3, pb.hp)  # zero head-dim padding leaves q.k unchanged
+  k = _pad_to(_pad_to(k, 1, pb.sp), 3, pb.hp)
+  v = _pad_to(_pad_to(v, 1, pb.sp), 3, pb.hvp)  # zero v columns give zero output columns, sliced off
+  return q, k, v
+
+
+def flash_forward(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None,
+                  block_sizes=None, interpret=False):
+  """Forward pass only: (out [B, T, N, Hv] in q's dtype, lse [B, N, T] float32, +inf where nothing is seen).
+
+  Same contract as attention.xla_flash.flash_forward; q_offset may be negative (ring attention).
+  interpret=True runs the kernels in Pallas interpret mode (any backend), else they lower through Triton.
+  """
+  pb = _problem(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
+                interpret=interpret)
+  b = q.shape[0]
+  static_off, off = _offsets(q_offset, b)
+  q_seg, kv_seg = _seg_operands(pb, segment_ids, kv_segment_ids, b)
+  out, lse = _forward_call(pb, *_pad_qkv(pb, q, k, v), static_off, off, q_seg, kv_seg)
+  return out[:, :pb.t, :, :v.shape[3]], lse[:, :, :pb.t]
+
+
+def flash_backward(q, k, v, out, lse, do, *, dlse=None, mask=Mask(), segment_ids=None, kv_segment_ids=None,
+                   q_offset=0, scale=None, block_sizes=None, interpret=False):
+  """Gradients (dq, dk, dv) from the saved output and log-sum-exp; same contract as xla_flash.flash_backward.
+
+  out, lse may be the global results of a larger attention this call is one part of (ring attention).
+  dlse [B, N, T] is the cotangent of lse: it enters as ds = p * (dp - delta) with delta = rowsum(dO*O) - dlse.
+  """
+  pb = _problem(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
+                interpret=interpret)
+  b, t, n, _ = q.shape
+  static_off, off = _offsets(q_offset, b)
+  q_seg, kv_seg = _seg_operands(pb, segment_ids, kv_segment_ids, b)
+  delta = jnp.einsum("btnh,btnh->bnt", do.astype(jnp.float32), out.astype(jnp.float32))  # rowsum(dO * O)
+  if dlse is not None:
+    delta = delta - dlse.astype(jnp.float32)
+  delta = _pad_to(delta, 2, pb.tp)
+  lse2 = _pad_to(lse.astype(jnp.float32) * _LOG2E, 2, pb.tp, jnp.inf)  # padded rows: p = exp2(-inf) = 0
+  qp, kp, vp = _pad_qkv(pb, q, k, v)
+  dop = _pad_to(_pad_to(do.astype(q.dtype), 1, pb.tp), 3, pb.hvp)
+  dq, dk, dv = _backward_call(pb, qp, kp, vp, dop, lse2, delta, static_off, off, q_seg, kv_seg)
+  return dq[:, :t, :, :q.shape[3]], dk[:, :pb.s, :, :k.shape[3]], dv[:, :pb.s, :, :v.shape[3]]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(static, q, k, v, q_offset, q_seg, kv_seg):
+  return _flash_fwd(static, q, k, v, q_offset, q_seg, kv_seg)[0]
+
+
+def _kwargs(static, q_offset, q_seg, kv_seg):
+  mask, scale, block_sizes, interpret, static_offset = static
+  return dict(mask=mask, segment_ids=q_seg, kv_segment_ids=kv_seg, scale=scale, block_sizes=block_sizes,
+              interpret=interpret, q_offset=static_offset if q_offset is None else q_offset)
+
+
+def _flash_fwd(static, q, k, v, q_offset, q_seg, kv_seg):
+  out, lse = flash_forward(q, k, v, **_kwargs(static, q_offset, q_seg, kv_seg))
+  return (out, lse), (q, k, v, q_offset, q_seg, kv_seg, out, lse)
+
+
+def _flash_bwd(static, res, cotangents):
+  q, k, v, q_offset, q_seg, kv_seg, out, lse = res
+  do, dlse = cotangents
+  dq, dk, dv = flash_backward(q, k, v, out, lse, do, dlse=dlse, **_kwargs(static, q_offset, q_seg, kv_seg))
+  return dq, dk, dv, None, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash_attention_with_lse(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0,
+                             scale=None, block_sizes: BlockSizes | None = None, interpret: bool = False):
+  """Pallas GPU FlashAttention returning (out [B, T, N, Hv], lse [B, N, T] float32; +inf for empty rows).
+
+  q [B, T, N, H], k [B, S, K, H], v [B, S, K, Hv] (N % K == 0). Differentiable in q, k, v through both
+  outputs. Inputs are not validated here beyond what the kernels need; attention.attend() does that.
+  """
+  if segment_ids is not None and kv_segment_ids is None:
+    kv_segment_ids = segment_ids
+  seg = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
+  if isinstance(q_offset, (int, np.integer)) and not isinstance(q_offset, bool):
+    static_offset, q_offset = int(q_offset), None
+  else:
+    static_offset, q_offset = None, jnp.asarray(q_offset, jnp.int32)
+  static = (mask, None if scale is None else float(scale), block_sizes, bool(interpret), static_offset)
+  return _flash(static, q, k, v, q_offset, seg(segment_ids), seg(kv_segment_ids))
+
+
+def flash_attention(q, k, v, **kwargs):
+  """Pallas GPU FlashAttention, same arguments as flash_attention_with_lse; returns out [B, T, N, Hv]."""
+  return flash_attention_with_lse(q, k, v, **kwargs)[0]
+
+
+def _attend_fn(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, interpret, block_sizes):
+  return flash_attention(q, k, v, mask=mask, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+                         q_offset=q_offset, scale=scale, block_sizes=block_sizes, interpret=interpret)
+
+
+register("pallas_gpu", Impl(_attend_fn, platforms=("gpu",), interpretable=True), auto_for=("gpu",))
