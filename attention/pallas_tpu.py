@@ -1,0 +1,476 @@
+"""FlashAttention for TPU as Pallas (Mosaic) kernels: forward, dK/dV and dQ.
+
+FlashAttention (Dao et al., arXiv 2205.14135) and FlashAttention-2 (arXiv 2307.08691): each q tile walks
+the kv tiles it may see with a running max m, normaliser l and float32 accumulator in VMEM (online
+softmax) and saves the log-sum-exp; the backward pass recomputes p = exp(s - lse) tile by tile.
+
+What is TPU-specific here:
+- The kv tiles a q tile visits come from attention.mask.block_map and are scalar-prefetched into SMEM
+  (PrefetchScalarGridSpec). Grid step `t` of q tile i visits kv tile kv_start[i] + t; the index map clamps
+  it to the visited range, so steps past the range re-name the tile already in VMEM (the pipeline issues
+  no DMA) and pl.when skips their compute. Causal and sliding-window attention therefore neither copy nor
+  compute skipped tiles. The element-wise mask (attention.mask.element_mask, the one shared rule) runs
+  only on partly visible tiles; with segment ids a tile whose q and kv id ranges are disjoint is skipped.
+- Per-row values (m, l, lse, delta, q segment ids) are kept lane-replicated as [rows, 128] and kv segment
+  ids sublane-replicated as [8, cols], the layouts Mosaic handles without relayouts.
+- GQA is an index map (q head n reads kv head n // G); the dK/dV kernel walks the G query heads of a kv
+  head as a grid axis and sums them in its VMEM accumulator, so K and V are never repeated.
+- Tiles are multiples of 128 rows; T and S are padded inside (padding is masked by position), head dims
+  other than 64 or a multiple of 128 are zero-padded. float16 runs as float32 (TPUs have no fp16 unit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from attention import Impl, register
+from attention.mask import BlockSizes, Mask, block_map, element_mask
+
+NUM_LANES = 128
+NUM_SUBLANES = 8
+# Default tiles by (padded) head dim: the f32 [bq, bk] score tiles of the backward pass dominate VMEM.
+DEFAULT_BLOCK_SIZES = {64: BlockSizes(512, 512), 128: BlockSizes(512, 512), 256: BlockSizes(256, 512)}
+_NT = (((1,), (1,)), ((), ()))  # a @ b.T
+_TN = (((0,), (0,)), ((), ()))  # a.T @ b
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
+def _padded_head_dim(h: int) -> int:
+  return h if h == 64 or h % NUM_LANES == 0 else (64 if h < 64 else _round_up(h, NUM_LANES))
+
+
+def _interpret_arg(interpret: bool):
+  """pallas_call's interpret argument: the TPU interpreter (simulates DMAs and SMEM) where available."""
+  if not interpret:
+    return False
+  return pltpu.InterpretParams() if hasattr(pltpu, "InterpretParams") else True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  """Static description of one call, shared by the three kernels and their index maps."""
+
+  mask: Mask
+  scale: float
+  q_len: int
+  kv_len: int
+  block_q: int
+  block_k: int
+  groups: int  # G = N // K
+  has_seg: bool
+  interpret: bool
+
+
+def _lanes(x, width):
+  """[rows, 128] lane-replicated -> [rows, width] (width a multiple of 128, or 64)."""
+  return jnp.tile(x, (1, -(-width // NUM_LANES)))[:, :width]
+
+
+def _tile_visible(cfg, off, i, j, q_seg_ref, kv_seg_ref):
+  """[bq, bk] bool: the shared element-wise rule on tile (i, j), padding keys excluded."""
+  bq, bk = cfg.block_q, cfg.block_k
+  q_pos = off + i * bq + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
+  k_pos = j * bk + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+  q_ids = k_ids = None
+  if cfg.has_seg:
+    q_ids = _lanes(q_seg_ref[...], bk)  # [bq, 128] -> [bq, bk]
+    k_ids = jnp.broadcast_to(kv_seg_ref[:1, :], (bq, bk))  # [8, bk] -> [bq, bk]
+  return element_mask(cfg.mask, q_pos, k_pos, cfg.kv_len, q_ids, k_ids)
+
+
+def _run_tile(cfg, ranges, seg_rng, b, i, j, tile, *, transposed=False):
+  """Call tile(masked) under pl.when if tile (q tile i, kv tile j) is visited.
+
+  ranges [4, n]: start, end, full_start, full_end of the visited range, per q tile (per kv tile when
+  transposed, i.e. in the dK/dV pass). seg_rng (q_lo, q_hi, k_lo, k_hi): per-tile segment-id ranges.
+  """
+  outer, inner = (j, i) if transposed else (i, j)
+  run = inner < ranges[1, outer]
+  masked = (inner < ranges[2, outer]) | (inner >= ranges[3, outer])
+  if cfg.has_seg:  # i or j may step past the last tile here (then run is already False): clamp the lookup
+    q_lo, q_hi, k_lo, k_hi = seg_rng
+    ic, jc = jnp.minimum(i, q_lo.shape[1] - 1), jnp.minimum(j, k_lo.shape[1] - 1)
+    overlap = (q_lo[b, ic] <= k_hi[b, jc]) & (k_lo[b, jc] <= q_hi[b, ic])
+    run &= jnp.logical_not(masked) | overlap
+  pl.when(run & masked)(functools.partial(tile, True))
+  pl.when(run & jnp.logical_not(masked))(functools.partial(tile, False))
+
+
+def _split_prefetch(cfg, refs):
+  """(ranges, off, seg_rng or None, remaining refs) from a kernel's argument list."""
+  ranges, off, refs = refs[0], refs[1], refs[2:]
+  if cfg.has_seg:
+    return ranges, off, refs[:4], refs[4:]
+  return ranges, off, None, refs
+
+
+def _scores(cfg, q, k, visible):
+  """q [bq, H], k [bk, H] -> f32 [bq, bk] scaled logits, -inf where not visible (visible None: all)."""
+  s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * cfg.scale
+  return s if visible is None else jnp.where(visible, s, -jnp.inf)
+
+
+def _fwd_kernel(*refs, cfg, num_steps):
+  ranges, off, seg_rng, refs = _split_prefetch(cfg, refs)
+  q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
+  b, i, step = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+  j = ranges[0, i] + step
+  hv = acc_sc.shape[-1]
+
+  @pl.when(step == 0)
+  def _init():
+    m_sc[...] = jnp.full(m_sc.shape, -jnp.inf, jnp.float32)
+    l_sc[...] = jnp.zeros(l_sc.shape, jnp.float32)
+    acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
+
+  def tile(masked):
+    visible = _tile_visible(cfg, off[b], i, j, q_seg_ref, kv_seg_ref) if masked else None
+    s = _scores(cfg, q_ref[...], k_ref[...], visible)  # [bq, bk]
+    m_prev = m_sc[...]  # [bq, 128]
+    m_new = jnp.maximum(m_prev, lax.broadcast_in_dim(s.max(-1), m_prev.shape, (0,)))
+    m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # a row that has seen nothing yet: avoid inf - inf
+    p = jnp.exp(s - _lanes(m_safe, cfg.block_k))  # [bq, bk]
+    corr = jnp.exp(m_prev - m_safe)  # [bq, 128]
+    m_sc[...] = m_new
+    l_sc[...] = l_sc[...] * corr + lax.broadcast_in_dim(p.sum(-1), m_prev.shape, (0,))
+    v = v_ref[...]  # [bk, Hv]
+    pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)  # [bq, Hv]
+    acc_sc[...] = acc_sc[...] * _lanes(corr, hv) + pv
+
+  _run_tile(cfg, ranges, seg_rng, b, i, j, tile)
+
+  @pl.when(step == num_steps - 1)
+  def _finalize():
+    l = l_sc[...]
+    o_ref[...] = (acc_sc[...] / _lanes(jnp.where(l == 0.0, 1.0, l), hv)).astype(o_ref.dtype)  # no key: 0
+    lse_ref[...] = jnp.where(l > 0.0, m_sc[...] + jnp.log(l), jnp.inf)  # +inf: exp(s - lse) = 0 later
+
+
+def _probs_and_ds(cfg, q, k, v, do, lse, delta, visible):
+  """Recomputed p and ds = p * (dP - delta) * scale, both f32 [bq, bk] (FlashAttention-2, Alg. 2)."""
+  s = _scores(cfg, q, k, visible)
+  p = jnp.exp(s - _lanes(lse, cfg.block_k))  # lse = +inf on rows that see nothing: p = 0
+  dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)  # [bq, bk]
+  return p, p * (dp - _lanes(delta, cfg.block_k)) * cfg.scale
+
+
+def _dkdv_kernel(*refs, cfg, num_steps):
+  ranges, off, seg_rng, refs = _split_prefetch(cfg, refs)
+  (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_seg_ref, dk_ref, dv_ref,
+   dk_sc, dv_sc) = refs
+  b, j, g, step = pl.program_id(0), pl.program_id(2), pl.program_id(3), pl.program_id(4)
+  i = ranges[0, j] + step
+
+  @pl.when((g == 0) & (step == 0))
+  def _init():
+    dk_sc[...] = jnp.zeros(dk_sc.shape, jnp.float32)
+    dv_sc[...] = jnp.zeros(dv_sc.shape, jnp.float32)
+
+  def tile(masked):
+    visible = _tile_visible(cfg, off[b], i, j, q_seg_ref, kv_seg_ref) if masked else None
+    q, do = q_ref[...], do_ref[...]  # [bq, H], [bq, Hv]
+    p, ds = _probs_and_ds(cfg, q, k_ref[...], v_ref[...], do, lse_ref[...], delta_ref[...], visible)
+    dv_sc[...] += lax.dot_general(p.astype(do.dtype), do, _TN, preferred_element_type=jnp.float32)
+    dk_sc[...] += lax.dot_general(ds.astype(q.dtype), q, _TN, preferred_element_type=jnp.float32)
+
+  _run_tile(cfg, ranges, seg_rng, b, i, j, tile, transposed=True)
+
+  @pl.when((g == cfg.groups - 1) & (step == num_steps - 1))
+  def _finalize():
+    dk_ref[...] = dk_sc[...].astype(dk_ref.dtype)
+    dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
+
+
+def _dq_kernel(*refs, cfg, num_steps):
+  ranges, off, seg_rng, refs = _split_prefetch(cfg, refs)
+  q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_seg_ref, dq_ref, dq_sc = refs
+  b, i, step = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+  j = ranges[0, i] + step
+
+  @pl.when(step == 0)
+  def _init():
+    dq_sc[...] = jnp.zeros(dq_sc.shape, jnp.float32)
+
+  def tile(masked):
+    visible = _tile_visible(cfg, off[b], i, j, q_seg_ref, kv_seg_ref) if masked else None
+    k = k_ref[...]  # [bk, H]
+    _, ds = _probs_and_ds(cfg, q_ref[...], k, v_ref[...], do_ref[...], lse_ref[...], delta_ref[...], visible)
+    dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+
+  _run_tile(cfg, ranges, seg_rng, b, i, j, tile)
+
+  @pl.when(step == num_steps - 1)
+  def _finalize():
+    dq_ref[...] = dq_sc[...].astype(dq_ref.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Operands:
+  """Padded head-major operands, scalar-prefetch tables and grid extents of one call."""
+
+  q: jax.Array  # [B, N, Tp, Hp]
+  k: jax.Array  # [B, K, Sp, Hp]
+  v: jax.Array  # [B, K, Sp, Hvp]
+  q_seg: jax.Array | None  # [B, Tp, 128] lane-replicated
+  kv_seg: jax.Array | None  # [B, 8, Sp] sublane-replicated
+  ranges: jax.Array  # [4, nq] kv_start, kv_end, full_start, full_end
+  ranges_t: jax.Array  # [4, nk] q_start, q_end, q_full_start, q_full_end
+  off: jax.Array  # [B] int32 position of each row's first query
+  seg_rng: tuple  # () or (q_lo [B, nq], q_hi, k_lo [B, nk], k_hi)
+  kv_steps: int  # grid steps over kv tiles per q tile
+  q_steps: int  # grid steps over q tiles per kv tile
+
+
+def _default_block_sizes(head_dim: int) -> BlockSizes:
+  fits = [d for d in DEFAULT_BLOCK_SIZES if d >= head_dim]
+  return DEFAULT_BLOCK_SIZES[min(fits)] if fits else BlockSizes(128, 256)
+
+
+def _config(q, k, v, *, mask, segment_ids, scale, block_sizes, interpret) -> _Config:
+  t, s, h, hv = q.shape[1], k.shape[1], q.shape[-1], v.shape[-1]
+  if block_sizes is not None and (block_sizes.block_q % NUM_LANES or block_sizes.block_k % NUM_LANES):
+    raise ValueError(f"pallas_tpu needs block_sizes that are multiples of {NUM_LANES} (TPU tiling), "
+                     f"got {block_sizes!r}")
+  bs = block_sizes or _default_block_sizes(max(_padded_head_dim(h), _padded_head_dim(hv)))
+  # Tiles never larger than the (128-rounded) sequence: decoding with T=1 must not pad to 512 rows.
+  bq, bk = min(bs.block_q, _round_up(t, NUM_LANES)), min(bs.block_k, _round_up(s, NUM_LANES))
+  scale = h ** -0.5 if scale is None else float(scale)
+  interpret = jax.default_backend() == "cpu" if interpret is None else bool(interpret)
+  return _Config(mask, scale, t, s, bq, bk, q.shape[2] // k.shape[2], segment_ids is not None, interpret)
+
+
+def _pad(x, axis, size, mode="constant", value=0):
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, size - x.shape[axis])
+  return jnp.pad(x, pad, mode=mode) if mode == "edge" else jnp.pad(x, pad, constant_values=value)
+
+
+def _compute_dtype(x):
+  return jnp.float32 if x.dtype == jnp.float16 else x.dtype
+
+
+def _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset) -> _Operands:
+  b, t, n, h = q.shape
+  s, hv = k.shape[1], v.shape[-1]
+  bq, bk = cfg.block_q, cfg.block_k
+  tp, sp = _round_up(t, bq), _round_up(s, bk)
+  hp, hvp = _padded_head_dim(h), _padded_head_dim(hv)
+  head_major = lambda x, rows, d: _pad(_pad(x.astype(_compute_dtype(x)), 1, rows), 3, d).transpose(0, 2, 1, 3)
+  traced = not isinstance(q_offset, (int, np.integer))
+  bm = block_map(cfg.mask, t, s, BlockSizes(bq, bk), has_segments=cfg.has_seg,
+                 q_offset=q_offset if traced else int(q_offset))
+  xp = jnp if traced else np
+  ranges = xp.stack([bm.kv_start, bm.kv_end, bm.full_start, bm.full_end]).astype(np.int32)
+  ranges_t = xp.stack([bm.q_start, bm.q_end, bm.q_full_start, bm.q_full_end]).astype(np.int32)
+  if traced:  # ranges unknown at trace time: enough steps for any
+    kv_steps, q_steps = bm.num_kv_blocks, bm.num_q_blocks
+    off = jnp.broadcast_to(jnp.reshape(jnp.asarray(q_offset, jnp.int32), (-1,)), (b,))
+  else:
+    kv_steps = max(1, int(np.max(bm.kv_end - bm.kv_start)))
+    q_steps = max(1, int(np.max(bm.q_end - bm.q_start)))
+    off = np.full((b,), int(q_offset), np.int32)
+  q_seg = kv_seg = None
+  seg_rng = ()
+  if cfg.has_seg:
+    kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
+    qs = _pad(jnp.asarray(segment_ids, jnp.int32), 1, tp, "edge")  # [B, Tp]; edge keeps tile ranges tight
+    ks = _pad(jnp.asarray(kv_segment_ids, jnp.int32), 1, sp, "edge")  # [B, Sp]
+    q_seg = lax.broadcast_in_dim(qs, (b, tp, NUM_LANES), (0, 1))
+    kv_seg = lax.broadcast_in_dim(ks, (b, NUM_SUBLANES, sp), (0, 2))
+    qt, kt = qs.reshape(b, -1, bq), ks.reshape(b, -1, bk)
+    seg_rng = (qt.min(-1), qt.max(-1), kt.min(-1), kt.max(-1))
+  return _Operands(head_major(q, tp, hp), head_major(k, sp, hp), head_major(v, sp, hvp), q_seg, kv_seg,
+                   ranges, ranges_t, off, seg_rng, kv_steps, q_steps)
+
+
+def _clamped(ranges, i, step):
+  """Tile visited at `step` of row i of a range table, clamped into the range so idle steps reuse a tile."""
+  return jnp.minimum(ranges[0, i] + step, jnp.maximum(ranges[1, i] - 1, ranges[0, i]))
+
+
+def _call(kernel, cfg, ops, prefetch, grid, in_specs, args, out_specs, out_shape, scratch, semantics, name):
+  grid_spec = pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=len(prefetch), grid=grid, in_specs=in_specs,
+                                           out_specs=out_specs, scratch_shapes=scratch)
+  return pl.pallas_call(kernel, grid_spec=grid_spec, out_shape=out_shape,
+                        compiler_params=pltpu.CompilerParams(dimension_semantics=semantics),
+                        interpret=_interpret_arg(cfg.interpret), name=name)(*prefetch, *args)
+
+
+def _row_specs(cfg, ops, hp, hvp):
+  """BlockSpecs of q-side [bq, .] tiles, kv-side [bk, .] tiles and segment ids for a q-major grid."""
+  bq, bk, g = cfg.block_q, cfg.block_k, cfg.groups
+  q_map = lambda b, n, i, t, ranges, *_: (b, n, i, 0)
+  kv_map = lambda b, n, i, t, ranges, *_: (b, n // g, _clamped(ranges, i, t), 0)
+  spec = lambda rows, d, index_map: pl.BlockSpec((None, None, rows, d), index_map)
+  seg = [pl.BlockSpec((None, bq, NUM_LANES), lambda b, n, i, t, *_: (b, i, 0)),
+         pl.BlockSpec((None, NUM_SUBLANES, bk), lambda b, n, i, t, ranges, *_: (b, 0, _clamped(ranges, i, t)))]
+  seg = seg if cfg.has_seg else [None, None]
+  return spec(bq, hp, q_map), spec(bk, hp, kv_map), spec(bk, hvp, kv_map), spec(bq, hvp, q_map), \
+      spec(bq, NUM_LANES, q_map), spec(bq, hp, q_map), seg
+
+
+def _forward(cfg, ops):
+  """-> out [B, N, Tp, Hvp], lse [B, N, Tp, 128] (lane-replicated)."""
+  b, n, tp, hp = ops.q.shape
+  hvp = ops.v.shape[-1]
+  q_spec, k_spec, v_spec, o_spec, row_spec, _, seg = _row_specs(cfg, ops, hp, hvp)
+  f32 = jnp.float32
+  return _call(
+      functools.partial(_fwd_kernel, cfg=cfg, num_steps=ops.kv_steps), cfg, ops,
+      (ops.ranges, ops.off, *ops.seg_rng), (b, n, tp // cfg.block_q, ops.kv_steps),
+      [q_spec, k_spec, v_spec, *seg], (ops.q, ops.k, ops.v, ops.q_seg, ops.kv_seg), [o_spec, row_spec],
+      [jax.ShapeDtypeStruct((b, n, tp, hvp), ops.q.dtype), jax.ShapeDtypeStruct((b, n, tp, NUM_LANES), f32)],
+      [pltpu.VMEM((cfg.block_q, NUM_LANES), f32), pltpu.VMEM((cfg.block_q, NUM_LANES), f32),
+       pltpu.VMEM((cfg.block_q, hvp), f32)],
+      ("parallel", "parallel", "parallel", "arbitrary"), "flash_fwd_tpu")
+
+
+def _backward(cfg, ops, do, lse, delta):
+  """do [B, N, Tp, Hvp], lse and delta [B, N, Tp, 128] -> dq [B, N, Tp, Hp], dk, dv [B, K, Sp, .]."""
+  b, n, tp, hp = ops.q.shape
+  kh, sp, hvp = ops.k.shape[1], ops.k.shape[2], ops.v.shape[-1]
+  bq, bk, g = cfg.block_q, cfg.block_k, cfg.groups
+  f32 = jnp.float32
+  args = (ops.q, ops.k, ops.v, do, lse, delta, ops.q_seg, ops.kv_seg)
+
+  q_spec, k_spec, v_spec, do_spec, row_spec, dq_spec, seg = _row_specs(cfg, ops, hp, hvp)
+  dq = _call(
+      functools.partial(_dq_kernel, cfg=cfg, num_steps=ops.kv_steps), cfg, ops,
+      (ops.ranges, ops.off, *ops.seg_rng), (b, n, tp // bq, ops.kv_steps),
+      [q_spec, k_spec, v_spec, do_spec, row_spec, row_spec, *seg], args, dq_spec,
+      jax.ShapeDtypeStruct(ops.q.shape, ops.q.dtype), [pltpu.VMEM((bq, hp), f32)],
+      ("parallel", "parallel", "parallel", "arbitrary"), "flash_dq_tpu")
+
+  # dK/dV: kv-major grid (B, K, kv tiles, G, q steps); the G query heads of kv head h are n = h * G + g.
+  q_map = lambda b_, h, j, g_, t, ranges_t, *_: (b_, h * g + g_, _clamped(ranges_t, j, t), 0)
+  kv_map = lambda b_, h, j, g_, t, *_: (b_, h, j, 0)
+  spec = lambda rows, d, index_map: pl.BlockSpec((None, None, rows, d), index_map)
+  seg = [pl.BlockSpec((None, bq, NUM_LANES), lambda b_, h, j, g_, t, ranges_t, *_: (b_, _clamped(ranges_t, j, t), 0)),
+         pl.BlockSpec((None, NUM_SUBLANES, bk), lambda b_, h, j, g_, t, *_: (b_, 0, j))]
+  seg = seg if cfg.has_seg else [None, None]
+  dk, dv = _call(
+      functools.partial(_dkdv_kernel, cfg=cfg, num_steps=ops.q_steps), cfg, ops,
+      (ops.ranges_t, ops.off, *ops.seg_rng), (b, kh, sp // bk, g, ops.q_steps),
+      [spec(bq, hp, q_map), spec(bk, hp, kv_map), spec(bk, hvp, kv_map), spec(bq, hvp, q_map),
+       spec(bq, NUM_LANES, q_map), spec(bq, NUM_LANES, q_map), *seg], args,
+      [spec(bk, hp, kv_map), spec(bk, hvp, kv_map)],
+      [jax.ShapeDtypeStruct(ops.k.shape, ops.k.dtype), jax.ShapeDtypeStruct(ops.v.shape, ops.v.dtype)],
+      [pltpu.VMEM((bk, hp), f32), pltpu.VMEM((bk, hvp), f32)],
+      ("parallel", "parallel", "parallel", "arbitrary", "arbitrary"), "flash_dkdv_tpu")
+  return dq, dk, dv
+
+
+def _rows_to_lanes(x, tp, value):
+  """[B, N, T] f32 -> [B, N, Tp, 128] lane-replicated, padding rows filled with `value`."""
+  x = _pad(x.astype(jnp.float32), 2, tp, value=value)
+  return lax.broadcast_in_dim(x, (*x.shape, NUM_LANES), (0, 1, 2))
+
+
+def _from_head_major(x, t, d, dtype):
+  """[B, N, Tp, Dp] -> [B, T, N, D]."""
+  return x[:, :, :t, :d].transpose(0, 2, 1, 3).astype(dtype)
+
+
+def flash_forward(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None,
+                  block_sizes=None, interpret=None):
+  """Forward pass only: (out [B, T, N, Hv] in q's dtype, lse [B, N, T] float32, +inf where nothing is seen).
+
+  Same arguments as attention.xla_flash.flash_forward, plus `interpret` (None: interpret mode exactly when
+  the default backend is the CPU; False: compile for TPU, also when cross-lowering from another host).
+  q_offset may be negative (ring attention shifts positions by the kv chunk's start).
+  """
+  cfg = _config(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
+                interpret=interpret)
+  ops = _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset)
+  out, lse = _forward(cfg, ops)
+  t = q.shape[1]
+  return _from_head_major(out, t, v.shape[-1], q.dtype), lse[:, :, :t, 0]
+
+
+def flash_backward(q, k, v, out, lse, do, *, dlse=None, mask=Mask(), segment_ids=None, kv_segment_ids=None,
+                   q_offset=0, scale=None, block_sizes=None, interpret=None):
+  """Gradients (dq, dk, dv) from the saved output and log-sum-exp, recomputing probabilities tile by tile.
+
+  As attention.xla_flash.flash_backward: out, lse may be the global results of a larger attention this
+  call is one part of (ring attention), and dlse [B, N, T] is the cotangent of lse, entering as
+  ds = p * (dp - delta) with delta = rowsum(dO * O) - dlse.
+  """
+  cfg = _config(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
+                interpret=interpret)
+  ops = _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset)
+  t, s, h, hv = q.shape[1], k.shape[1], q.shape[-1], v.shape[-1]
+  tp, hvp = ops.q.shape[2], ops.v.shape[-1]
+  delta = jnp.einsum("btnh,btnh->bnt", do.astype(jnp.float32), out.astype(jnp.float32))  # rowsum(dO * O)
+  if dlse is not None:
+    delta = delta - dlse.astype(jnp.float32)
+  do_h = _pad(_pad(do.astype(ops.q.dtype), 1, tp), 3, hvp).transpose(0, 2, 1, 3)  # [B, N, Tp, Hvp]
+  dq, dk, dv = _backward(cfg, ops, do_h, _rows_to_lanes(lse, tp, jnp.inf), _rows_to_lanes(delta, tp, 0.0))
+  return (_from_head_major(dq, t, h, q.dtype), _from_head_major(dk, s, h, k.dtype),
+          _from_head_major(dv, s, hv, v.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _flash(static, q, k, v, q_offset, q_seg, kv_seg):
+  return _flash_fwd(static, q, k, v, q_offset, q_seg, kv_seg)[0]
+
+
+def _flash_fwd(static, q, k, v, q_offset, q_seg, kv_seg):
+  mask, scale, bs, static_offset, interpret = static
+  kw = dict(mask=mask, segment_ids=q_seg, kv_segment_ids=kv_seg, scale=scale, block_sizes=bs,
+            q_offset=static_offset if q_offset is None else q_offset, interpret=interpret)
+  out, lse = flash_forward(q, k, v, **kw)
+  return (out, lse), (q, k, v, q_offset, q_seg, kv_seg, out, lse)
+
+
+def _flash_bwd(static, res, cotangents):
+  mask, scale, bs, static_offset, interpret = static
+  q, k, v, q_offset, q_seg, kv_seg, out, lse = res
+  do, dlse = cotangents
+  dq, dk, dv = flash_backward(q, k, v, out, lse, do, dlse=dlse, mask=mask, segment_ids=q_seg,
+                              kv_segment_ids=kv_seg, q_offset=static_offset if q_offset is None else q_offset,
+                              scale=scale, block_sizes=bs, interpret=interpret)
+  return dq, dk, dv, None, None, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def flash_attention_with_lse(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0,
+                             scale=None, block_sizes: BlockSizes | None = None, interpret=None):
+  """Pallas TPU attention returning (out [B, T, N, Hv], lse [B, N, T] float32; +inf for rows seeing nothing).
+
+  Inputs are not validated here; attention.attend() does that. Differentiable in q, k, v through both
+  outputs (the lse gradient lets partial results be merged, e.g. across ring steps).
+  """
+  if segment_ids is not None and kv_segment_ids is None:
+    kv_segment_ids = segment_ids
+  interpret = jax.default_backend() == "cpu" if interpret is None else bool(interpret)
+  static_offset, q_offset = ((int(q_offset), None) if isinstance(q_offset, (int, np.integer))
+                             else (None, jnp.asarray(q_offset, jnp.int32)))
+  seg = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
+  static = (mask, None if scale is None else float(scale), block_sizes, static_offset, interpret)
+  return _flash(static, q, k, v, q_offset, seg(segment_ids), seg(kv_segment_ids))
+
+
+def flash_attention(q, k, v, **kwargs):
+  """Pallas TPU attention, same arguments as flash_attention_with_lse; returns out [B, T, N, Hv]."""
+  return flash_attention_with_lse(q, k, v, **kwargs)[0]
+
+
+def _attend_fn(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, interpret, block_sizes):
+  return flash_attention(q, k, v, mask=mask, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+                         q_offset=q_offset, scale=scale, block_sizes=block_sizes, interpret=interpret)
+
+
+register("pallas_tpu", Impl(_attend_fn, platforms=("tpu",), interpretable=True), auto_for=("tpu",))
