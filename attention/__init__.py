@@ -196,3 +196,4 @@ __all__ = ["Mask", "BlockSizes", "BlockMap", "Impl", "REGISTRY", "attend", "atte
 
 from attention.dsa import indexer_kl_loss, sparse_attend, topk_indices  # noqa: E402,F401
 from attention import pallas_gpu  # noqa: E402,F401  registers "pallas_gpu"
+from attention import pallas_tpu  # noqa: E402,F401  registers "pallas_tpu"

@@ -311,7 +311,7 @@ def _row_specs(cfg, ops, hp, hvp):
   """BlockSpecs of q-side [bq, .] tiles, kv-side [bk, .] tiles and segment ids for a q-major grid."""
   bq, bk, g = cfg.block_q, cfg.block_k, cfg.groups
   q_map = lambda b, n, i, t, ranges, *_: (b, n, i, 0)
-  kv_map = lambda b, n, i, t, ranges, *_: (b, n // g, _clamped(ranges, i, t), 0)
+  kv_map = lambda b, n, i, t, ranges, *_: (b, lax.div(n, g), _clamped(ranges, i, t), 0)
   spec = lambda rows, d, index_map: pl.BlockSpec((None, None, rows, d), index_map)
   seg = [pl.BlockSpec((None, bq, NUM_LANES), lambda b, n, i, t, *_: (b, i, 0)),
          pl.BlockSpec((None, NUM_SUBLANES, bk), lambda b, n, i, t, ranges, *_: (b, 0, _clamped(ranges, i, t)))]
