@@ -1,0 +1,167 @@
+"""Self-attention with RoPE and GQA for one layer of a given AttentionType, full-sequence or with a KV cache.
+
+GLOBAL and LOCAL layers call attention.attend with their Mask; DSA layers (DeepSeek-V3.2-Exp, "DeepSeek
+Sparse Attention") run a lightning indexer on the token, pick the top-k keys per query with
+attention.topk_indices and attend over those only with attention.sparse_attend. The indexer is trained by
+attention.indexer_kl_loss on a stop_gradient'ed copy of the layer input (V3.2 sec. 2.1: "we detach the
+indexer input from the computational graph"), so the KL trains only the indexer and, in the sparse phase,
+the LM loss trains the rest.
+
+KV caches (decoding): GLOBAL and DSA layers keep every position [B, C, K, H] (DSA also its indexer keys
+[B, C, Di]); LOCAL layers keep a ring buffer of their window only, [B, W, K, H] with W = left + 1, and the
+position held by each slot.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import attention
+from attention import Mask
+from attention.rope import RopeScaling, apply_rope, rope_frequencies
+from models.config import AttentionType, ModelConfig
+from models.layers import Dense
+
+
+def _dsa():
+  """The DSA ops, or a clear NotImplementedError while attention.dsa is not available."""
+  try:
+    from attention import dsa
+  except ImportError as e:
+    raise NotImplementedError(f"DSA layers need attention.dsa, which failed to import: {e}") from e
+  return dsa
+
+
+class Attention(nnx.Module):
+  """Multi-head attention of one layer; q [B, T, N, H], k/v [B, S, K, H] (GQA when K < N)."""
+
+  def __init__(self, cfg: ModelConfig, layer_type: AttentionType, *, rngs: nnx.Rngs):
+    self.cfg, self.layer_type = cfg, layer_type
+    d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    kw = dict(rngs=rngs, param_dtype=cfg.param_dtype, dtype=cfg.dtype, use_bias=cfg.attention_bias)
+    out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
+    self.q = Dense((d,), (n, h), names=("embed", "heads", "head_dim"), std=cfg.init_std, **kw)
+    self.k = Dense((d,), (k, h), names=("embed", "kv_heads", "head_dim"), std=cfg.init_std, **kw)
+    self.v = Dense((d,), (k, h), names=("embed", "kv_heads", "head_dim"), std=cfg.init_std, **kw)
+    self.o = Dense((n, h), (d,), names=("heads", "head_dim", "embed"), std=out_std, **kw)
+    if layer_type is AttentionType.LOCAL:
+      left, right = cfg.window
+      self.mask = Mask(causal=True, window=(left, 0)) if cfg.causal else Mask(window=(left, right))
+      self.theta, self.scaling = cfg.rope_theta_local, RopeScaling()
+    else:
+      self.mask = Mask(causal=cfg.causal)
+      self.theta, self.scaling = cfg.rope_theta, cfg.rope_scaling
+    if layer_type is AttentionType.DSA:
+      _dsa()
+      hi, di = cfg.dsa_index_heads, cfg.dsa_index_dim
+      kw = dict(rngs=rngs, param_dtype=cfg.param_dtype, dtype=cfg.dtype, std=cfg.init_std)
+      self.q_idx = Dense((d,), (hi, di), names=("embed", "indexer", None), **kw)
+      self.k_idx = Dense((d,), (di,), names=("embed", None), **kw)
+      self.w_idx = Dense((d,), (hi,), names=("embed", "indexer"), **kw)
+
+  def _rope(self, x, positions, theta, scaling, rotary_dim):
+    inv_freq, att_scale = rope_frequencies(rotary_dim, theta, scaling, seq_len=jnp.max(positions) + 1)
+    return apply_rope(x, positions, inv_freq, att_scale, rotary_dim=rotary_dim)
+
+  def _qkv(self, x, positions):
+    h = self.cfg.head_dim
+    q = self._rope(self.q(x), positions, self.theta, self.scaling, h)  # [B, T, N, H]
+    k = self._rope(self.k(x), positions, self.theta, self.scaling, h)  # [B, T, K, H]
+    return q, k, self.v(x)
+
+  def _indexer(self, x, positions):
+    """Indexer queries [B, T, Hi, Di], keys [B, T, Di] and head weights [B, T, Hi] from a detached input."""
+    cfg = self.cfg
+    x = jax.lax.stop_gradient(x)
+    q_idx, k_idx = self.q_idx(x), self.k_idx(x)[:, :, None, :]  # k_idx as one head for apply_rope
+    if cfg.dsa_rope_dim:
+      q_idx = self._rope(q_idx, positions, cfg.rope_theta, cfg.rope_scaling, cfg.dsa_rope_dim)
+      k_idx = self._rope(k_idx, positions, cfg.rope_theta, cfg.rope_scaling, cfg.dsa_rope_dim)
+    # (Hi * Di)^-1/2 keeps the scores O(1) at init, as V3.2 scales the weights by Hi^-1/2 and q.k by Di^-1/2.
+    w = self.w_idx(x).astype(jnp.float32) * (cfg.dsa_index_heads * cfg.dsa_index_dim) ** -0.5
+    return q_idx, k_idx[:, :, 0, :], w
+
+  def _dsa_full(self, q, k, v, x, positions, segment_ids, with_aux):
+    """Full-sequence DSA: dense causal attention in warm-up, top-k sparse attention after; plus the KL."""
+    cfg, dsa = self.cfg, _dsa()
+    q_idx, k_idx, w = self._indexer(x, positions)
+    indices = None
+    if cfg.dsa_phase == "sparse":
+      top_k = min(cfg.dsa_top_k, k.shape[1])
+      indices = dsa.topk_indices(q_idx, k_idx, w, top_k=top_k, mask=self.mask, segment_ids=segment_ids,
+                                 impl=cfg.attention_impl)
+      out = dsa.sparse_attend(q, k, v, indices, impl=cfg.attention_impl)
+    else:
+      out = attention.attend(q, k, v, mask=self.mask, segment_ids=segment_ids, impl=cfg.attention_impl)
+    aux = {}
+    if with_aux:
+      aux["indexer_kl"] = dsa.indexer_kl_loss(q, k, q_idx, k_idx, w, mask=self.mask, segment_ids=segment_ids,
+                                              indices=indices)
+    return out, aux
+
+  def __call__(self, x, positions, segment_ids=None, *, with_aux: bool = False):
+    """x [B, T, D], positions [B, T] -> ([B, T, D], aux dict of scalar losses)."""
+    q, k, v = self._qkv(x, positions)
+    if self.layer_type is AttentionType.DSA:
+      out, aux = self._dsa_full(q, k, v, x, positions, segment_ids, with_aux)
+    else:
+      out = attention.attend(q, k, v, mask=self.mask, segment_ids=segment_ids, impl=self.cfg.attention_impl)
+      aux = {}
+    return self.o(out), aux
+
+  def prefill(self, x, lengths, cache_len: int):
+    """Causal forward over right-padded prompts x [B, T, D] (row b valid up to lengths[b]) and its cache."""
+    b, t = x.shape[:2]
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    q, k, v = self._qkv(x, positions)
+    if self.layer_type is AttentionType.DSA:
+      out, _ = self._dsa_full(q, k, v, x, positions, None, False)
+    else:
+      out = attention.attend(q, k, v, mask=self.mask, impl=self.cfg.attention_impl)
+    pad = lambda a: jnp.zeros((b, cache_len) + a.shape[2:], a.dtype).at[:, :t].set(a)
+    if self.layer_type is AttentionType.LOCAL:
+      w = min(self.mask.window[0] + 1, cache_len)
+      # Slot s holds the latest position p < length with p % W == s (-1: none yet).
+      slot = jnp.arange(w, dtype=jnp.int32)[None, :]
+      last = lengths[:, None].astype(jnp.int32) - 1
+      slot_pos = last - jnp.mod(last - slot, w)  # [B, W]
+      gather = lambda a: jnp.take_along_axis(a, jnp.maximum(slot_pos, 0)[:, :, None, None], axis=1)
+      cache = {"k": gather(k), "v": gather(v), "slot_pos": slot_pos}
+    else:
+      cache = {"k": pad(k), "v": pad(v)}
+      if self.layer_type is AttentionType.DSA:
+        cache["k_idx"] = pad(self._indexer(x, positions)[1])
+    return self.o(out), cache
+
+  def decode(self, x, pos, cache):
+    """One new token per row: x [B, 1, D] at positions pos [B] -> ([B, 1, D], updated cache)."""
+    cfg, rows = self.cfg, jnp.arange(x.shape[0])
+    positions = pos[:, None]
+    q, k, v = self._qkv(x, positions)
+    impl = cfg.attention_impl
+    if self.layer_type is AttentionType.LOCAL:
+      slot = pos % cache["k"].shape[1]
+      cache = {"k": cache["k"].at[rows, slot].set(k[:, 0]), "v": cache["v"].at[rows, slot].set(v[:, 0]),
+               "slot_pos": cache["slot_pos"].at[rows, slot].set(pos)}
+      # Ring order is not position order: visibility comes from the slot positions, as segment ids.
+      sp = cache["slot_pos"]
+      visible = (sp >= 0) & (sp >= positions - self.mask.window[0])  # [B, W]
+      out = attention.attend(q, cache["k"], cache["v"], mask=Mask(), impl=impl,
+                             segment_ids=jnp.ones_like(positions), kv_segment_ids=visible.astype(jnp.int32))
+      return self.o(out), cache
+    cache = dict(cache, k=cache["k"].at[rows, pos].set(k[:, 0]), v=cache["v"].at[rows, pos].set(v[:, 0]))
+    if self.layer_type is AttentionType.DSA and cfg.dsa_phase == "sparse":
+      dsa = _dsa()
+      q_idx, k_idx, w = self._indexer(x, positions)
+      cache["k_idx"] = cache["k_idx"].at[rows, pos].set(k_idx[:, 0])
+      top_k = min(cfg.dsa_top_k, cache["k"].shape[1])
+      indices = dsa.topk_indices(q_idx, cache["k_idx"], w, top_k=top_k, mask=self.mask, q_offset=pos,
+                                 impl=impl)
+      out = dsa.sparse_attend(q, cache["k"], cache["v"], indices, impl=impl)
+    else:
+      if self.layer_type is AttentionType.DSA:
+        cache["k_idx"] = cache["k_idx"].at[rows, pos].set(self._indexer(x, positions)[1][:, 0])
+      out = attention.attend(q, cache["k"], cache["v"], mask=self.mask, q_offset=pos, impl=impl)
+    return self.o(out), cache
