@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11",
-    packages=["attention", "models", "data", "eval", "configs", "benchmarks"],
+    packages=["attention", "models", "data", "eval", "configs", "benchmarks", "training"],
     py_modules=["train"],
     install_requires=[
         "jax>=0.10",
