@@ -70,12 +70,12 @@ def element_mask(mask: Mask, q_pos, k_pos, num_keys: int, q_seg=None, k_seg=None
   """
   visible = k_pos < num_keys
   if mask.causal:
-    visible &= k_pos <= q_pos
+    visible = visible & (k_pos <= q_pos)
   if mask.window is not None:
     left, right = mask.window
-    visible &= (k_pos >= q_pos - left) & (k_pos <= q_pos + right)
+    visible = visible & (k_pos >= q_pos - left) & (k_pos <= q_pos + right)
   if q_seg is not None:
-    visible &= q_seg == k_seg
+    visible = visible & (q_seg == k_seg)
   return visible
 
 

@@ -1,0 +1,85 @@
+"""Mask validation and the block map against a brute-force element-wise check."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attention.mask import BlockSizes, Mask, attention_flops, block_map, element_mask
+
+
+@pytest.mark.parametrize("bad", [(-1, 0), (0, -3), (1,), (1.5, 2), "ab", (True, 1)])
+def test_window_validation(bad):
+  with pytest.raises(ValueError, match="window"):
+    Mask(window=bad)
+
+
+def test_causal_validation():
+  with pytest.raises(ValueError, match="causal"):
+    Mask(causal="yes")
+
+
+def test_block_sizes_validation():
+  with pytest.raises(ValueError, match="block_q"):
+    BlockSizes(0, 16)
+
+
+def brute_force(mask, t, s, bq, bk, q_offset, has_segments):
+  """Per (q block, kv block): 0 no visible entry, 1 some, 2 all (over real rows and block columns)."""
+  vis = np.broadcast_to(element_mask(mask, np.arange(t)[:, None] + q_offset, np.arange(s)[None, :], s), (t, s))
+  nq, nk = -(-t // bq), -(-s // bk)
+  code = np.zeros((nq, nk), np.int32)
+  for i, j in itertools.product(range(nq), range(nk)):
+    tile = vis[i * bq:(i + 1) * bq, j * bk:(j + 1) * bk]
+    full = tile.all() and (j + 1) * bk <= s and not has_segments
+    code[i, j] = 2 if full else int(tile.any())
+  return code
+
+
+CASES = [
+    (Mask(), 100, 100, 32, 16, 0),
+    (Mask(causal=True), 130, 130, 32, 32, 0),
+    (Mask(causal=True), 17, 200, 8, 32, 150),
+    (Mask(causal=True), 200, 50, 32, 16, 0),  # T > S: later rows see all keys
+    (Mask(window=(20, 5)), 150, 140, 16, 32, 0),
+    (Mask(causal=True, window=(0, 0)), 64, 64, 16, 16, 0),
+    (Mask(causal=True, window=(40, 9)), 97, 131, 16, 8, 3),
+    (Mask(window=(3, 0)), 50, 20, 8, 8, 30),  # queries beyond every key's window: empty rows
+    (Mask(window=(1000, 1000)), 70, 90, 32, 32, 0),
+]
+
+
+@pytest.mark.parametrize("mask,t,s,bq,bk,off", CASES)
+@pytest.mark.parametrize("has_segments", [False, True])
+def test_block_map_matches_brute_force(mask, t, s, bq, bk, off, has_segments):
+  bm = block_map(mask, t, s, BlockSizes(bq, bk), has_segments=has_segments, q_offset=off)
+  expected = brute_force(mask, t, s, bq, bk, off, has_segments)
+  np.testing.assert_array_equal(bm.dense(), expected)
+  # The transposed ranges describe the same matrix column by column.
+  i = np.arange(bm.num_q_blocks)[:, None]
+  visit = (i >= bm.q_start[None]) & (i < bm.q_end[None])
+  full = (i >= bm.q_full_start[None]) & (i < bm.q_full_end[None])
+  np.testing.assert_array_equal(visit.astype(int) + full.astype(int), expected)
+
+
+def test_traced_offsets_cover_every_batch_row():
+  """With a traced [B] q_offset the map is one range per q block for the whole batch: it must visit every
+  block any row needs, and call a block full only if it is full for every row."""
+  mask, t, s, bs = Mask(causal=True, window=(30, 0)), 20, 300, BlockSizes(8, 16)
+  offsets = np.array([0, 100, 270])
+  traced = np.asarray(jax.jit(lambda off: block_map(mask, t, s, bs, q_offset=off).dense())(jnp.asarray(offsets)))
+  per_row = np.stack([block_map(mask, t, s, bs, q_offset=int(o)).dense() for o in offsets])
+  assert np.all((traced >= 1) >= (per_row >= 1).any(0))
+  assert np.all((traced == 2) <= (per_row == 2).all(0))
+  assert (traced == 0).any()  # blocks no row needs are still skipped
+
+
+def test_window_skips_blocks_and_flops_follow():
+  bs = BlockSizes(128, 128)
+  causal = block_map(Mask(causal=True), 4096, 4096, bs).num_visited()
+  local = block_map(Mask(causal=True, window=(128, 0)), 4096, 4096, bs).num_visited()
+  assert causal == 32 * 33 // 2 and local == 32 + 31
+  f_c = attention_flops(Mask(causal=True), 4096, 4096, 8, 64, block_sizes=bs)
+  assert f_c == 8 * causal * 2 * 128 * 128 * (64 + 64)
