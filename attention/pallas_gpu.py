@@ -98,19 +98,29 @@ def configs_for(q_len: int, kv_len: int, head_dim: int, dtype, block_sizes: Bloc
   return Configs(clip(base.fwd), clip(base.dkv), clip(base.dq))
 
 
-def _dot(a, b, *, trans_a=False, trans_b=False):
-  """2-D matmul with float32 accumulation; float32 inputs stay IEEE float32 (no tf32) on Triton."""
-  dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
-  return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+def _dot(a, b, *, trans_b=False):
+  """2-D matmul with float32 accumulation; float32 inputs are multiplied in IEEE float32, not tf32.
+
+  Only the second operand is ever transposed, and only as loaded from memory: Triton then reads it
+  transposed from shared memory, whereas transposing a computed tile would shuffle registers.
+  """
+  dims = (((1,), (1 if trans_b else 0,)), ((), ()))
+  precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else None
+  return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 
 
-def _visible(mask, kv_len, q_first, k_first, bq, bk, q_seg, k_seg):
-  """[bq, bk] element mask of a tile whose first query sits at position q_first, first key at k_first."""
-  q_pos = (q_first + jnp.arange(bq, dtype=jnp.int32))[:, None]
-  k_pos = (k_first + jnp.arange(bk, dtype=jnp.int32))[None, :]
-  qs = None if q_seg is None else q_seg[:, None]
-  ks = None if k_seg is None else k_seg[None, :]
-  return element_mask(mask, q_pos, k_pos, kv_len, qs, ks)
+def _visible(mask, kv_len, q_first, k_first, bq, bk, q_seg, k_seg, *, transposed=False):
+  """Element mask of a tile whose first query sits at position q_first and first key at k_first.
+
+  [bq, bk], or [bk, bq] when transposed (the dK/dV kernel works on transposed tiles); element_mask is
+  element-wise, so feeding it column/row vectors the other way round transposes the result.
+  """
+  q_pos = q_first + jnp.arange(bq, dtype=jnp.int32)
+  k_pos = k_first + jnp.arange(bk, dtype=jnp.int32)
+  q_axis, k_axis = (0, 1) if transposed else (1, 0)  # the axis each vector is broadcast along
+  col = lambda x, axis: None if x is None else jnp.expand_dims(x, axis)
+  return element_mask(mask, col(q_pos, q_axis), col(k_pos, k_axis), kv_len, col(q_seg, q_axis),
+                      col(k_seg, k_axis))
 
 
 def _stretches(ranges_ref, body, carry, seg_tile=None):
@@ -136,7 +146,7 @@ def _fwd_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, *rest, mask, scale2, b
     qseg_ref, kseg_ref, tiles_ref, o_ref, lse_ref = rest
   else:
     (o_ref, lse_ref), qseg_ref = rest, None
-  i = pl.program_id(0)
+  i = _q_tile()
   q = q_ref[...]  # [bq, H]
   q_first = off_ref[...] + i * bq
   q_seg = qseg_ref[...] if has_seg else None  # [bq]
@@ -167,7 +177,11 @@ def _fwd_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, *rest, mask, scale2, b
 
 def _dkv_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *rest, mask, scale,
                 bq, bk, kv_len, groups, has_seg):
-  """One kv tile of one kv head: dK, dV summed over its q tiles and the G query heads that read it."""
+  """One kv tile of one kv head: dK, dV summed over its q tiles and the G query heads that read it.
+
+  Works on transposed tiles s^T = K Q^T [bk, bq] (FlashAttention-2's Triton formulation), so that every
+  matmul's first operand is a register tile in its natural layout and only loaded tiles are transposed.
+  """
   if has_seg:
     qseg_ref, kseg_ref, tiles_ref, dk_ref, dv_ref = rest
   else:
@@ -183,14 +197,15 @@ def _dkv_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta
       rows = pl.ds(pl.multiple_of(i * bq, bq), bq)
       q = q_ref[rows, g, :]  # [bq, H]
       do = do_ref[rows, g, :]  # [bq, Hv]
-      s = _dot(q, k, trans_b=True) * (scale * _LOG2E)  # [bq, bk]
+      st = _dot(k, q, trans_b=True) * (scale * _LOG2E)  # [bk, bq]
       if masked:
         q_seg = qseg_ref[rows] if has_seg else None
-        s = jnp.where(_visible(mask, kv_len, off + i * bq, j * bk, bq, bk, q_seg, k_seg), s, -jnp.inf)
-      p = jnp.exp2(s - lse_ref[g, rows][:, None])  # lse pre-scaled to base 2; +inf rows give p = 0
-      dv = dv + _dot(p.astype(do.dtype), do, trans_a=True)
-      ds = p * (_dot(do, v, trans_b=True) - delta_ref[g, rows][:, None])  # [bq, bk]; scale applied at end
-      return dk + _dot(ds.astype(q.dtype), q, trans_a=True), dv
+        vis = _visible(mask, kv_len, off + i * bq, j * bk, bq, bk, q_seg, k_seg, transposed=True)
+        st = jnp.where(vis, st, -jnp.inf)
+      pt = jnp.exp2(st - lse_ref[g, rows][None, :])  # lse pre-scaled to base 2; +inf rows give p = 0
+      dv = dv + _dot(pt.astype(do.dtype), do)
+      dst = pt * (_dot(v, do, trans_b=True) - delta_ref[g, rows][None, :])  # [bk, bq]; scale at the end
+      return dk + _dot(dst.astype(q.dtype), q), dv
 
     seg_tile = (lambda i: tiles_ref[i] != 0) if has_seg else None
     return _stretches(ranges_ref, body, carry, seg_tile)
@@ -208,7 +223,7 @@ def _dq_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_
     qseg_ref, kseg_ref, tiles_ref, dq_ref = rest
   else:
     (dq_ref,), qseg_ref = rest, None
-  i = pl.program_id(0)
+  i = _q_tile()
   q, do = q_ref[...], do_ref[...]  # [bq, H], [bq, Hv]
   lse2, delta = lse_ref[...][:, None], delta_ref[...][:, None]  # [bq, 1]
   q_first = off_ref[...] + i * bq
@@ -301,6 +316,16 @@ def _ranges(*arrays):
   return jnp.stack([jnp.asarray(a, jnp.int32) for a in arrays])  # [4, blocks]
 
 
+def _heaviest_first(num_q_blocks):
+  """Grid step -> q tile, last tile first: under a causal mask the late tiles do the most work, and
+  launching them first keeps the last wave of programs short."""
+  return lambda i: num_q_blocks - 1 - i
+
+
+def _q_tile():
+  return pl.num_programs(0) - 1 - pl.program_id(0)  # the kernels' side of _heaviest_first
+
+
 def _params(c: KernelConfig):
   return plgpu.CompilerParams(num_warps=c.num_warps, num_stages=c.num_stages)
 
@@ -309,21 +334,22 @@ def _forward_call(pb: _Problem, q, k, v, static_off, off, q_seg, kv_seg):
   """Padded q [B, Tp, N, Hp], k [B, Sp, K, Hp], v [B, Sp, K, Hvp] -> out [B, Tp, N, Hvp], lse [B, N, Tp]."""
   c = pb.cfg.fwd
   bm = _block_map(pb, c, static_off)
+  r = _heaviest_first(bm.num_q_blocks)
   b, _, n, _ = q.shape
   g = pb.groups
   ranges = _ranges(bm.kv_start, bm.full_start, bm.full_end, bm.kv_end)
   in_specs = [
-      pl.BlockSpec((4, None), lambda i, bi, h: (0, i)),
+      pl.BlockSpec((4, None), lambda i, bi, h: (0, r(i))),
       pl.BlockSpec((None,), lambda i, bi, h: (bi,)),
-      pl.BlockSpec((None, c.block_q, None, pb.hp), lambda i, bi, h: (bi, i, h, 0)),
+      pl.BlockSpec((None, c.block_q, None, pb.hp), lambda i, bi, h: (bi, r(i), h, 0)),
       pl.BlockSpec((None, pb.sp, None, pb.hp), lambda i, bi, h: (bi, 0, lax.div(h, g), 0)),  # GQA
       pl.BlockSpec((None, pb.sp, None, pb.hvp), lambda i, bi, h: (bi, 0, lax.div(h, g), 0)),
   ]
   args = [ranges, off, q, k, v]
   if pb.has_seg:
-    in_specs += [pl.BlockSpec((None, c.block_q), lambda i, bi, h: (bi, i)),
+    in_specs += [pl.BlockSpec((None, c.block_q), lambda i, bi, h: (bi, r(i))),
                  pl.BlockSpec((None, pb.sp), lambda i, bi, h: (bi, 0)),
-                 pl.BlockSpec((None, None, bm.num_kv_blocks), lambda i, bi, h: (bi, i, 0))]
+                 pl.BlockSpec((None, None, bm.num_kv_blocks), lambda i, bi, h: (bi, r(i), 0))]
     args += [q_seg, kv_seg, _segment_tiles(q_seg, kv_seg, c.block_q, c.block_k, bm.num_q_blocks,
                                            bm.num_kv_blocks)]
   kernel = functools.partial(_fwd_kernel, mask=pb.mask, scale2=pb.scale * _LOG2E, bq=c.block_q, bk=c.block_k,
@@ -332,8 +358,8 @@ def _forward_call(pb: _Problem, q, k, v, static_off, off, q_seg, kv_seg):
       kernel,
       grid=(bm.num_q_blocks, b, n),
       in_specs=in_specs,
-      out_specs=[pl.BlockSpec((None, c.block_q, None, pb.hvp), lambda i, bi, h: (bi, i, h, 0)),
-                 pl.BlockSpec((None, None, c.block_q), lambda i, bi, h: (bi, h, i))],
+      out_specs=[pl.BlockSpec((None, c.block_q, None, pb.hvp), lambda i, bi, h: (bi, r(i), h, 0)),
+                 pl.BlockSpec((None, None, c.block_q), lambda i, bi, h: (bi, h, r(i)))],
       out_shape=[jax.ShapeDtypeStruct((b, pb.tp, n, pb.hvp), q.dtype),
                  jax.ShapeDtypeStruct((b, n, pb.tp), jnp.float32)],
       compiler_params=_params(c),
@@ -383,20 +409,21 @@ def _backward_call(pb: _Problem, q, k, v, do, lse2, delta, static_off, off, q_se
 
   c = pb.cfg.dq
   bm = _block_map(pb, c, static_off)
+  r = _heaviest_first(bm.num_q_blocks)
   in_specs = [
-      pl.BlockSpec((4, None), lambda i, bi, h: (0, i)),
+      pl.BlockSpec((4, None), lambda i, bi, h: (0, r(i))),
       pl.BlockSpec((None,), lambda i, bi, h: (bi,)),
-      pl.BlockSpec((None, c.block_q, None, pb.hp), lambda i, bi, h: (bi, i, h, 0)),
+      pl.BlockSpec((None, c.block_q, None, pb.hp), lambda i, bi, h: (bi, r(i), h, 0)),
       pl.BlockSpec((None, pb.sp, None, pb.hp), lambda i, bi, h: (bi, 0, lax.div(h, g), 0)),
       pl.BlockSpec((None, pb.sp, None, pb.hvp), lambda i, bi, h: (bi, 0, lax.div(h, g), 0)),
-      pl.BlockSpec((None, c.block_q, None, pb.hvp), lambda i, bi, h: (bi, i, h, 0)),
-      pl.BlockSpec((None, None, c.block_q), lambda i, bi, h: (bi, h, i)),
-      pl.BlockSpec((None, None, c.block_q), lambda i, bi, h: (bi, h, i)),
+      pl.BlockSpec((None, c.block_q, None, pb.hvp), lambda i, bi, h: (bi, r(i), h, 0)),
+      pl.BlockSpec((None, None, c.block_q), lambda i, bi, h: (bi, h, r(i))),
+      pl.BlockSpec((None, None, c.block_q), lambda i, bi, h: (bi, h, r(i))),
   ]
   args = [_ranges(bm.kv_start, bm.full_start, bm.full_end, bm.kv_end), off, q, k, v, do, lse2, delta]
   if pb.has_seg:
-    in_specs += seg_specs(c.block_q, pb.sp, bm.num_kv_blocks, lambda i, bi, h: (bi, i), lambda i, bi, h: (bi, 0),
-                          lambda i, bi, h: (bi, i, 0))
+    in_specs += seg_specs(c.block_q, pb.sp, bm.num_kv_blocks, lambda i, bi, h: (bi, r(i)), lambda i, bi, h: (bi, 0),
+                          lambda i, bi, h: (bi, r(i), 0))
     args += [q_seg, kv_seg, _segment_tiles(q_seg, kv_seg, c.block_q, c.block_k, bm.num_q_blocks,
                                            bm.num_kv_blocks)]
   kernel = functools.partial(_dq_kernel, mask=pb.mask, scale=pb.scale, bq=c.block_q, bk=c.block_k, kv_len=pb.s,
@@ -405,7 +432,7 @@ def _backward_call(pb: _Problem, q, k, v, do, lse2, delta, static_off, off, q_se
       kernel,
       grid=(bm.num_q_blocks, b, n),
       in_specs=in_specs,
-      out_specs=pl.BlockSpec((None, c.block_q, None, pb.hp), lambda i, bi, h: (bi, i, h, 0)),
+      out_specs=pl.BlockSpec((None, c.block_q, None, pb.hp), lambda i, bi, h: (bi, r(i), h, 0)),
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
       compiler_params=_params(c),
       interpret=pb.interpret,
