@@ -140,6 +140,8 @@ class _Plan:
 def _cyclic_cover(shifts, n):
   """Smallest cyclic interval (start, length) of Z_n holding every shift in `shifts`."""
   a = sorted(shifts)
+  if len(a) == n:
+    return 0, n
   gaps = [((a[(i + 1) % len(a)] - a[i]) % n) or n for i in range(len(a))]
   widest = int(np.argmax(gaps))
   return a[(widest + 1) % len(a)], n - gaps[widest] + 1
