@@ -39,7 +39,6 @@ NUM_SUBLANES = 8
 # Default tiles by (padded) head dim: the f32 [bq, bk] score tiles of the backward pass dominate VMEM.
 DEFAULT_BLOCK_SIZES = {64: BlockSizes(512, 512), 128: BlockSizes(512, 512), 256: BlockSizes(256, 512)}
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
-_TN = (((0,), (0,)), ((), ()))  # a.T @ b
 
 
 def _round_up(x: int, m: int) -> int:
@@ -77,25 +76,33 @@ def _lanes(x, width):
   return jnp.tile(x, (1, -(-width // NUM_LANES)))[:, :width]
 
 
-def _tile_visible(cfg, off, i, j, q_seg_ref, kv_seg_ref):
-  """[bq, bk] bool: the shared element-wise rule on tile (i, j), padding keys excluded."""
+def _tile_visible(cfg, off, i, j, q_seg_ref, kv_seg_ref, *, kv_major=False):
+  """Bool [bq, bk] ([bk, bq] if kv_major) of tile (q tile i, kv tile j): the shared element-wise rule.
+
+  Segment ids arrive replicated along the axis they are broadcast over: q-major tiles read q ids
+  [bq, 128] and kv ids [8, bk]; kv-major tiles read kv ids [bk, 128] and q ids [8, bq].
+  """
   bq, bk = cfg.block_q, cfg.block_k
-  q_pos = off + i * bq + lax.broadcasted_iota(jnp.int32, (bq, bk), 0)
-  k_pos = j * bk + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
+  shape, q_axis = ((bk, bq), 1) if kv_major else ((bq, bk), 0)
+  q_pos = off + i * bq + lax.broadcasted_iota(jnp.int32, shape, q_axis)
+  k_pos = j * bk + lax.broadcasted_iota(jnp.int32, shape, 1 - q_axis)
   q_ids = k_ids = None
-  if cfg.has_seg:
-    q_ids = _lanes(q_seg_ref[...], bk)  # [bq, 128] -> [bq, bk]
-    k_ids = jnp.broadcast_to(kv_seg_ref[:1, :], (bq, bk))  # [8, bk] -> [bq, bk]
+  if cfg.has_seg and kv_major:
+    q_ids = jnp.broadcast_to(q_seg_ref[:1, :], shape)
+    k_ids = _lanes(kv_seg_ref[...], bq)
+  elif cfg.has_seg:
+    q_ids = _lanes(q_seg_ref[...], bk)
+    k_ids = jnp.broadcast_to(kv_seg_ref[:1, :], shape)
   return element_mask(cfg.mask, q_pos, k_pos, cfg.kv_len, q_ids, k_ids)
 
 
-def _run_tile(cfg, ranges, seg_rng, b, i, j, tile, *, transposed=False):
+def _run_tile(cfg, ranges, seg_rng, b, i, j, tile, *, kv_major=False):
   """Call tile(masked) under pl.when if tile (q tile i, kv tile j) is visited.
 
-  ranges [4, n]: start, end, full_start, full_end of the visited range, per q tile (per kv tile when
-  transposed, i.e. in the dK/dV pass). seg_rng (q_lo, q_hi, k_lo, k_hi): per-tile segment-id ranges.
+  ranges [4, n]: start, end, full_start, full_end of the visited range, per q tile (per kv tile in the
+  kv-major dK/dV pass). seg_rng (q_lo, q_hi, k_lo, k_hi): per-tile segment-id ranges.
   """
-  outer, inner = (j, i) if transposed else (i, j)
+  outer, inner = (j, i) if kv_major else (i, j)
   run = inner < ranges[1, outer]
   masked = (inner < ranges[2, outer]) | (inner >= ranges[3, outer])
   if cfg.has_seg:  # i or j may step past the last tile here (then run is already False): clamp the lookup
@@ -115,9 +122,9 @@ def _split_prefetch(cfg, refs):
   return ranges, off, None, refs
 
 
-def _scores(cfg, q, k, visible):
-  """q [bq, H], k [bk, H] -> f32 [bq, bk] scaled logits, -inf where not visible (visible None: all)."""
-  s = lax.dot_general(q, k, _NT, preferred_element_type=jnp.float32) * cfg.scale
+def _scores(cfg, a, b, visible):
+  """a [ra, H], b [rb, H] -> f32 [ra, rb] scaled logits a @ b.T, -inf where not visible (None: all)."""
+  s = lax.dot_general(a, b, _NT, preferred_element_type=jnp.float32) * cfg.scale
   return s if visible is None else jnp.where(visible, s, -jnp.inf)
 
 
@@ -157,12 +164,13 @@ def _fwd_kernel(*refs, cfg, num_steps):
     lse_ref[...] = jnp.where(l > 0.0, m_sc[...] + jnp.log(l), jnp.inf)  # +inf: exp(s - lse) = 0 later
 
 
-def _probs_and_ds(cfg, q, k, v, do, lse, delta, visible):
-  """Recomputed p and ds = p * (dP - delta) * scale, both f32 [bq, bk] (FlashAttention-2, Alg. 2)."""
-  s = _scores(cfg, q, k, visible)
-  p = jnp.exp(s - _lanes(lse, cfg.block_k))  # lse = +inf on rows that see nothing: p = 0
-  dp = lax.dot_general(do, v, _NT, preferred_element_type=jnp.float32)  # [bq, bk]
-  return p, p * (dp - _lanes(delta, cfg.block_k)) * cfg.scale
+def _softmax_grad(cfg, s, dp, lse, delta):
+  """Recomputed p = exp(s - lse) and ds = p * (dP - delta) * scale (FlashAttention-2, Alg. 2), f32.
+
+  lse = +inf on rows that see no key, so p = 0 there. All arguments are broadcast to the tile's shape.
+  """
+  p = jnp.exp(s - lse)
+  return p, p * (dp - delta) * cfg.scale
 
 
 def _dkdv_kernel(*refs, cfg, num_steps):
@@ -178,13 +186,18 @@ def _dkdv_kernel(*refs, cfg, num_steps):
     dv_sc[...] = jnp.zeros(dv_sc.shape, jnp.float32)
 
   def tile(masked):
-    visible = _tile_visible(cfg, off[b], i, j, q_seg_ref, kv_seg_ref) if masked else None
+    # Kv-major tiles (s transposed, as in splash attention): dV = P^T dO and dK = dS^T Q become plain
+    # matmuls, and the per-query lse and delta are read as sublane-replicated rows [8, bq].
+    visible = _tile_visible(cfg, off[b], i, j, q_seg_ref, kv_seg_ref, kv_major=True) if masked else None
     q, do = q_ref[...], do_ref[...]  # [bq, H], [bq, Hv]
-    p, ds = _probs_and_ds(cfg, q, k_ref[...], v_ref[...], do, lse_ref[...], delta_ref[...], visible)
-    dv_sc[...] += lax.dot_general(p.astype(do.dtype), do, _TN, preferred_element_type=jnp.float32)
-    dk_sc[...] += lax.dot_general(ds.astype(q.dtype), q, _TN, preferred_element_type=jnp.float32)
+    s = _scores(cfg, k_ref[...], q, visible)  # [bk, bq]
+    dp = lax.dot_general(v_ref[...], do, _NT, preferred_element_type=jnp.float32)  # [bk, bq]
+    row = lambda ref: jnp.broadcast_to(ref[:1, :], s.shape)  # [8, bq] -> [bk, bq]
+    p, ds = _softmax_grad(cfg, s, dp, row(lse_ref), row(delta_ref))
+    dv_sc[...] += jnp.dot(p.astype(do.dtype), do, preferred_element_type=jnp.float32)  # [bk, Hv]
+    dk_sc[...] += jnp.dot(ds.astype(q.dtype), q, preferred_element_type=jnp.float32)  # [bk, H]
 
-  _run_tile(cfg, ranges, seg_rng, b, i, j, tile, transposed=True)
+  _run_tile(cfg, ranges, seg_rng, b, i, j, tile, kv_major=True)
 
   @pl.when((g == cfg.groups - 1) & (step == num_steps - 1))
   def _finalize():
@@ -205,8 +218,10 @@ def _dq_kernel(*refs, cfg, num_steps):
   def tile(masked):
     visible = _tile_visible(cfg, off[b], i, j, q_seg_ref, kv_seg_ref) if masked else None
     k = k_ref[...]  # [bk, H]
-    _, ds = _probs_and_ds(cfg, q_ref[...], k, v_ref[...], do_ref[...], lse_ref[...], delta_ref[...], visible)
-    dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+    s = _scores(cfg, q_ref[...], k, visible)  # [bq, bk]
+    dp = lax.dot_general(do_ref[...], v_ref[...], _NT, preferred_element_type=jnp.float32)  # [bq, bk]
+    _, ds = _softmax_grad(cfg, s, dp, _lanes(lse_ref[...], cfg.block_k), _lanes(delta_ref[...], cfg.block_k))
+    dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)  # [bq, H]
 
   _run_tile(cfg, ranges, seg_rng, b, i, j, tile)
 
@@ -222,8 +237,8 @@ class _Operands:
   q: jax.Array  # [B, N, Tp, Hp]
   k: jax.Array  # [B, K, Sp, Hp]
   v: jax.Array  # [B, K, Sp, Hvp]
-  q_seg: jax.Array | None  # [B, Tp, 128] lane-replicated
-  kv_seg: jax.Array | None  # [B, 8, Sp] sublane-replicated
+  q_ids: jax.Array | None  # [B, Tp] int32 segment ids, padded with the edge value
+  kv_ids: jax.Array | None  # [B, Sp]
   ranges: jax.Array  # [4, nq] kv_start, kv_end, full_start, full_end
   ranges_t: jax.Array  # [4, nk] q_start, q_end, q_full_start, q_full_end
   off: jax.Array  # [B] int32 position of each row's first query
@@ -256,17 +271,17 @@ def _pad(x, axis, size, mode="constant", value=0):
   return jnp.pad(x, pad, mode=mode) if mode == "edge" else jnp.pad(x, pad, constant_values=value)
 
 
-def _compute_dtype(x):
-  return jnp.float32 if x.dtype == jnp.float16 else x.dtype
+def _head_major(x, rows, d):
+  """[B, L, N, D] -> [B, N, Lp, Dp] zero-padded; float16 becomes float32 (TPUs have no fp16 matmul)."""
+  x = x.astype(jnp.float32) if x.dtype == jnp.float16 else x
+  return _pad(_pad(x, 1, rows), 3, d).transpose(0, 2, 1, 3)
 
 
 def _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset) -> _Operands:
-  b, t, n, h = q.shape
-  s, hv = k.shape[1], v.shape[-1]
+  b, t, s = q.shape[0], q.shape[1], k.shape[1]
   bq, bk = cfg.block_q, cfg.block_k
   tp, sp = _round_up(t, bq), _round_up(s, bk)
-  hp, hvp = _padded_head_dim(h), _padded_head_dim(hv)
-  head_major = lambda x, rows, d: _pad(_pad(x.astype(_compute_dtype(x)), 1, rows), 3, d).transpose(0, 2, 1, 3)
+  hp, hvp = _padded_head_dim(q.shape[-1]), _padded_head_dim(v.shape[-1])
   traced = not isinstance(q_offset, (int, np.integer))
   bm = block_map(cfg.mask, t, s, BlockSizes(bq, bk), has_segments=cfg.has_seg,
                  q_offset=q_offset if traced else int(q_offset))
@@ -280,18 +295,28 @@ def _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset) -> _Operands:
     kv_steps = max(1, int(np.max(bm.kv_end - bm.kv_start)))
     q_steps = max(1, int(np.max(bm.q_end - bm.q_start)))
     off = np.full((b,), int(q_offset), np.int32)
-  q_seg = kv_seg = None
+  q_ids = kv_ids = None
   seg_rng = ()
   if cfg.has_seg:
     kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
-    qs = _pad(jnp.asarray(segment_ids, jnp.int32), 1, tp, "edge")  # [B, Tp]; edge keeps tile ranges tight
-    ks = _pad(jnp.asarray(kv_segment_ids, jnp.int32), 1, sp, "edge")  # [B, Sp]
-    q_seg = lax.broadcast_in_dim(qs, (b, tp, NUM_LANES), (0, 1))
-    kv_seg = lax.broadcast_in_dim(ks, (b, NUM_SUBLANES, sp), (0, 2))
-    qt, kt = qs.reshape(b, -1, bq), ks.reshape(b, -1, bk)
+    q_ids = _pad(jnp.asarray(segment_ids, jnp.int32), 1, tp, "edge")  # edge padding keeps tile ranges tight
+    kv_ids = _pad(jnp.asarray(kv_segment_ids, jnp.int32), 1, sp, "edge")
+    qt, kt = q_ids.reshape(b, -1, bq), kv_ids.reshape(b, -1, bk)
     seg_rng = (qt.min(-1), qt.max(-1), kt.min(-1), kt.max(-1))
-  return _Operands(head_major(q, tp, hp), head_major(k, sp, hp), head_major(v, sp, hvp), q_seg, kv_seg,
+  return _Operands(_head_major(q, tp, hp), _head_major(k, sp, hp), _head_major(v, sp, hvp), q_ids, kv_ids,
                    ranges, ranges_t, off, seg_rng, kv_steps, q_steps)
+
+
+def _as_lanes(x):
+  """[..., L] -> [..., L, 128]: one row value per sublane, replicated over lanes (a column of the tile)."""
+  return None if x is None else lax.broadcast_in_dim(x, (*x.shape, NUM_LANES), tuple(range(x.ndim)))
+
+
+def _as_sublanes(x):
+  """[..., L] -> [..., 8, L]: replicated over sublanes (a row of the tile)."""
+  if x is None:
+    return None
+  return lax.broadcast_in_dim(x, (*x.shape[:-1], NUM_SUBLANES, x.shape[-1]), (*range(x.ndim - 1), x.ndim))
 
 
 def _clamped(ranges, i, step):
@@ -299,82 +324,86 @@ def _clamped(ranges, i, step):
   return jnp.minimum(ranges[0, i] + step, jnp.maximum(ranges[1, i] - 1, ranges[0, i]))
 
 
-def _call(kernel, cfg, ops, prefetch, grid, in_specs, args, out_specs, out_shape, scratch, semantics, name):
+def _call(kernel, cfg, prefetch, grid, in_specs, args, out_specs, out_shape, scratch, name):
+  """pallas_call over `grid`; its leading axes are independent, the trailing accumulation axes sequential."""
   grid_spec = pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=len(prefetch), grid=grid, in_specs=in_specs,
                                            out_specs=out_specs, scratch_shapes=scratch)
+  semantics = ("parallel",) * 3 + ("arbitrary",) * (len(grid) - 3)
   return pl.pallas_call(kernel, grid_spec=grid_spec, out_shape=out_shape,
                         compiler_params=pltpu.CompilerParams(dimension_semantics=semantics),
                         interpret=_interpret_arg(cfg.interpret), name=name)(*prefetch, *args)
 
 
-def _row_specs(cfg, ops, hp, hvp):
-  """BlockSpecs of q-side [bq, .] tiles, kv-side [bk, .] tiles and segment ids for a q-major grid."""
+def _block(rows, cols, index_map):
+  """Spec of a [rows, cols] tile of a [B, heads, L, D] array (batch and head squeezed)."""
+  return pl.BlockSpec((None, None, rows, cols), index_map)
+
+
+def _q_major(cfg, ops, kernel, num_steps, args, sides, out_widths, out_shape, scratch, name):
+  """Run a q-major kernel: grid (B, N, q tiles, kv steps).
+
+  args are [B, heads, L, d] arrays read as [bq, d] tiles (sides[a] == "q") or as [bk, d] tiles of the kv
+  tile being visited ("kv"); segment ids follow (q ids [bq, 128] lane-replicated, kv ids [8, bk]), then
+  the outputs, [bq, width] tiles of [B, N, Tp, width] arrays.
+  """
   bq, bk, g = cfg.block_q, cfg.block_k, cfg.groups
   q_map = lambda b, n, i, t, ranges, *_: (b, n, i, 0)
-  kv_map = lambda b, n, i, t, ranges, *_: (b, lax.div(n, g), _clamped(ranges, i, t), 0)
-  spec = lambda rows, d, index_map: pl.BlockSpec((None, None, rows, d), index_map)
-  seg = [pl.BlockSpec((None, bq, NUM_LANES), lambda b, n, i, t, *_: (b, i, 0)),
-         pl.BlockSpec((None, NUM_SUBLANES, bk), lambda b, n, i, t, ranges, *_: (b, 0, _clamped(ranges, i, t)))]
-  seg = seg if cfg.has_seg else [None, None]
-  return spec(bq, hp, q_map), spec(bk, hp, kv_map), spec(bk, hvp, kv_map), spec(bq, hvp, q_map), \
-      spec(bq, NUM_LANES, q_map), spec(bq, hp, q_map), seg
+  kv_map = lambda b, n, i, t, ranges, *_: (b, lax.div(n, g), _clamped(ranges, i, t), 0)  # GQA: n // G
+  in_specs = [_block(bq, x.shape[-1], q_map) if side == "q" else _block(bk, x.shape[-1], kv_map)
+              for x, side in zip(args, sides)]
+  seg_specs = [None, None]
+  if cfg.has_seg:
+    seg_specs = [pl.BlockSpec((None, bq, NUM_LANES), lambda b, n, i, t, *_: (b, i, 0)),
+                 pl.BlockSpec((None, NUM_SUBLANES, bk), lambda b, n, i, t, r, *_: (b, 0, _clamped(r, i, t)))]
+  b, n, tp, _ = ops.q.shape
+  return _call(functools.partial(kernel, cfg=cfg, num_steps=num_steps), cfg,
+               (ops.ranges, ops.off, *ops.seg_rng), (b, n, tp // bq, num_steps), in_specs + seg_specs,
+               (*args, _as_lanes(ops.q_ids), _as_sublanes(ops.kv_ids)),
+               [_block(bq, d, q_map) for d in out_widths], out_shape, scratch, name)
 
 
 def _forward(cfg, ops):
   """-> out [B, N, Tp, Hvp], lse [B, N, Tp, 128] (lane-replicated)."""
-  b, n, tp, hp = ops.q.shape
-  hvp = ops.v.shape[-1]
-  q_spec, k_spec, v_spec, o_spec, row_spec, _, seg = _row_specs(cfg, ops, hp, hvp)
-  f32 = jnp.float32
-  return _call(
-      functools.partial(_fwd_kernel, cfg=cfg, num_steps=ops.kv_steps), cfg, ops,
-      (ops.ranges, ops.off, *ops.seg_rng), (b, n, tp // cfg.block_q, ops.kv_steps),
-      [q_spec, k_spec, v_spec, *seg], (ops.q, ops.k, ops.v, ops.q_seg, ops.kv_seg), [o_spec, row_spec],
-      [jax.ShapeDtypeStruct((b, n, tp, hvp), ops.q.dtype), jax.ShapeDtypeStruct((b, n, tp, NUM_LANES), f32)],
-      [pltpu.VMEM((cfg.block_q, NUM_LANES), f32), pltpu.VMEM((cfg.block_q, NUM_LANES), f32),
-       pltpu.VMEM((cfg.block_q, hvp), f32)],
-      ("parallel", "parallel", "parallel", "arbitrary"), "flash_fwd_tpu")
+  b, n, tp, _ = ops.q.shape
+  hvp, f32 = ops.v.shape[-1], jnp.float32
+  out_shape = [jax.ShapeDtypeStruct((b, n, tp, hvp), ops.q.dtype),
+               jax.ShapeDtypeStruct((b, n, tp, NUM_LANES), f32)]
+  scratch = [pltpu.VMEM((cfg.block_q, NUM_LANES), f32), pltpu.VMEM((cfg.block_q, NUM_LANES), f32),
+             pltpu.VMEM((cfg.block_q, hvp), f32)]  # m, l, acc
+  return _q_major(cfg, ops, _fwd_kernel, ops.kv_steps, (ops.q, ops.k, ops.v), ("q", "kv", "kv"),
+                  (hvp, NUM_LANES), out_shape, scratch, "flash_fwd_tpu")
 
 
 def _backward(cfg, ops, do, lse, delta):
-  """do [B, N, Tp, Hvp], lse and delta [B, N, Tp, 128] -> dq [B, N, Tp, Hp], dk, dv [B, K, Sp, .]."""
+  """do [B, N, Tp, Hvp], lse and delta [B, N, Tp] f32 -> dq [B, N, Tp, Hp], dk, dv [B, K, Sp, .]."""
   b, n, tp, hp = ops.q.shape
   kh, sp, hvp = ops.k.shape[1], ops.k.shape[2], ops.v.shape[-1]
   bq, bk, g = cfg.block_q, cfg.block_k, cfg.groups
   f32 = jnp.float32
-  args = (ops.q, ops.k, ops.v, do, lse, delta, ops.q_seg, ops.kv_seg)
-
-  q_spec, k_spec, v_spec, do_spec, row_spec, dq_spec, seg = _row_specs(cfg, ops, hp, hvp)
-  dq = _call(
-      functools.partial(_dq_kernel, cfg=cfg, num_steps=ops.kv_steps), cfg, ops,
-      (ops.ranges, ops.off, *ops.seg_rng), (b, n, tp // bq, ops.kv_steps),
-      [q_spec, k_spec, v_spec, do_spec, row_spec, row_spec, *seg], args, dq_spec,
-      jax.ShapeDtypeStruct(ops.q.shape, ops.q.dtype), [pltpu.VMEM((bq, hp), f32)],
-      ("parallel", "parallel", "parallel", "arbitrary"), "flash_dq_tpu")
+  dq, = _q_major(cfg, ops, _dq_kernel, ops.kv_steps,
+                 (ops.q, ops.k, ops.v, do, _as_lanes(lse), _as_lanes(delta)), ("q", "kv", "kv", "q", "q", "q"),
+                 (hp,), [jax.ShapeDtypeStruct(ops.q.shape, ops.q.dtype)], [pltpu.VMEM((bq, hp), f32)],
+                 "flash_dq_tpu")
 
   # dK/dV: kv-major grid (B, K, kv tiles, G, q steps); the G query heads of kv head h are n = h * G + g.
   q_map = lambda b_, h, j, g_, t, ranges_t, *_: (b_, h * g + g_, _clamped(ranges_t, j, t), 0)
+  row_map = lambda b_, h, j, g_, t, ranges_t, *_: (b_, h * g + g_, 0, _clamped(ranges_t, j, t))
   kv_map = lambda b_, h, j, g_, t, *_: (b_, h, j, 0)
-  spec = lambda rows, d, index_map: pl.BlockSpec((None, None, rows, d), index_map)
-  seg = [pl.BlockSpec((None, bq, NUM_LANES), lambda b_, h, j, g_, t, ranges_t, *_: (b_, _clamped(ranges_t, j, t), 0)),
-         pl.BlockSpec((None, NUM_SUBLANES, bk), lambda b_, h, j, g_, t, *_: (b_, 0, j))]
-  seg = seg if cfg.has_seg else [None, None]
+  seg_specs = [None, None]
+  if cfg.has_seg:
+    seg_specs = [pl.BlockSpec((None, NUM_SUBLANES, bq), lambda b_, h, j, g_, t, r, *_: (b_, 0, _clamped(r, j, t))),
+                 pl.BlockSpec((None, bk, NUM_LANES), lambda b_, h, j, g_, t, *_: (b_, j, 0))]
   dk, dv = _call(
-      functools.partial(_dkdv_kernel, cfg=cfg, num_steps=ops.q_steps), cfg, ops,
+      functools.partial(_dkdv_kernel, cfg=cfg, num_steps=ops.q_steps), cfg,
       (ops.ranges_t, ops.off, *ops.seg_rng), (b, kh, sp // bk, g, ops.q_steps),
-      [spec(bq, hp, q_map), spec(bk, hp, kv_map), spec(bk, hvp, kv_map), spec(bq, hvp, q_map),
-       spec(bq, NUM_LANES, q_map), spec(bq, NUM_LANES, q_map), *seg], args,
-      [spec(bk, hp, kv_map), spec(bk, hvp, kv_map)],
+      [_block(bq, hp, q_map), _block(bk, hp, kv_map), _block(bk, hvp, kv_map), _block(bq, hvp, q_map),
+       _block(NUM_SUBLANES, bq, row_map), _block(NUM_SUBLANES, bq, row_map), *seg_specs],
+      (ops.q, ops.k, ops.v, do, _as_sublanes(lse), _as_sublanes(delta), _as_sublanes(ops.q_ids),
+       _as_lanes(ops.kv_ids)),
+      [_block(bk, hp, kv_map), _block(bk, hvp, kv_map)],
       [jax.ShapeDtypeStruct(ops.k.shape, ops.k.dtype), jax.ShapeDtypeStruct(ops.v.shape, ops.v.dtype)],
-      [pltpu.VMEM((bk, hp), f32), pltpu.VMEM((bk, hvp), f32)],
-      ("parallel", "parallel", "parallel", "arbitrary", "arbitrary"), "flash_dkdv_tpu")
+      [pltpu.VMEM((bk, hp), f32), pltpu.VMEM((bk, hvp), f32)], "flash_dkdv_tpu")
   return dq, dk, dv
-
-
-def _rows_to_lanes(x, tp, value):
-  """[B, N, T] f32 -> [B, N, Tp, 128] lane-replicated, padding rows filled with `value`."""
-  x = _pad(x.astype(jnp.float32), 2, tp, value=value)
-  return lax.broadcast_in_dim(x, (*x.shape, NUM_LANES), (0, 1, 2))
 
 
 def _from_head_major(x, t, d, dtype):
@@ -414,8 +443,8 @@ def flash_backward(q, k, v, out, lse, do, *, dlse=None, mask=Mask(), segment_ids
   delta = jnp.einsum("btnh,btnh->bnt", do.astype(jnp.float32), out.astype(jnp.float32))  # rowsum(dO * O)
   if dlse is not None:
     delta = delta - dlse.astype(jnp.float32)
-  do_h = _pad(_pad(do.astype(ops.q.dtype), 1, tp), 3, hvp).transpose(0, 2, 1, 3)  # [B, N, Tp, Hvp]
-  dq, dk, dv = _backward(cfg, ops, do_h, _rows_to_lanes(lse, tp, jnp.inf), _rows_to_lanes(delta, tp, 0.0))
+  do_h = _head_major(do.astype(ops.q.dtype), tp, hvp)  # [B, N, Tp, Hvp]
+  dq, dk, dv = _backward(cfg, ops, do_h, _pad(lse.astype(jnp.float32), 2, tp, value=jnp.inf), _pad(delta, 2, tp))
   return (_from_head_major(dq, t, h, q.dtype), _from_head_major(dk, s, h, k.dtype),
           _from_head_major(dv, s, hv, v.dtype))
 
