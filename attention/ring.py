@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from attention import Impl, resolve_impl, validate
+from attention import Impl, attend, resolve_impl, validate
 from attention.mask import BlockSizes, Mask, block_map, segment_block_overlap
 
 # Modules exposing flash_forward / flash_backward with xla_flash's signature (Pallas ones add `interpret`).
@@ -352,33 +352,26 @@ def ring_attention_shard(q, k, v, *, axis_name: str = "context", mask: Mask = Ma
   return _shards_from_balanced(out, axis_name, n) if reorder else out
 
 
-def _spec_axes(mesh, axes, what):
-  axes = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
-  for a in axes:
-    if a not in mesh.axis_names:
-      raise ValueError(f"{what}={a!r} is not an axis of the mesh {mesh.axis_names}")
-  return axes
-
-
-def ring_attention(q, k, v, *, mesh: Mesh, axis_name: str = "context", mask: Mask = Mask(), segment_ids=None,
+def ring_attention(q, k, v, *, mesh, axis_name: str = "context", mask: Mask = Mask(), segment_ids=None,
                    scale=None, impl: str = "xla", load_balance: bool = True, block_sizes: BlockSizes | None = None,
-                   interpret: bool | None = None, batch_axes=None, head_axis: str | None = None):
+                   interpret: bool | None = None):
   """Exact self-attention of global arrays whose sequence axis is sharded over `axis_name` of `mesh`.
 
   Equal to attention.attend(q, k, v, mask=mask, segment_ids=segment_ids) up to float rounding, with
-  O(L/n) memory per device. Works inside jax.jit; inputs are resharded to the layout it needs.
+  O(L/n) memory per device. Works inside jax.jit. Only `axis_name` is manual inside the ring (shard_map
+  with axis_names={axis_name}); other mesh axes (data, fsdp, tensor) keep sharding B and the heads as the
+  compiler laid them out.
 
   Args:
     q: [B, L, N, H], k [B, L, K, H], v [B, L, K, Hv], natural token order.
-    mesh: the device mesh; `axis_name` (n devices) shards L.
+    mesh: a jax.sharding.Mesh (or the AbstractMesh of jax.sharding.get_abstract_mesh()); `axis_name`
+      (n devices) shards L.
     mask, segment_ids, scale, impl, interpret, block_sizes: as in ring_attention_shard.
     load_balance: zigzag layout so causal work is equal on every device; needs L % 2n == 0 (else L % n).
-    batch_axes: mesh axes sharding B (e.g. ("data", "fsdp")); other axes replicate the computation.
-    head_axis: mesh axis sharding the heads N and K (tensor parallelism), or None.
   Returns:
-    [B, L, N, Hv] in q's dtype, sharded like q.
+    [B, L, N, Hv] in q's dtype, L sharded over `axis_name`.
   """
-  if not isinstance(mesh, Mesh):
+  if not isinstance(mesh, (Mesh, AbstractMesh)):
     raise ValueError(f"mesh must be a jax.sharding.Mesh, got {mesh!r}")
   if axis_name not in mesh.axis_names:
     raise ValueError(f"axis_name={axis_name!r} is not an axis of the mesh {mesh.axis_names}")
@@ -388,40 +381,53 @@ def ring_attention(q, k, v, *, mesh: Mesh, axis_name: str = "context", mask: Mas
                      f"k {k.shape}")
   n = mesh.shape[axis_name]
   _check_divisible(q.shape[1], 2 * n if load_balance else n, load_balance)
-  batch = _spec_axes(mesh, batch_axes, "batch_axes") or None
-  heads = _spec_axes(mesh, head_axis, "head_axis")
-  if axis_name in (batch or ()) + heads:
-    raise ValueError(f"axis_name={axis_name!r} cannot also shard the batch or the heads")
-  heads = heads[0] if heads else None
-  spec, seg_spec = P(batch, axis_name, heads, None), P(batch, axis_name)
-  explicit = {a for a, t in zip(mesh.axis_names, mesh.axis_types) if t == AxisType.Explicit}
-
-  def place(x, s):  # Explicit mesh axes need the caller's sharding to match in_specs; Auto ones reshard
-    used = {a for part in s if part is not None for a in ((part,) if isinstance(part, str) else part)}
-    return jax.reshard(x, NamedSharding(mesh, s)) if used & explicit else x
-
   fn = functools.partial(ring_attention_shard, axis_name=axis_name, mask=mask, scale=scale, impl=impl,
                          interpret=interpret, load_balance=load_balance, block_sizes=block_sizes)
-  if segment_ids is None:
-    sharded = jax.shard_map(lambda q, k, v: fn(q, k, v), mesh=mesh, in_specs=(spec, spec, spec),
-                            out_specs=spec, check_vma=False)
-    return sharded(place(q, spec), place(k, spec), place(v, spec))
-  sharded = jax.shard_map(lambda q, k, v, s: fn(q, k, v, segment_ids=s), mesh=mesh,
-                          in_specs=(spec, spec, spec, seg_spec), out_specs=spec, check_vma=False)
-  return sharded(place(q, spec), place(k, spec), place(v, spec), place(segment_ids, seg_spec))
+  args = (q, k, v) + (() if segment_ids is None else (segment_ids,))
+  call = (lambda q, k, v: fn(q, k, v)) if segment_ids is None else (lambda q, k, v, s: fn(q, k, v, segment_ids=s))
+  if AxisType.Explicit not in mesh.axis_types:
+    # Only the context axis is manual; the compiler keeps B and the heads sharded as they were.
+    spec = P(None, axis_name)
+    return jax.shard_map(call, mesh=mesh, in_specs=spec, out_specs=spec, axis_names={axis_name},
+                         check_vma=False)(*args)
+  # Explicit axes: every axis manual, each input keeps its own B / head sharding and L goes over the ring.
+  specs = []
+  for x in args:
+    spec = tuple(jax.typeof(x).sharding.spec) + (None,) * x.ndim
+    specs.append(P(spec[0], axis_name, *spec[2:x.ndim]))
+  if specs[0][2] != specs[1][2] or specs[1] != specs[2]:
+    raise ValueError(f"q, k, v must shard B and the heads alike, got {specs[:3]}")
+  args = [jax.reshard(x, NamedSharding(mesh, s)) for x, s in zip(args, specs)]
+  return jax.shard_map(call, mesh=mesh, in_specs=tuple(specs), out_specs=specs[0], check_vma=False)(*args)
 
 
-def sparse_ring_attention(*args, **kwargs):
-  """DeepSeek Sparse Attention under context parallelism is not implemented.
+def context_parallel_attend(q, k, v, *, mask: Mask = Mask(), segment_ids=None, impl: str = "auto",
+                            axis_name: str = "context", load_balance: bool = True,
+                            block_sizes: BlockSizes | None = None):
+  """The hook a model calls for full-sequence self-attention: ring attention under a context-parallel mesh.
 
-  The top-k keys of a query may sit on any device, so each ring step would have to filter every query's
-  selected indices to the visiting chunk and merge by log-sum-exp; sparse_attend returns no log-sum-exp
-  to merge with. Use context=1 for DSA layers (or GLOBAL/LOCAL layers under context parallelism).
+  When the current mesh (jax.set_mesh) has an `axis_name` axis of size > 1 this is ring_attention over it,
+  else attention.attend. Same result either way; the model needs no knowledge of the mesh.
   """
-  del args, kwargs
-  raise NotImplementedError("DeepSeek Sparse Attention (DSA) under context parallelism (ring attention) is "
-                            "not implemented; run DSA layers with a context mesh axis of size 1")
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or axis_name not in mesh.axis_names or mesh.shape[axis_name] == 1:
+    return attend(q, k, v, mask=mask, segment_ids=segment_ids, impl=impl, block_sizes=block_sizes)
+  return ring_attention(q, k, v, mesh=mesh, axis_name=axis_name, mask=mask, segment_ids=segment_ids, impl=impl,
+                        load_balance=load_balance, block_sizes=block_sizes)
 
 
-__all__ = ["ring_attention", "ring_attention_shard", "sparse_ring_attention", "load_balance_order",
-           "to_load_balanced", "from_load_balanced"]
+def check_not_context_parallel(what: str, axis_name: str = "context"):
+  """Raise NotImplementedError when the current mesh shards the sequence over `axis_name` (size > 1).
+
+  For the layers that have no ring version: DeepSeek Sparse Attention's top-k keys of a query may sit on
+  any device, so each ring step would have to filter every query's selected indices to the visiting chunk
+  and merge by log-sum-exp, and sparse_attend returns no log-sum-exp to merge with.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and axis_name in mesh.axis_names and mesh.shape[axis_name] > 1:
+    raise NotImplementedError(f"{what} under context parallelism (mesh axis {axis_name!r} of size "
+                              f"{mesh.shape[axis_name]}) is not implemented; use a mesh with {axis_name}=1")
+
+
+__all__ = ["ring_attention", "ring_attention_shard", "context_parallel_attend", "check_not_context_parallel",
+           "load_balance_order", "to_load_balanced", "from_load_balanced"]

@@ -14,8 +14,8 @@ import pytest
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from attention import BlockSizes, Mask, attend, ring
-from attention.ring import (from_load_balanced, load_balance_order, ring_attention, ring_attention_shard,
-                            sparse_ring_attention, to_load_balanced)
+from attention.ring import (check_not_context_parallel, context_parallel_attend, from_load_balanced,
+                            load_balance_order, ring_attention, ring_attention_shard, to_load_balanced)
 from attention_testing import TOL, fwd_and_grads, random_qkv, rel_err
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,8 +75,9 @@ def test_eight_shards_with_data_axis():
   """Mesh (data=2, context=4) with the batch split over data, and a plain 8-way ring; packed causal."""
   q, k, v, ct = random_qkv(3, 2, 128, 128, 2, 1, 8)
   seg = _packed_segments(2, 2, 128, 6)
-  _assert_ring_matches(_mesh((2, 4), ("data", "context")), q, k, v, ct, mask=Mask(causal=True),
-                       segment_ids=seg, batch_axes="data")
+  mesh = _mesh((2, 4), ("data", "context"))
+  by_data = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
+  _assert_ring_matches(mesh, *map(by_data, (q, k, v, ct)), mask=Mask(causal=True), segment_ids=by_data(seg))
   _assert_ring_matches(_mesh((8,), ("context",)), q, k, v, ct, mask=Mask(causal=True), segment_ids=seg)
 
 
@@ -93,11 +94,30 @@ def test_pallas_gpu_kernel_interpreted():
 
 
 def test_explicit_mesh_axes():
-  """A mesh with Explicit axes: inputs are resharded to the ring layout first (forward only)."""
-  q, k, v, _ = random_qkv(6, 1, 32, 32, 2, 2, 8)
-  out = jax.jit(functools.partial(ring_attention, mesh=_mesh((4,), ("context",), AxisType.Explicit),
-                                  mask=Mask(causal=True)))(q, k, v)
+  """Explicit axes: L is resharded over context, B keeps its data sharding (forward only)."""
+  q, k, v, _ = random_qkv(6, 2, 32, 32, 2, 2, 8)
+  mesh = _mesh((2, 4), ("data", "context"), AxisType.Explicit)
+  q, k, v = (jax.device_put(x, NamedSharding(mesh, P("data"))) for x in (q, k, v))
+  out = jax.jit(functools.partial(ring_attention, mesh=mesh, mask=Mask(causal=True)))(q, k, v)
+  assert out.sharding.spec[:2] == ("data", "context")
   assert rel_err(out, attend(q, k, v, mask=Mask(causal=True), impl="reference")) < 1e-5
+
+
+def test_context_parallel_hook():
+  """context_parallel_attend: attend() without a mesh, the ring under jax.set_mesh with context > 1."""
+  q, k, v, _ = random_qkv(9, 1, 32, 32, 2, 2, 8)
+  mask = Mask(causal=True, window=(6, 0))
+  hook = jax.jit(functools.partial(context_parallel_attend, mask=mask, impl="xla"))
+  ref = attend(q, k, v, mask=mask, impl="reference")
+  assert rel_err(hook(q, k, v), ref) < 1e-5
+  assert "collective_permute" not in hook.lower(q, k, v).as_text()
+  mesh = _mesh((2, 4), ("data", "context"))
+  with jax.set_mesh(mesh):
+    assert "collective_permute" in hook.lower(q, k, v).as_text()  # retraced: the mesh is in the context
+    assert rel_err(hook(q, k, v), ref) < 1e-5
+    with pytest.raises(NotImplementedError, match="DSA.*context parallelism"):
+      check_not_context_parallel("DSA")
+  check_not_context_parallel("DSA")  # no context axis: nothing to refuse
 
 
 def test_shard_level_api_on_balanced_data():
@@ -175,8 +195,6 @@ def test_errors():
     ring_attention(q, k, v, mesh=mesh)
   with pytest.raises(ValueError, match="axis_name='seq'"):
     ring_attention(q, k, v, mesh=mesh, axis_name="seq")
-  with pytest.raises(ValueError, match="batch_axes='data'"):
-    ring_attention(q, k, v, mesh=mesh, batch_axes="data", load_balance=False)
   with pytest.raises(ValueError, match="impl='nope'"):
     ring_attention(q, k, v, mesh=mesh, impl="nope", load_balance=False)
   with pytest.raises(ValueError, match="self-attention"):
@@ -185,8 +203,6 @@ def test_errors():
     ring_attention(q[0], k, v, mesh=mesh)
   with pytest.raises(ValueError, match="not a mesh axis bound"):
     ring_attention_shard(q, k, v)
-  with pytest.raises(NotImplementedError, match="DSA"):
-    sparse_ring_attention(q, k, v)
 
 
 _WORKER = textwrap.dedent("""
