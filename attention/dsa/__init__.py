@@ -6,7 +6,8 @@ top_k (2048 in V3.2) per query, and sparse_attend runs exact softmax attention o
 O(L*k) instead of O(L^2) for the attention, with no L x L array in either step.
 
 Each op has its own registry of attention.Impl, resolved by attention.resolve_impl with the same impl
-names and interpret rule as attend(). The Pallas kernels register themselves on import.
+names and interpret rule as attend(). impl="auto" means "xla" for both ops: the Pallas sparse kernels are
+verified in interpret mode and by cross-lowering only, not yet timed on hardware, so auto does not pick them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import numpy as np
 from attention import Impl, _check_rank, resolve_impl
 from attention.dsa.indexer import SCORE_DTYPES, indexer_rope, indexer_scores, quantize_rows
 from attention.dsa.losses import indexer_kl_loss
+from attention.dsa.sparse_pallas_gpu import sparse_pallas_gpu
+from attention.dsa.sparse_pallas_tpu import sparse_pallas_tpu
 from attention.dsa.sparse_reference import selection_mask, sparse_reference
 from attention.dsa.sparse_xla import sparse_xla
 from attention.dsa.topk import topk_reference, topk_xla
@@ -28,12 +31,20 @@ _FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 SPARSE_REGISTRY: dict[str, Impl] = {
     "reference": Impl(sparse_reference),
     "xla": Impl(sparse_xla),
+    "pallas_gpu": Impl(sparse_pallas_gpu, platforms=("gpu",), interpretable=True),
+    "pallas_tpu": Impl(sparse_pallas_tpu, platforms=("tpu",), interpretable=True),
 }
+_AUTO_CHOICES = ("xla",)  # what impl="auto" may pick (see the module docstring)
 # fn(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype, chunk_size)
 TOPK_REGISTRY: dict[str, Impl] = {
     "reference": Impl(topk_reference),
     "xla": Impl(topk_xla),
 }
+
+
+def _auto_view(registry, impl):
+  """The registry resolve_impl sees: for impl="auto", only the impls auto may pick."""
+  return {k: v for k, v in registry.items() if k in _AUTO_CHOICES} if impl == "auto" else registry
 
 
 def _check_float(name, x):
@@ -112,7 +123,7 @@ def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True),
     raise ValueError(f"sequence lengths must be >= 1, got q_idx {q_idx.shape}, k_idx {k_idx.shape}")
   q_offset = _check_q_offset(q_offset, b)
   segment_ids, kv_segment_ids = _check_segments(segment_ids, kv_segment_ids, b, t, k_idx.shape[1])
-  name, _ = resolve_impl(impl, None, registry=TOPK_REGISTRY, op="topk_indices")
+  name, _ = resolve_impl(impl, None, registry=_auto_view(TOPK_REGISTRY, impl), op="topk_indices")
   return TOPK_REGISTRY[name].fn(q_idx, k_idx, w, top_k=int(top_k), mask=mask, segment_ids=segment_ids,
                                 kv_segment_ids=kv_segment_ids, q_offset=q_offset, score_dtype=score_dtype,
                                 chunk_size=chunk_size)
@@ -154,7 +165,7 @@ def sparse_attend(q, k, v, indices, *, scale=None, impl: str = "auto", interpret
     raise ValueError(f"indices must have shape [B={b}, T={t}, top_k>=1], got {indices.shape}")
   if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
     raise ValueError(f"scale must be a Python number or None, got {scale!r}")
-  name, interpret = resolve_impl(impl, interpret, registry=SPARSE_REGISTRY, op="sparse_attend")
+  name, interpret = resolve_impl(impl, interpret, registry=_auto_view(SPARSE_REGISTRY, impl), op="sparse_attend")
   scale = h ** -0.5 if scale is None else float(scale)
   return SPARSE_REGISTRY[name].fn(q, k, v, indices, scale=scale, interpret=interpret)
 

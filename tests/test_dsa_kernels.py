@@ -1,0 +1,81 @@
+"""DSA Pallas sparse-attention kernels: interpret mode on the CPU vs the reference, and cross-lowering."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attention.dsa import sparse_attend
+from attention.dsa.sparse_pallas_gpu import sparse_pallas_gpu
+from attention.dsa.sparse_pallas_tpu import sparse_pallas_tpu
+from attention.dsa.sparse_reference import selection_mask
+from attention.reference import attention_with_lse
+
+
+def _inputs(seed, b, t, s, n, kh, h, hv, top_k, dtype=jnp.float32):
+  ks = jax.random.split(jax.random.key(seed), 4)
+  normal = lambda k, shape: jax.random.normal(k, shape, jnp.float32).astype(dtype)
+  rng = np.random.default_rng(seed)
+  idx = np.stack([np.stack([rng.permutation(s)[:top_k] for _ in range(t)]) for _ in range(b)]).astype(np.int32)
+  idx[rng.random(idx.shape) < 0.3] = -1
+  idx[0, 1] = -1  # a query with no key
+  return (normal(ks[0], (b, t, n, h)), normal(ks[1], (b, s, kh, h)), normal(ks[2], (b, s, kh, hv)),
+          normal(ks[3], (b, t, n, hv)), jnp.asarray(idx))
+
+
+def _check(fn, q, k, v, do, idx, tol):
+  vis = selection_mask(idx, k.shape[1])
+  f32 = lambda x: x.astype(jnp.float32)
+  want_out, vjp = jax.vjp(lambda q, k, v: attention_with_lse(q, k, v, vis, q.shape[-1] ** -0.5)[0],
+                          f32(q), f32(k), f32(v))
+  want = (want_out, *vjp(f32(do)))
+  got_out, vjp = jax.vjp(fn, q, k, v)
+  got = (got_out, *vjp(do))
+  for g, w in zip(got, want):
+    w = np.asarray(w)
+    np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=tol, atol=tol * max(1.0, np.abs(w).max()))
+  np.testing.assert_array_equal(got[0][0, 1], 0)
+
+
+@pytest.mark.parametrize("n,kh,h,hv,top_k,dtype,tol", [
+    (4, 2, 16, 8, 7, jnp.float32, 1e-5),  # GQA, Hv != H, ragged index list
+    (3, 1, 24, 24, 20, jnp.float32, 1e-5),  # MQA, head dim and G padded, two slot tiles
+    (2, 2, 16, 16, 9, jnp.bfloat16, 2e-2),
+])
+def test_gpu_kernel_interpret_matches_reference(n, kh, h, hv, top_k, dtype, tol):
+  q, k, v, do, idx = _inputs(0, 2, 4, 23, n, kh, h, hv, top_k, dtype)
+  _check(lambda q, k, v: sparse_pallas_gpu(q, k, v, idx, scale=h ** -0.5, interpret=True, block_k=16),
+         q, k, v, do, idx, tol)
+
+
+def test_tpu_kernel_interpret_matches_reference():
+  q, k, v, do, idx = _inputs(1, 1, 3, 19, 4, 2, 16, 8, 6)
+  _check(lambda q, k, v: sparse_pallas_tpu(q, k, v, idx, scale=16 ** -0.5, interpret=True), q, k, v, do, idx, 1e-5)
+
+
+def test_public_api_pallas_resolves_to_interpreted_gpu_kernel_on_cpu():
+  q, k, v, do, idx = _inputs(2, 1, 3, 11, 2, 1, 16, 16, 5)
+  _check(lambda q, k, v: sparse_attend(q, k, v, idx, impl="pallas"), q, k, v, do, idx, 1e-5)
+
+
+def _lower_grad(fn, platform, b, t, s, n, kh, h, hv, top_k, dtype):
+  args = (jax.ShapeDtypeStruct((b, t, n, h), dtype), jax.ShapeDtypeStruct((b, s, kh, h), dtype),
+          jax.ShapeDtypeStruct((b, s, kh, hv), dtype), jax.ShapeDtypeStruct((b, t, top_k), jnp.int32))
+  loss = lambda q, k, v, idx: fn(q, k, v, idx).astype(jnp.float32).sum()
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+
+
+@pytest.mark.parametrize("n,kh,h,hv,dtype", [(16, 1, 192, 128, jnp.bfloat16), (8, 2, 64, 64, jnp.float32)])
+def test_gpu_kernel_cross_lowers_for_cuda(n, kh, h, hv, dtype):
+  fn = lambda q, k, v, idx: sparse_attend(q, k, v, idx, impl="pallas_gpu", interpret=False)
+  text = _lower_grad(fn, "cuda", 1, 8, 300, n, kh, h, hv, 100, dtype)
+  assert text.count("__gpu$xla.gpu.triton") == 2, "expected the forward and backward kernels"
+
+
+def test_tpu_kernel_cross_lowers_for_tpu_with_query_chunks():
+  fn = lambda q, k, v, idx: sparse_attend(q, k, v, idx, impl="pallas_tpu", interpret=False)
+  text = _lower_grad(fn, "tpu", 1, 600, 1024, 8, 1, 128, 128, 200, jnp.bfloat16)
+  # kp = 256 slots -> 256 queries per call (SMEM index budget): 3 forward and 3 backward calls.
+  assert len(re.findall(r"tpu_custom_call", text)) == 6
