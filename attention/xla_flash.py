@@ -21,7 +21,7 @@ from jax import lax
 
 from attention.mask import BlockSizes, Mask, block_map, element_mask, segment_block_overlap
 
-DEFAULT_BLOCK_SIZES = BlockSizes(block_q=512, block_k=512)
+DEFAULT_BLOCK_SIZES = BlockSizes(block_q=256, block_k=256)
 
 
 def _pad_axis(x, axis, size):

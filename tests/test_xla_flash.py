@@ -133,10 +133,14 @@ def test_lse_matches_reference_and_is_differentiable():
     assert rel_err(a, b) < 1e-5
 
 
-def test_no_quadratic_array_in_compiled_forward_and_backward():
-  """At L=4096 no buffer in the compiled fwd+bwd holds L*L elements (a dense score array would)."""
-  L = 4096
-  q = jax.ShapeDtypeStruct((1, L, 2, 16), jnp.float32)
-  f = jax.grad(lambda q, k, v: jnp.sum(attend(q, k, v, mask=Mask(causal=True), impl="xla")), (0, 1, 2))
-  mem = jax.jit(f).lower(q, q, q).compile().memory_analysis()
-  assert mem.temp_size_in_bytes < L * L * 4 / 4
+def test_compiled_memory_is_linear_in_length():
+  """fwd+bwd temp bytes at B=1, N=8, H=64: >= 20x below the dense reference at 16K; <= 10x growth 2K->16K.
+
+  Compile only (memory_analysis is deterministic); the reference's 16K score array is never allocated.
+  """
+  from benchmarks.attention_memory import temp_bytes
+  causal = Mask(causal=True)
+  xla_2k, xla_16k = (temp_bytes("xla", causal, (1, L, 8, 64)) for L in (2048, 16384))
+  ref_16k = temp_bytes("reference", causal, (1, 16384, 8, 64))
+  assert ref_16k >= 20 * xla_16k, (ref_16k, xla_16k)
+  assert xla_16k <= 10 * xla_2k, (xla_2k, xla_16k)

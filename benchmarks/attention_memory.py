@@ -1,0 +1,111 @@
+"""Memory, FLOPs and CPU time of attention implementations vs sequence length.
+
+Method:
+- memory: temp bytes of the compiled forward+backward (jax.jit(vjp).lower(...).compile().memory_analysis()),
+  deterministic, compile only, so even the dense reference at 32K (a 32 GiB score array) is measured;
+- FLOPs: counted from the block map, tiles visited x tile FLOPs (attention.attention_flops), because XLA's
+  cost_analysis() counts a loop body once whatever its trip count; the reference visits every tile;
+- time: CPU wall time of the jitted forward+backward after compilation, median of a few runs, only where
+  it fits (reference up to --max_time_len_ref, xla up to --max_time_len).
+
+  python -m benchmarks.attention_memory [--lengths=1024,...] [--out=docs/attention_memory.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from attention import Mask, attend, attention_flops, xla_flash
+
+IMPLS = ("reference", "xla")
+
+
+def fwd_bwd(impl, mask):
+  """Jitted (out, grads) of attend for a random cotangent."""
+
+  def run(q, k, v, ct):
+    out, vjp = jax.vjp(lambda q, k, v: attend(q, k, v, mask=mask, impl=impl), q, k, v)
+    return out, vjp(ct)
+
+  return jax.jit(run)
+
+
+def temp_bytes(impl, mask, shape, dtype=jnp.float32):
+  spec = jax.ShapeDtypeStruct(shape, dtype)
+  return fwd_bwd(impl, mask).lower(spec, spec, spec, spec).compile().memory_analysis().temp_size_in_bytes
+
+
+def wall_time(fn, *args, repeats=3):
+  jax.block_until_ready(fn(*args))  # compile + warm up
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def flops(impl, mask, length, n, h):
+  if impl == "reference":  # dense: every tile, no skipping
+    return attention_flops(Mask(), length, length, n, h, backward=True)
+  return attention_flops(mask, length, length, n, h, block_sizes=xla_flash.DEFAULT_BLOCK_SIZES, backward=True)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768")
+  parser.add_argument("--heads", type=int, default=8)
+  parser.add_argument("--head_dim", type=int, default=64)
+  parser.add_argument("--max_time_len", type=int, default=4096, help="time the xla impl up to this L")
+  parser.add_argument("--max_time_len_ref", type=int, default=2048, help="time the reference up to this L")
+  parser.add_argument("--out", default="docs/attention_memory.png", help="PNG plot ('' for none)")
+  args = parser.parse_args()
+  lengths = [int(x) for x in args.lengths.split(",")]
+  mask = Mask(causal=True)
+  n, h = args.heads, args.head_dim
+  print(f"# causal attention, B=1, N={n}, H={h}, float32, forward+backward; {platform.processor() or 'cpu'}, "
+        f"{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}")
+  print("| L | impl | temp memory (MiB) | GFLOP (block map) | CPU time (s) |")
+  print("|---|---|---|---|---|")
+  mem = {impl: [] for impl in IMPLS}
+  for length in lengths:
+    shape = (1, length, n, h)
+    for impl in IMPLS:
+      mib = temp_bytes(impl, mask, shape) / 2**20
+      mem[impl].append(mib)
+      limit = args.max_time_len_ref if impl == "reference" else args.max_time_len
+      secs = "-"
+      if length <= limit:
+        x = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float32)
+        secs = f"{wall_time(fwd_bwd(impl, mask), x, x, x, x):.3f}"
+      print(f"| {length} | {impl} | {mib:,.1f} | {flops(impl, mask, length, n, h) / 1e9:,.1f} | {secs} |",
+            flush=True)
+  for impl in IMPLS:
+    growth = mem[impl][-1] / mem[impl][0]
+    print(f"{impl}: memory grows {growth:.1f}x from L={lengths[0]} to L={lengths[-1]} "
+          f"({lengths[-1] // lengths[0]}x the tokens)")
+  if args.out:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for impl in IMPLS:
+      ax.loglog(lengths, mem[impl], "o-", label=impl, base=2)
+    ax.set_xlabel("sequence length L")
+    ax.set_ylabel("compiled temp memory, fwd+bwd (MiB)")
+    ax.set_title(f"Causal attention memory (N={n}, H={h}, f32)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=110)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
