@@ -34,6 +34,11 @@ def _dsa():
   return dsa
 
 
+def _topk_impl(impl: str) -> str:
+  """The indexer's top-k has only "reference" and "xla" impls: a Pallas attention impl pairs with "auto"."""
+  return impl if impl in _dsa().TOPK_REGISTRY else "auto"
+
+
 class Attention(nnx.Module):
   """Multi-head attention of one layer; q [B, T, N, H], k/v [B, S, K, H] (GQA when K < N)."""
 
@@ -91,7 +96,7 @@ class Attention(nnx.Module):
     if cfg.dsa_phase == "sparse":
       top_k = min(cfg.dsa_top_k, k.shape[1])
       indices = dsa.topk_indices(q_idx, k_idx, w, top_k=top_k, mask=self.mask, segment_ids=segment_ids,
-                                 impl=cfg.attention_impl)
+                                 impl=_topk_impl(cfg.attention_impl), score_dtype=getattr(jnp, cfg.dsa_score_dtype))
       out = dsa.sparse_attend(q, k, v, indices, impl=cfg.attention_impl)
     else:
       out = attention.attend(q, k, v, mask=self.mask, segment_ids=segment_ids, impl=cfg.attention_impl)
@@ -158,7 +163,7 @@ class Attention(nnx.Module):
       cache["k_idx"] = cache["k_idx"].at[rows, pos].set(k_idx[:, 0])
       top_k = min(cfg.dsa_top_k, cache["k"].shape[1])
       indices = dsa.topk_indices(q_idx, cache["k_idx"], w, top_k=top_k, mask=self.mask, q_offset=pos,
-                                 impl=impl)
+                                 impl=_topk_impl(impl), score_dtype=getattr(jnp, cfg.dsa_score_dtype))
       out = dsa.sparse_attend(q, cache["k"], cache["v"], indices, impl=impl)
     else:
       if self.layer_type is AttentionType.DSA:

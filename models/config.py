@@ -72,6 +72,7 @@ class ModelConfig:
   dsa_rope_dim: int = 16  # partial RoPE on the first dims of the indexer q/k
   dsa_top_k: int = 2048
   dsa_phase: str = "sparse"  # "dense_warmup" | "sparse"
+  dsa_score_dtype: str = "bfloat16"  # precision of the indexer's q.k products: "bfloat16" | "float32"
   max_len: int = 2048
   param_dtype: str = "float32"
   dtype: str = "float32"
@@ -115,6 +116,8 @@ class ModelConfig:
                        f"{self.dsa_rope_dim!r}")
     if self.dsa_phase not in ("dense_warmup", "sparse"):
       raise ValueError(f"dsa_phase must be 'dense_warmup' or 'sparse', got {self.dsa_phase!r}")
+    if self.dsa_score_dtype not in _DTYPES:
+      raise ValueError(f"dsa_score_dtype must be one of {_DTYPES}, got {self.dsa_score_dtype!r}")
     if self.arch == "encoder" and AttentionType.DSA in self.attention_pattern:
       raise ValueError("DSA layers need a causal decoder; arch='encoder' got a 'D' in attention_pattern")
     for name in ("param_dtype", "dtype"):
