@@ -11,8 +11,10 @@ What is TPU-specific here:
   no DMA) and pl.when skips their compute. Causal and sliding-window attention therefore neither copy nor
   compute skipped tiles. The element-wise mask (attention.mask.element_mask, the one shared rule) runs
   only on partly visible tiles; with segment ids a tile whose q and kv id ranges are disjoint is skipped.
-- Per-row values (m, l, lse, delta, q segment ids) are kept lane-replicated as [rows, 128] and kv segment
-  ids sublane-replicated as [8, cols], the layouts Mosaic handles without relayouts.
+- Per-row values are kept in the layouts of splash attention: the running m and l lane-replicated
+  [bq, 128] in VMEM; lse and delta in HBM as compact rows [B, N, 1, Tp] (the forward writes lse through
+  one [bq, 128] -> [128, bq] transpose per q tile, 8 sublanes [B, N, 8, Tp]); segment ids replicated
+  along the axis they are broadcast over ([Tp, 128] or [8, Tp]).
 - GQA is an index map (q head n reads kv head n // G); the dK/dV kernel walks the G query heads of a kv
   head as a grid axis and sums them in its VMEM accumulator, so K and V are never repeated.
 - Tiles are multiples of 128 rows; T and S are padded inside (padding is masked by position), head dims
@@ -62,8 +64,7 @@ class _Config:
 
   mask: Mask
   scale: float
-  q_len: int
-  kv_len: int
+  kv_len: int  # S; keys at or past it are padding
   block_q: int
   block_k: int
   groups: int  # G = N // K
@@ -161,7 +162,8 @@ def _fwd_kernel(*refs, cfg, num_steps):
   def _finalize():
     l = l_sc[...]
     o_ref[...] = (acc_sc[...] / _lanes(jnp.where(l == 0.0, 1.0, l), hv)).astype(o_ref.dtype)  # no key: 0
-    lse_ref[...] = jnp.where(l > 0.0, m_sc[...] + jnp.log(l), jnp.inf)  # +inf: exp(s - lse) = 0 later
+    lse = jnp.where(l > 0.0, m_sc[...] + jnp.log(l), jnp.inf)  # [bq, 128]; +inf: exp(s - lse) = 0 later
+    lse_ref[...] = lse.T[:NUM_SUBLANES]  # [8, bq]: a row per q tile, not 128 copies of each value
 
 
 def _softmax_grad(cfg, s, dp, lse, delta):
@@ -187,12 +189,12 @@ def _dkdv_kernel(*refs, cfg, num_steps):
 
   def tile(masked):
     # Kv-major tiles (s transposed, as in splash attention): dV = P^T dO and dK = dS^T Q become plain
-    # matmuls, and the per-query lse and delta are read as sublane-replicated rows [8, bq].
+    # matmuls, and the per-query lse and delta are rows [1, bq] broadcast over sublanes.
     visible = _tile_visible(cfg, off[b], i, j, q_seg_ref, kv_seg_ref, kv_major=True) if masked else None
     q, do = q_ref[...], do_ref[...]  # [bq, H], [bq, Hv]
     s = _scores(cfg, k_ref[...], q, visible)  # [bk, bq]
     dp = lax.dot_general(v_ref[...], do, _NT, preferred_element_type=jnp.float32)  # [bk, bq]
-    row = lambda ref: jnp.broadcast_to(ref[:1, :], s.shape)  # [8, bq] -> [bk, bq]
+    row = lambda ref: jnp.broadcast_to(ref[...], s.shape)  # [1, bq] -> [bk, bq]
     p, ds = _softmax_grad(cfg, s, dp, row(lse_ref), row(delta_ref))
     dv_sc[...] += jnp.dot(p.astype(do.dtype), do, preferred_element_type=jnp.float32)  # [bk, Hv]
     dk_sc[...] += jnp.dot(ds.astype(q.dtype), q, preferred_element_type=jnp.float32)  # [bk, H]
@@ -220,7 +222,8 @@ def _dq_kernel(*refs, cfg, num_steps):
     k = k_ref[...]  # [bk, H]
     s = _scores(cfg, q_ref[...], k, visible)  # [bq, bk]
     dp = lax.dot_general(do_ref[...], v_ref[...], _NT, preferred_element_type=jnp.float32)  # [bq, bk]
-    _, ds = _softmax_grad(cfg, s, dp, _lanes(lse_ref[...], cfg.block_k), _lanes(delta_ref[...], cfg.block_k))
+    col = lambda ref: lax.broadcast_in_dim(ref[0], s.shape, (0,))  # [1, bq] -> [bq, bk]
+    _, ds = _softmax_grad(cfg, s, dp, col(lse_ref), col(delta_ref))
     dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)  # [bq, H]
 
   _run_tile(cfg, ranges, seg_rng, b, i, j, tile)
@@ -262,7 +265,7 @@ def _config(q, k, v, *, mask, segment_ids, scale, block_sizes, interpret) -> _Co
   bq, bk = min(bs.block_q, _round_up(t, NUM_LANES)), min(bs.block_k, _round_up(s, NUM_LANES))
   scale = h ** -0.5 if scale is None else float(scale)
   interpret = jax.default_backend() == "cpu" if interpret is None else bool(interpret)
-  return _Config(mask, scale, t, s, bq, bk, q.shape[2] // k.shape[2], segment_ids is not None, interpret)
+  return _Config(mask, scale, s, bq, bk, q.shape[2] // k.shape[2], segment_ids is not None, interpret)
 
 
 def _pad(x, axis, size, mode="constant", value=0):
@@ -339,18 +342,20 @@ def _block(rows, cols, index_map):
   return pl.BlockSpec((None, None, rows, cols), index_map)
 
 
-def _q_major(cfg, ops, kernel, num_steps, args, sides, out_widths, out_shape, scratch, name):
+def _q_major(cfg, ops, kernel, num_steps, args, sides, out_shape, out_sides, scratch, name):
   """Run a q-major kernel: grid (B, N, q tiles, kv steps).
 
-  args are [B, heads, L, d] arrays read as [bq, d] tiles (sides[a] == "q") or as [bk, d] tiles of the kv
-  tile being visited ("kv"); segment ids follow (q ids [bq, 128] lane-replicated, kv ids [8, bk]), then
-  the outputs, [bq, width] tiles of [B, N, Tp, width] arrays.
+  args and outputs are [B, heads, L, d] arrays read as [bq, d] tiles of the q tile (side "q"), [bk, d]
+  tiles of the kv tile being visited ("kv"), or [r, bq] rows of per-query values of [B, N, r, Tp]
+  arrays ("row"). Segment ids are appended to args (q ids [bq, 128] lane-replicated, kv ids [8, bk]).
   """
   bq, bk, g = cfg.block_q, cfg.block_k, cfg.groups
   q_map = lambda b, n, i, t, ranges, *_: (b, n, i, 0)
   kv_map = lambda b, n, i, t, ranges, *_: (b, lax.div(n, g), _clamped(ranges, i, t), 0)  # GQA: n // G
-  in_specs = [_block(bq, x.shape[-1], q_map) if side == "q" else _block(bk, x.shape[-1], kv_map)
-              for x, side in zip(args, sides)]
+  row_map = lambda b, n, i, t, ranges, *_: (b, n, 0, i)
+  block = {"q": lambda x: _block(bq, x.shape[-1], q_map), "kv": lambda x: _block(bk, x.shape[-1], kv_map),
+           "row": lambda x: _block(x.shape[2], bq, row_map)}
+  in_specs = [block[side](x) for x, side in zip(args, sides)]
   seg_specs = [None, None]
   if cfg.has_seg:
     seg_specs = [pl.BlockSpec((None, bq, NUM_LANES), lambda b, n, i, t, *_: (b, i, 0)),
@@ -359,31 +364,30 @@ def _q_major(cfg, ops, kernel, num_steps, args, sides, out_widths, out_shape, sc
   return _call(functools.partial(kernel, cfg=cfg, num_steps=num_steps), cfg,
                (ops.ranges, ops.off, *ops.seg_rng), (b, n, tp // bq, num_steps), in_specs + seg_specs,
                (*args, _as_lanes(ops.q_ids), _as_sublanes(ops.kv_ids)),
-               [_block(bq, d, q_map) for d in out_widths], out_shape, scratch, name)
+               [block[side](x) for x, side in zip(out_shape, out_sides)], out_shape, scratch, name)
 
 
 def _forward(cfg, ops):
-  """-> out [B, N, Tp, Hvp], lse [B, N, Tp, 128] (lane-replicated)."""
+  """-> out [B, N, Tp, Hvp], lse [B, N, 8, Tp] (sublane-replicated)."""
   b, n, tp, _ = ops.q.shape
   hvp, f32 = ops.v.shape[-1], jnp.float32
   out_shape = [jax.ShapeDtypeStruct((b, n, tp, hvp), ops.q.dtype),
-               jax.ShapeDtypeStruct((b, n, tp, NUM_LANES), f32)]
+               jax.ShapeDtypeStruct((b, n, NUM_SUBLANES, tp), f32)]
   scratch = [pltpu.VMEM((cfg.block_q, NUM_LANES), f32), pltpu.VMEM((cfg.block_q, NUM_LANES), f32),
              pltpu.VMEM((cfg.block_q, hvp), f32)]  # m, l, acc
-  return _q_major(cfg, ops, _fwd_kernel, ops.kv_steps, (ops.q, ops.k, ops.v), ("q", "kv", "kv"),
-                  (hvp, NUM_LANES), out_shape, scratch, "flash_fwd_tpu")
+  return _q_major(cfg, ops, _fwd_kernel, ops.kv_steps, (ops.q, ops.k, ops.v), ("q", "kv", "kv"), out_shape,
+                  ("q", "row"), scratch, "flash_fwd_tpu")
 
 
 def _backward(cfg, ops, do, lse, delta):
-  """do [B, N, Tp, Hvp], lse and delta [B, N, Tp] f32 -> dq [B, N, Tp, Hp], dk, dv [B, K, Sp, .]."""
-  b, n, tp, hp = ops.q.shape
+  """do [B, N, Tp, Hvp], lse and delta [B, N, 1, Tp] f32 -> dq [B, N, Tp, Hp], dk, dv [B, K, Sp, .]."""
+  b, hp = ops.q.shape[0], ops.q.shape[-1]
   kh, sp, hvp = ops.k.shape[1], ops.k.shape[2], ops.v.shape[-1]
   bq, bk, g = cfg.block_q, cfg.block_k, cfg.groups
   f32 = jnp.float32
-  dq, = _q_major(cfg, ops, _dq_kernel, ops.kv_steps,
-                 (ops.q, ops.k, ops.v, do, _as_lanes(lse), _as_lanes(delta)), ("q", "kv", "kv", "q", "q", "q"),
-                 (hp,), [jax.ShapeDtypeStruct(ops.q.shape, ops.q.dtype)], [pltpu.VMEM((bq, hp), f32)],
-                 "flash_dq_tpu")
+  dq, = _q_major(cfg, ops, _dq_kernel, ops.kv_steps, (ops.q, ops.k, ops.v, do, lse, delta),
+                 ("q", "kv", "kv", "q", "row", "row"), [jax.ShapeDtypeStruct(ops.q.shape, ops.q.dtype)], ("q",),
+                 [pltpu.VMEM((bq, hp), f32)], "flash_dq_tpu")
 
   # dK/dV: kv-major grid (B, K, kv tiles, G, q steps); the G query heads of kv head h are n = h * G + g.
   q_map = lambda b_, h, j, g_, t, ranges_t, *_: (b_, h * g + g_, _clamped(ranges_t, j, t), 0)
@@ -391,15 +395,15 @@ def _backward(cfg, ops, do, lse, delta):
   kv_map = lambda b_, h, j, g_, t, *_: (b_, h, j, 0)
   seg_specs = [None, None]
   if cfg.has_seg:
-    seg_specs = [pl.BlockSpec((None, NUM_SUBLANES, bq), lambda b_, h, j, g_, t, r, *_: (b_, 0, _clamped(r, j, t))),
+    q_seg_map = lambda b_, h, j, g_, t, ranges_t, *_: (b_, 0, _clamped(ranges_t, j, t))
+    seg_specs = [pl.BlockSpec((None, NUM_SUBLANES, bq), q_seg_map),
                  pl.BlockSpec((None, bk, NUM_LANES), lambda b_, h, j, g_, t, *_: (b_, j, 0))]
   dk, dv = _call(
       functools.partial(_dkdv_kernel, cfg=cfg, num_steps=ops.q_steps), cfg,
       (ops.ranges_t, ops.off, *ops.seg_rng), (b, kh, sp // bk, g, ops.q_steps),
       [_block(bq, hp, q_map), _block(bk, hp, kv_map), _block(bk, hvp, kv_map), _block(bq, hvp, q_map),
-       _block(NUM_SUBLANES, bq, row_map), _block(NUM_SUBLANES, bq, row_map), *seg_specs],
-      (ops.q, ops.k, ops.v, do, _as_sublanes(lse), _as_sublanes(delta), _as_sublanes(ops.q_ids),
-       _as_lanes(ops.kv_ids)),
+       _block(1, bq, row_map), _block(1, bq, row_map), *seg_specs],
+      (ops.q, ops.k, ops.v, do, lse, delta, _as_sublanes(ops.q_ids), _as_lanes(ops.kv_ids)),
       [_block(bk, hp, kv_map), _block(bk, hvp, kv_map)],
       [jax.ShapeDtypeStruct(ops.k.shape, ops.k.dtype), jax.ShapeDtypeStruct(ops.v.shape, ops.v.dtype)],
       [pltpu.VMEM((bk, hp), f32), pltpu.VMEM((bk, hvp), f32)], "flash_dkdv_tpu")
@@ -424,7 +428,7 @@ def flash_forward(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None
   ops = _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset)
   out, lse = _forward(cfg, ops)
   t = q.shape[1]
-  return _from_head_major(out, t, v.shape[-1], q.dtype), lse[:, :, :t, 0]
+  return _from_head_major(out, t, v.shape[-1], q.dtype), lse[:, :, 0, :t]
 
 
 def flash_backward(q, k, v, out, lse, do, *, dlse=None, mask=Mask(), segment_ids=None, kv_segment_ids=None,
@@ -444,7 +448,8 @@ def flash_backward(q, k, v, out, lse, do, *, dlse=None, mask=Mask(), segment_ids
   if dlse is not None:
     delta = delta - dlse.astype(jnp.float32)
   do_h = _head_major(do.astype(ops.q.dtype), tp, hvp)  # [B, N, Tp, Hvp]
-  dq, dk, dv = _backward(cfg, ops, do_h, _pad(lse.astype(jnp.float32), 2, tp, value=jnp.inf), _pad(delta, 2, tp))
+  rows = lambda x, fill: _pad(x.astype(jnp.float32), 2, tp, value=fill)[:, :, None]  # [B, N, 1, Tp]
+  dq, dk, dv = _backward(cfg, ops, do_h, rows(lse, jnp.inf), rows(delta, 0.0))
   return (_from_head_major(dq, t, h, q.dtype), _from_head_major(dk, s, h, k.dtype),
           _from_head_major(dv, s, hv, v.dtype))
 
