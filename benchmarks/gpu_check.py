@@ -87,14 +87,16 @@ def _inputs(case: Case, seed: int):
   return q, k, v, do, dlse, kw
 
 
-def _loss_fn(attn_with_lse, do, dlse, use_dlse):
+def _outputs_and_grads(attn_with_lse, q, k, v, do, dlse, use_dlse):
+  """(out, lse), (dq, dk, dv) of sum(out * do) [+ sum(lse * dlse)] in one compiled program."""
   def loss(q, k, v):
     out, lse = attn_with_lse(q, k, v)
     total = jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32))
     if use_dlse:
       total += jnp.sum(jnp.where(jnp.isinf(lse), 0.0, lse) * dlse)
-    return total
-  return loss
+    return total, (out, lse)
+  grads, outs = jax.jit(jax.grad(loss, (0, 1, 2), has_aux=True))(q, k, v)
+  return outs, grads
 
 
 def _reference_with_lse(q, k, v, *, mask, segment_ids=None, kv_segment_ids=None, q_offset=0):
@@ -114,11 +116,9 @@ def check_case(case: Case, *, interpret: bool, seed: int = 0) -> dict:
   q, k, v, do, dlse, kw = _inputs(case, seed)
   ours = lambda q, k, v: pallas_gpu.flash_attention_with_lse(q, k, v, interpret=interpret, **kw)
   theirs = lambda q, k, v: _reference_with_lse(q, k, v, **kw)
-  out, lse = jax.jit(ours)(q, k, v)
-  grads = jax.jit(jax.grad(_loss_fn(ours, do, dlse, case.dlse), (0, 1, 2)))(q, k, v)
+  (out, lse), grads = _outputs_and_grads(ours, q, k, v, do, dlse, case.dlse)
   with jax.default_matmul_precision("highest"):
-    ref_out, ref_lse = jax.jit(theirs)(q, k, v)
-    ref_grads = jax.jit(jax.grad(_loss_fn(theirs, do, dlse, case.dlse), (0, 1, 2)))(q, k, v)
+    (ref_out, ref_lse), ref_grads = _outputs_and_grads(theirs, q, k, v, do, dlse, case.dlse)
   ref_lse = np.asarray(ref_lse)
   lse = np.asarray(lse)
   finite = np.isfinite(ref_lse)
