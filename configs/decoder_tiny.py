@@ -25,3 +25,8 @@ def get_config(arg: str = ""):
   if arg:
     raise ValueError(f"configs/decoder_tiny.py: unknown argument {arg!r} (use '' or 'tiny')")
   return c
+
+
+def get_sweep():
+  """Two learning rates: the smallest sweep (python -m configs.sweep --config=configs/decoder_tiny.py:tiny)."""
+  return [{"optim.learning_rate": lr} for lr in (1e-3, 3e-3)]

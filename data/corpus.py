@@ -27,19 +27,22 @@ def stdlib_root() -> str:
   return sysconfig.get_paths().get("stdlib") or os.path.dirname(os.__file__)
 
 
-def stdlib_documents() -> list[Document]:
-  """Every .py file of the standard library (third-party site-packages excluded), sorted by name."""
+def _stdlib_files() -> list[tuple[str, str]]:
+  """(name, path) of every standard-library .py file, third-party site-packages excluded."""
   root = stdlib_root()
-  paths = glob.glob(os.path.join(root, "**", "*.py"), recursive=True)
-  docs = []
-  for path in sorted(paths):
+  out = []
+  for path in glob.glob(os.path.join(root, "**", "*.py"), recursive=True):
     rel = os.path.relpath(path, root)
-    if "site-packages" in rel.split(os.sep) or "dist-packages" in rel.split(os.sep):
-      continue
-    docs.append(Document(rel, _read(path)))
-  if not docs:
+    if not {"site-packages", "dist-packages"} & set(rel.split(os.sep)):
+      out.append(("stdlib:" + rel, path))
+  if not out:
     raise ValueError(f"the built-in corpus found no .py files under the standard library at {root!r}")
-  return docs
+  return out
+
+
+def stdlib_documents() -> list[Document]:
+  """Every .py file of the standard library, sorted by name."""
+  return load_documents(BUILTIN)
 
 
 def _read(path: str) -> str:
@@ -47,21 +50,22 @@ def _read(path: str) -> str:
     return f.read().decode("utf-8", errors="replace")
 
 
-def load_documents(sources: tuple[str, ...] | list[str] | str) -> list[Document]:
+def load_documents(sources: tuple[str, ...] | list[str] | str, max_documents: int = 0) -> list[Document]:
   """Read documents from `sources`: file paths, directories (all files below), globs, or "builtin:stdlib".
 
   Every source must match at least one file; a source that matches nothing raises ValueError naming it.
-  Documents are returned sorted by name, so the result does not depend on the file system's order.
+  `max_documents` > 0 keeps that many, chosen by a hash of their names (the same subset on every machine
+  and for every seed), before anything is read. Documents come back sorted by name, so the result does not
+  depend on the file system's order.
   """
   if isinstance(sources, str):
     sources = (sources,)
   if not sources:
     raise ValueError("corpus must name at least one source, got an empty list")
-  docs: dict[str, Document] = {}
+  files: dict[str, str] = {}
   for source in sources:
     if source == BUILTIN:
-      for d in stdlib_documents():
-        docs["stdlib:" + d.name] = d
+      files.update(_stdlib_files())
       continue
     source = os.path.expanduser(source)
     if os.path.isdir(source):
@@ -74,10 +78,11 @@ def load_documents(sources: tuple[str, ...] | list[str] | str) -> list[Document]
       raise ValueError(f"corpus path does not exist: {source!r}")
     if not paths:
       raise ValueError(f"corpus source {source!r} matches no files")
-    for p in paths:
-      name = os.path.abspath(p)
-      docs[name] = Document(name, _read(p))
-  return [docs[k] for k in sorted(docs)]
+    files.update((os.path.abspath(p), p) for p in paths)
+  names = sorted(files)
+  if max_documents:
+    names = sorted(sorted(names, key=lambda n: name_hash("subset:" + n))[:max_documents])
+  return [Document(n, _read(files[n])) for n in names]
 
 
 def name_hash(name: str) -> float:
@@ -93,12 +98,15 @@ def is_validation(name: str, val_fraction: float) -> bool:
 
 
 def split_documents(docs: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
-  """(train, validation) by `is_validation`; both non-empty or ValueError."""
+  """(train, validation) by `is_validation`; a small corpus whose hashes put no document in validation
+  gives it the document with the lowest hash, so both splits are non-empty."""
   if not 0.0 < val_fraction < 1.0:
     raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-  train = [d for d in docs if not is_validation(d.name, val_fraction)]
-  val = [d for d in docs if is_validation(d.name, val_fraction)]
-  if not train or not val:
-    raise ValueError(f"val_fraction={val_fraction} splits {len(docs)} documents into {len(train)} train and "
-                     f"{len(val)} validation documents; both must be non-empty (add documents or change it)")
-  return train, val
+  if len(docs) < 2:
+    raise ValueError(f"a train/validation split needs at least 2 documents, got {len(docs)}")
+  held_out = {d.name for d in docs if is_validation(d.name, val_fraction)}
+  if not held_out:
+    held_out = {min(docs, key=lambda d: name_hash(d.name)).name}
+  if len(held_out) == len(docs):
+    held_out.discard(max(docs, key=lambda d: name_hash(d.name)).name)
+  return [d for d in docs if d.name not in held_out], [d for d in docs if d.name in held_out]

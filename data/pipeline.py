@@ -35,12 +35,9 @@ def load_splits(sources, tokenizer, *, seq_len: int, val_fraction: float, seed: 
 
   Training documents are laid out in a seed-dependent order before packing, so which documents share a row
   depends on the seed too; validation documents keep their sorted order, so validation never changes.
-  `max_documents` > 0 keeps a seed-independent subset (the first by name hash) for small runs.
+  `max_documents` > 0 keeps a seed-independent subset (see corpus.load_documents) for small runs.
   """
-  docs = corpus_lib.load_documents(sources)
-  if max_documents:
-    docs = sorted(docs, key=lambda d: corpus_lib.name_hash("subset:" + d.name))[:max_documents]
-    docs.sort(key=lambda d: d.name)
+  docs = corpus_lib.load_documents(sources, max_documents)
   train_docs, val_docs = corpus_lib.split_documents(docs, val_fraction)
   order = np.random.default_rng(seed).permutation(len(train_docs))
   encode = lambda d: tokenizer.encode(d.text, bos=True, eos=True)

@@ -64,6 +64,13 @@ def test_corpus_files_globs_and_missing_path(tmp_path):
     corpus.load_documents([str(tmp_path / "*.md")])
 
 
+def test_max_documents_is_a_stable_subset():
+  a = corpus.load_documents(corpus.BUILTIN, max_documents=30)
+  b = corpus.load_documents(corpus.BUILTIN, max_documents=30)
+  assert len(a) == 30 and [d.name for d in a] == [d.name for d in b] == sorted(d.name for d in a)
+  assert len({d.name.split("/")[0] for d in a}) > 3  # spread over the library, not its first folder
+
+
 def test_split_is_deterministic_and_disjoint():
   docs = [corpus.Document(f"doc{i}", "x") for i in range(400)]
   train, val = corpus.split_documents(docs, 0.1)
@@ -73,6 +80,8 @@ def test_split_is_deterministic_and_disjoint():
   assert len(train) + len(val) == 400 and 20 < len(val) < 60
   with pytest.raises(ValueError, match="val_fraction"):
     corpus.split_documents(docs, 1.5)
+  few_train, few_val = corpus.split_documents(docs[:3], 0.01)  # hashes alone would hold out nothing
+  assert len(few_val) == 1 and len(few_train) == 2
 
 
 def test_pack_segments_and_positions():

@@ -68,22 +68,22 @@ def restore_params_from(other_workdir: str, like_params) -> tuple[dict, int]:
   directory = os.path.abspath(os.path.join(other_workdir, "checkpoints"))
   if not os.path.isdir(directory):
     raise ValueError(f"init_from={other_workdir!r}: no checkpoints directory at {directory!r}")
-  with ocp.CheckpointManager(directory, item_names=ITEMS,
-                             options=ocp.CheckpointManagerOptions(read_only=True)) as other:
+  with ocp.CheckpointManager(directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(create=False)) as other:
     step = other.latest_step()
-    if step is None:
-      raise ValueError(f"init_from={other_workdir!r}: no complete checkpoint in {directory!r}")
-    saved = _flat_shapes(other.item_metadata(step)["params"])
-    wanted = _flat_shapes(like_params)
-    for name in sorted(set(saved) | set(wanted)):
-      if name not in saved:
-        raise ValueError(f"init_from={other_workdir!r}: tensor {name!r} is missing from the checkpoint")
-      if name not in wanted:
-        raise ValueError(f"init_from={other_workdir!r}: tensor {name!r} of the checkpoint has no place in "
-                         f"this model")
-      if saved[name] != wanted[name]:
-        raise ValueError(f"init_from={other_workdir!r}: tensor {name!r} has shape {saved[name]} in the "
-                         f"checkpoint but {wanted[name]} in this model")
-    out = other.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract(like_params))))
-  return out.params, step
-
+  if step is None:
+    raise ValueError(f"init_from={other_workdir!r}: no complete checkpoint in {directory!r}")
+  path = os.path.join(directory, str(step), "params")
+  checkpointer = ocp.StandardCheckpointer()
+  meta = checkpointer.metadata(path)
+  saved = _flat_shapes(getattr(meta, "item_metadata", meta))
+  wanted = _flat_shapes(like_params)
+  for name in sorted(set(saved) | set(wanted)):
+    if name not in saved:
+      raise ValueError(f"init_from={other_workdir!r}: tensor {name!r} is missing from the checkpoint")
+    if name not in wanted:
+      raise ValueError(f"init_from={other_workdir!r}: tensor {name!r} of the checkpoint has no place in "
+                       f"this model")
+    if saved[name] != wanted[name]:
+      raise ValueError(f"init_from={other_workdir!r}: tensor {name!r} has shape {saved[name]} in the "
+                       f"checkpoint but {wanted[name]} in this model")
+  return checkpointer.restore(path, abstract(like_params)), step
