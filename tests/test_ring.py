@@ -210,7 +210,8 @@ _WORKER = textwrap.dedent("""
     import jax
     import numpy as np
     jax.config.update("jax_default_matmul_precision", "highest")
-    jax.distributed.initialize(f"127.0.0.1:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]))
+    from training.sharding import maybe_initialize_distributed
+    maybe_initialize_distributed(f"127.0.0.1:{sys.argv[2]}", num_processes=2, process_id=int(sys.argv[1]))
     from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
     from attention import Mask, attend
     from attention.ring import ring_attention
@@ -228,7 +229,7 @@ _WORKER = textwrap.dedent("""
 
 
 def test_two_processes_on_localhost():
-  """jax.distributed over 127.0.0.1: 2 processes x 2 CPU devices form one 4-device ring (gloo collectives)."""
+  """train.py's multi-host init over 127.0.0.1: 2 processes x 2 CPU devices form one 4-device ring (gloo)."""
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
