@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 import attention
-from attention import Mask
+from attention import Mask, ring
 from attention.rope import RopeScaling, apply_rope, rope_frequencies
 from models.config import AttentionType, ModelConfig
 from models.layers import Dense
@@ -91,6 +91,7 @@ class Attention(nnx.Module):
   def _dsa_full(self, q, k, v, x, positions, segment_ids, with_aux):
     """Full-sequence DSA: dense causal attention in warm-up, top-k sparse attention after; plus the KL."""
     cfg, dsa = self.cfg, _dsa()
+    ring.check_not_context_parallel("DeepSeek Sparse Attention (DSA) layers")
     q_idx, k_idx, w = self._indexer(x, positions)
     indices = None
     if cfg.dsa_phase == "sparse":
@@ -112,7 +113,8 @@ class Attention(nnx.Module):
     if self.layer_type is AttentionType.DSA:
       out, aux = self._dsa_full(q, k, v, x, positions, segment_ids, with_aux)
     else:
-      out = attention.attend(q, k, v, mask=self.mask, segment_ids=segment_ids, impl=self.cfg.attention_impl)
+      out = ring.context_parallel_attend(q, k, v, mask=self.mask, segment_ids=segment_ids,
+                                         impl=self.cfg.attention_impl)
       aux = {}
     return self.o(out), aux
 

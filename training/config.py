@@ -205,5 +205,3 @@ def _validate(c: TrainConfig):
     _check(v == -1 or v >= 1, f"mesh.{k}", v, "must be -1 (fill) or >= 1")
   _check(sum(getattr(m, k) == -1 for k in ("data", "fsdp", "tensor", "context")) <= 1, "mesh", m,
          "at most one axis may be -1")
-  _check(m.context == 1, "mesh.context", m.context, "context parallelism (ring attention) is not implemented "
-         "yet; keep it 1")

@@ -142,7 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | TrainConfig, workdir:
   def validate(params):
     ce, count = 0.0, 0.0
     for b in val:
-      c, n = eval_step(params, sharding.global_batch(b, sharding.batch_sharding(mesh)))
+      with jax.set_mesh(mesh):
+        c, n = eval_step(params, sharding.global_batch(b, sharding.batch_sharding(mesh)))
       ce, count = ce + float(c), count + float(n)
     return ce / max(count, 1.0)
 
@@ -158,7 +159,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | TrainConfig, workdir:
       batch = next_batch() if start < last else None
       if batch is not None:
         t = time.perf_counter()
-        train_step = train_step.lower(state, batch).compile()
+        with jax.set_mesh(mesh):  # traced under the mesh: attention is a ring when its context axis is > 1
+          train_step = train_step.lower(state, batch).compile()
         _log.info("compiled the train step in %.1fs", time.perf_counter() - t)
       while step < last:
         batch = next_batch() if batch is None else batch

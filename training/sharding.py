@@ -112,8 +112,8 @@ def _unflatten(flat: dict[tuple, object]) -> dict:
 
 
 def batch_sharding(mesh: jax.sharding.Mesh, ndim: int = 2, leading: int = 0) -> NamedSharding:
-  """Rows split over (data, fsdp); `leading` unsplit axes in front (the gradient-accumulation axis)."""
-  return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES, *([None] * (ndim - leading - 1))))
+  """Rows split over (data, fsdp), tokens over context; `leading` unsplit axes in front (grad accumulation)."""
+  return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES, "context", *([None] * (ndim - leading - 2))))
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
