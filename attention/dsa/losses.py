@@ -21,20 +21,11 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention.dsa.indexer import indexer_scores
+from attention.dsa.rows import chunk_rows, gather_rows
 from attention.dsa.topk import visibility
 from attention.mask import Mask, element_mask
 
 _CHUNK_BUDGET = 1 << 22
-
-
-def _chunks(x, c, nc):
-  """[B, T, ...] -> [nc, B, C, ...] (zero-padded)."""
-  if x is None:
-    return None
-  pad = [(0, 0)] * x.ndim
-  pad[1] = (0, nc * c - x.shape[1])
-  x = jnp.pad(x, pad)
-  return jnp.moveaxis(x.reshape(x.shape[0], nc, c, *x.shape[2:]), 1, 0)
 
 
 def _masked_softmax(s, visible):
@@ -118,15 +109,15 @@ def indexer_kl_loss(q, k, q_idx, k_idx, w, *, mask: Mask = Mask(causal=True), se
       k_seg = None if seg is None else jnp.take_along_axis(seg[:, None, :], safe, axis=2)
       visible = (ic >= 0) & (rows < t)[:, :, None] & element_mask(
           mask, rows[:, :, None], safe, s_len, None if segc is None else segc[:, :, None], k_seg)  # [B, C, k]
-      kc = jax.vmap(lambda x, i: x[i])(k, safe)  # [B, C, k, K, H]
+      kc = gather_rows(k, safe)  # [B, C, k, K, H]
       s_main = jnp.einsum("bckgh,bcjkh->bckgj", qc, kc, preferred_element_type=jnp.float32) * scale
-      kic = jax.vmap(lambda x, i: x[i])(k_idx, safe).astype(jnp.float32)  # [B, C, k, Di]
+      kic = gather_rows(k_idx, safe).astype(jnp.float32)  # [B, C, k, Di]
       logits = jnp.einsum("bchd,bcjd->bchj", qic.astype(jnp.float32), kic)  # [B, C, Hi, k]
       score = jnp.einsum("bchj,bch->bcj", jnp.maximum(logits, 0.0), wc.astype(jnp.float32))
     visible = jnp.broadcast_to(visible, score.shape)
     return _kl(_target(lax.stop_gradient(s_main), visible), score, visible)
 
-  xs = (jnp.arange(nc, dtype=jnp.int32), _chunks(q, c, nc), _chunks(q_idx, c, nc), _chunks(w, c, nc),
-        _chunks(seg, c, nc), _chunks(indices, c, nc))
+  xs = (jnp.arange(nc, dtype=jnp.int32), chunk_rows(q, c, nc), chunk_rows(q_idx, c, nc), chunk_rows(w, c, nc),
+        chunk_rows(seg, c, nc), chunk_rows(indices, c, nc))
   total, count = lax.map(one_chunk, xs)
   return (jnp.sum(total) / jnp.maximum(jnp.sum(count), 1)).astype(jnp.float32)

@@ -26,6 +26,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from attention.dsa.rows import pad_axis
+
 _LOG2E = math.log2(math.e)
 _LN2 = math.log(2.0)
 
@@ -103,12 +105,6 @@ def _bwd_kernel(q_ref, k_ref, v_ref, idx_ref, do_ref, lse_ref, delta_ref, dk_in_
   dq_ref[...] = dq.astype(dq_ref.dtype)
 
 
-def _pad(x, axis, size, value=0):
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, pad, constant_values=value)
-
-
 def _layout(q, k, v, indices, block_k):
   """Padded operands: q [B, T, K, Gp, Hp], k [B, S, K, Hp], v [B, S, K, Hvp], indices [B, T, kp]."""
   b, t, n, h = q.shape
@@ -117,8 +113,8 @@ def _layout(q, k, v, indices, block_k):
   gp, hp, hvp = _pow2_at_least(g), _pow2_at_least(h), _pow2_at_least(hv)
   bk = min(block_k, _pow2_at_least(top_k))
   kp = -(-top_k // bk) * bk
-  q5 = _pad(_pad(q.reshape(b, t, kvh, g, h), 3, gp), 4, hp)
-  return q5, _pad(k, 3, hp), _pad(v, 3, hvp), _pad(indices, 2, kp, -1), bk
+  q5 = pad_axis(pad_axis(q.reshape(b, t, kvh, g, h), 3, gp), 4, hp)
+  return q5, pad_axis(k, 3, hp), pad_axis(v, 3, hvp), pad_axis(indices, 2, kp, -1), bk
 
 
 def _params(num_warps):
@@ -198,9 +194,9 @@ def _sparse_bwd(scale, block_k, interpret, num_warps, res, do):
   g = n // kvh
   q5, kp, vp, idx, bk = _layout(q, k, v, indices, block_k)
   gp, hvp = q5.shape[3], vp.shape[-1]
-  do5 = _pad(_pad(do.reshape(b, t, kvh, g, hv), 3, gp), 4, hvp)
+  do5 = pad_axis(pad_axis(do.reshape(b, t, kvh, g, hv), 3, gp), 4, hvp)
   delta = jnp.sum(do.astype(jnp.float32) * out.astype(jnp.float32), -1)  # rowsum(dO * O) [B, T, N]
-  delta = _pad(delta.reshape(b, t, kvh, g), 3, gp)
+  delta = pad_axis(delta.reshape(b, t, kvh, g), 3, gp)
   dq5, dk, dv = _backward(q5, kp, vp, idx, do5, lse2, delta, scale=scale, bk=bk, interpret=interpret,
                           num_warps=num_warps)
   dq = dq5[:, :, :, :g, :h].reshape(b, t, n, h)

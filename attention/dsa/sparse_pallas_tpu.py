@@ -12,7 +12,7 @@ DMAs, and waits for the writes before the next step starts. The grid therefore r
 ("arbitrary"); slots holding -1 read and write a spare row S with a zero contribution.
 
 Lane dims are padded to 128 and the rows to 8; the SMEM index list bounds B*T*kp (int32) by the SMEM size,
-so very long inputs are split into query chunks by the caller (sparse_attend's wrapper does this).
+so longer inputs are split into query chunks of at most MAX_PREFETCH / kp queries, one call each.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
+
+from attention.dsa.rows import pad_axis
 
 NUM_LANES = 128
 MAX_PREFETCH = 1 << 16  # int32 index entries per call kept in SMEM (256 KiB)
@@ -42,23 +44,31 @@ def _interpret_arg(interpret: bool):
   return pltpu.InterpretParams() if hasattr(pltpu, "InterpretParams") else True
 
 
-def _row_copies(idx_ref, base, kp, src, dst, sem, *, spare_row=None):
-  """Descriptors copying src[safe(idx[base + j])] -> dst[j] for the kp slots (one row each)."""
+def _safe_row(idx_ref, pos, fill):
+  """The key selected at flat slot `pos` of the SMEM index list, or `fill` where the slot holds -1."""
+  r = idx_ref[pos]
+  return jnp.where(r >= 0, r, fill)
 
-  def row(j):
-    r = idx_ref[base + j]
-    fill = 0 if spare_row is None else spare_row
-    return jnp.where(r >= 0, r, fill)
 
-  return lambda j: pltpu.make_async_copy(src.at[pl.ds(row(j), 1)], dst.at[pl.ds(j, 1)], sem)
+def _row_copies(idx_ref, base, src, dst, sem, *, fill=0, to_rows=False):
+  """Slot j -> a DMA descriptor moving one row between src and dst: src[row(j)] -> dst[j] (a gather), or
+  with to_rows=True src[j] -> dst[row(j)] (a scatter), where row(j) is the selected key or `fill`."""
+
+  def copy(j):
+    row = pl.ds(_safe_row(idx_ref, base + j, fill), 1)
+    if to_rows:
+      return pltpu.make_async_copy(src.at[pl.ds(j, 1)], dst.at[row], sem)
+    return pltpu.make_async_copy(src.at[row], dst.at[pl.ds(j, 1)], sem)
+
+  return copy
 
 
 def _for_each_slot(kp, fn):
   lax.fori_loop(0, kp, lambda j, c: (fn(j), c)[1], 0)
 
 
-def _gather(copies, kp):
-  """Start every row copy, then wait for all (each wait consumes one row's worth of the semaphore)."""
+def _all_rows(copies, kp):
+  """Start every row copy of every descriptor, then wait for all (each wait consumes one row's worth)."""
   for copy in copies:
     _for_each_slot(kp, lambda j, copy=copy: copy(j).start())
   for copy in copies:
@@ -72,10 +82,11 @@ def _scores(q, kbuf, valid, scale):
 
 
 def _fwd_kernel(idx_ref, q_ref, ivec_ref, k_hbm, v_hbm, o_ref, lse_ref, kbuf, vbuf, sem, *, scale, t_len, kp):
+  """One query token, one kv head: gather its kp K/V rows, out [G, Hv] and lse [G, 1] (+inf: no key)."""
   b, t, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   base = (b * t_len + t) * kp
-  _gather([_row_copies(idx_ref, base, kp, k_hbm.at[b, h], kbuf, sem.at[0]),
-           _row_copies(idx_ref, base, kp, v_hbm.at[b, h], vbuf, sem.at[1])], kp)
+  _all_rows([_row_copies(idx_ref, base, k_hbm.at[b, h], kbuf, sem.at[0]),
+             _row_copies(idx_ref, base, v_hbm.at[b, h], vbuf, sem.at[1])], kp)
   s = _scores(q_ref[...], kbuf[...], ivec_ref[...] >= 0, scale)  # [G, kp]
   m = s.max(axis=1, keepdims=True)  # [G, 1]
   m_safe = jnp.where(m == -jnp.inf, 0.0, m)
@@ -88,14 +99,15 @@ def _fwd_kernel(idx_ref, q_ref, ivec_ref, k_hbm, v_hbm, o_ref, lse_ref, kbuf, vb
 
 def _bwd_kernel(idx_ref, q_ref, ivec_ref, do_ref, lse_ref, delta_ref, k_hbm, v_hbm, dk_in, dv_in,
                 dq_ref, dk_hbm, dv_hbm, kbuf, vbuf, dkbuf, dvbuf, sem, *, scale, t_len, kp, spare_row):
+  """One query token, one kv head: dQ [G, H]; dK, dV rows of its kp keys by read-modify-write DMAs."""
   del dk_in, dv_in  # aliased with dk_hbm, dv_hbm
   b, t, h = pl.program_id(0), pl.program_id(1), pl.program_id(2)
   base = (b * t_len + t) * kp
-  copies = functools.partial(_row_copies, idx_ref, base, kp)
+  copies = functools.partial(_row_copies, idx_ref, base)
   dk_rows, dv_rows = dk_hbm.at[b, h], dv_hbm.at[b, h]
-  _gather([copies(k_hbm.at[b, h], kbuf, sem.at[0]), copies(v_hbm.at[b, h], vbuf, sem.at[1]),
-           copies(dk_rows, dkbuf, sem.at[2], spare_row=spare_row),
-           copies(dv_rows, dvbuf, sem.at[3], spare_row=spare_row)], kp)
+  _all_rows([copies(k_hbm.at[b, h], kbuf, sem.at[0]), copies(v_hbm.at[b, h], vbuf, sem.at[1]),
+             copies(dk_rows, dkbuf, sem.at[2], fill=spare_row), copies(dv_rows, dvbuf, sem.at[3], fill=spare_row)],
+            kp)
   q, do = q_ref[...], do_ref[...]  # [G, H], [G, Hv]
   s = _scores(q, kbuf[...], ivec_ref[...] >= 0, scale)  # [G, kp]
   p = jnp.exp(s - lse_ref[...])  # 0 at -1 slots and for rows that saw nothing (lse = +inf)
@@ -105,23 +117,8 @@ def _bwd_kernel(idx_ref, q_ref, ivec_ref, do_ref, lse_ref, delta_ref, k_hbm, v_h
   dkbuf[...] += lax.dot_general(ds.astype(q.dtype), q, _TN, preferred_element_type=jnp.float32)  # [kp, H]
   dvbuf[...] += lax.dot_general(p.astype(do.dtype), do, _TN, preferred_element_type=jnp.float32)  # [kp, Hv]
   # Write back; rows are distinct within a step (the spare row only ever receives its own old value).
-  scatter = lambda buf, rows, sem_: lambda j: pltpu.make_async_copy(
-      buf.at[pl.ds(j, 1)], rows.at[pl.ds(_safe_row(idx_ref, base + j, spare_row), 1)], sem_)
-  for copy in (scatter(dkbuf, dk_rows, sem.at[2]), scatter(dvbuf, dv_rows, sem.at[3])):
-    _for_each_slot(kp, lambda j, copy=copy: copy(j).start())
-  for copy in (scatter(dkbuf, dk_rows, sem.at[2]), scatter(dvbuf, dv_rows, sem.at[3])):
-    _for_each_slot(kp, lambda j, copy=copy: copy(j).wait())
-
-
-def _safe_row(idx_ref, pos, spare_row):
-  r = idx_ref[pos]
-  return jnp.where(r >= 0, r, spare_row)
-
-
-def _pad(x, axis, size, value=0):
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, pad, constant_values=value)
+  _all_rows([copies(dkbuf, dk_rows, sem.at[2], fill=spare_row, to_rows=True),
+             copies(dvbuf, dv_rows, sem.at[3], fill=spare_row, to_rows=True)], kp)
 
 
 def _layout(q, k, v, indices):
@@ -131,10 +128,10 @@ def _layout(q, k, v, indices):
   g = n // kvh
   gp, hp, hvp = _round_up(g, 8), _round_up(h, NUM_LANES), _round_up(hv, NUM_LANES)
   kp = _round_up(indices.shape[-1], NUM_LANES)
-  q5 = _pad(_pad(q.reshape(b, t, kvh, g, h), 3, gp), 4, hp)
-  kh = _pad(k, 3, hp).transpose(0, 2, 1, 3)  # head-major, so a selected row is one contiguous DMA
-  vh = _pad(v, 3, hvp).transpose(0, 2, 1, 3)
-  return q5, kh, vh, _pad(indices, 2, kp, -1)
+  q5 = pad_axis(pad_axis(q.reshape(b, t, kvh, g, h), 3, gp), 4, hp)
+  kh = pad_axis(k, 3, hp).transpose(0, 2, 1, 3)  # head-major, so a selected row is one contiguous DMA
+  vh = pad_axis(v, 3, hvp).transpose(0, 2, 1, 3)
+  return q5, kh, vh, pad_axis(indices, 2, kp, -1)
 
 
 def _specs(gp, kp):
@@ -218,9 +215,9 @@ def _sparse_bwd(scale, interpret, res, do):
   g = n // kvh
   q5, kh, vh, idx = _layout(q, k, v, indices)
   gp, hvp = q5.shape[3], vh.shape[-1]
-  do5 = _pad(_pad(do.reshape(b, t, kvh, g, hv), 3, gp), 4, hvp)
+  do5 = pad_axis(pad_axis(do.reshape(b, t, kvh, g, hv), 3, gp), 4, hvp)
   delta = jnp.sum(do.astype(jnp.float32) * out.astype(jnp.float32), -1)  # rowsum(dO * O) [B, T, N]
-  delta = _pad(delta.reshape(b, t, kvh, g), 3, gp)[..., None]  # [B, T, K, Gp, 1]
+  delta = pad_axis(delta.reshape(b, t, kvh, g), 3, gp)[..., None]  # [B, T, K, Gp, 1]
   c = _chunked(t, idx.shape[-1])
   dqs, dk, dv = [], 0.0, 0.0
   for i in range(0, t, c):

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from attention.dsa.rows import chunk_rows, gather_rows, scatter_add_rows, unchunk_rows
+
 _CHUNK_BUDGET = 1 << 22  # elements of one chunk's gathered K/V rows and score tiles
 
 
@@ -22,24 +24,6 @@ def default_chunk(batch, q_len, top_k, num_heads, kv_heads, head_dim, head_dim_v
   """Largest query chunk whose gathered rows and [B, C, N, k] scores fit within `budget` elements."""
   per_query = batch * top_k * (kv_heads * (head_dim + head_dim_v) + 2 * num_heads)
   return max(1, min(q_len, budget // per_query))
-
-
-def _chunks(x, c, nc):
-  """[B, T, ...] -> [nc, B, C, ...] (zero-padded to nc * C rows)."""
-  pad = [(0, 0)] * x.ndim
-  pad[1] = (0, nc * c - x.shape[1])
-  x = jnp.pad(x, pad)
-  return jnp.moveaxis(x.reshape(x.shape[0], nc, c, *x.shape[2:]), 1, 0)
-
-
-def _unchunk(x, t):
-  """[nc, B, C, ...] -> [B, T, ...]."""
-  x = jnp.moveaxis(x, 0, 1)
-  return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :t]
-
-
-_gather_rows = jax.vmap(lambda x, i: x[i])  # x [B, S, ...], i [B, C, k] -> [B, C, k, ...]
-_scatter_add_rows = jax.vmap(lambda acc, i, x: acc.at[i].add(x))  # acc [B, S, ...] += x [B, C, k, ...] at i
 
 
 def _probs(qc, kc, idx, lse, scale):
@@ -55,7 +39,7 @@ def _probs(qc, kc, idx, lse, scale):
 def _forward_chunk(q, k, v, idx, scale):
   """q [B, C, K, G, H], idx [B, C, k] -> out [B, C, K, G, Hv] float32, lse [B, C, K, G] (+inf: no key)."""
   safe = jnp.maximum(idx, 0)
-  kc, vc = _gather_rows(k, safe), _gather_rows(v, safe)  # [B, C, k, K, H], [B, C, k, K, Hv]
+  kc, vc = gather_rows(k, safe), gather_rows(v, safe)  # [B, C, k, K, H], [B, C, k, K, Hv]
   s, _ = _probs(q, kc, idx, None, scale)
   m = s.max(-1)
   m_safe = jnp.where(jnp.isneginf(m), 0.0, m)  # a query with no selected key
@@ -83,8 +67,8 @@ def sparse_forward(q, k, v, indices, *, scale, chunk_size=None):
     qc, ic = args
     return _forward_chunk(_split_heads(qc, kvh), k, v, ic, scale)
 
-  out, lse = lax.map(one_chunk, (_chunks(q, c, nc), _chunks(indices, c, nc)))
-  return _unchunk(out, t).reshape(b, t, n, hv).astype(q.dtype), _unchunk(lse, t).reshape(b, t, n)
+  out, lse = lax.map(one_chunk, (chunk_rows(q, c, nc), chunk_rows(indices, c, nc)))
+  return unchunk_rows(out, t).reshape(b, t, n, hv).astype(q.dtype), unchunk_rows(lse, t).reshape(b, t, n)
 
 
 def sparse_backward(q, k, v, indices, out, lse, do, *, scale, chunk_size=None):
@@ -101,7 +85,7 @@ def sparse_backward(q, k, v, indices, out, lse, do, *, scale, chunk_size=None):
     qc, doc = _split_heads(qc, kvh), _split_heads(doc, kvh)  # [B, C, K, G, H], [B, C, K, G, Hv]
     lc, dc = lc.reshape(lc.shape[:2] + (kvh, -1)), dc.reshape(dc.shape[:2] + (kvh, -1))  # [B, C, K, G]
     safe = jnp.maximum(ic, 0)
-    kc, vc = _gather_rows(k, safe), _gather_rows(v, safe)
+    kc, vc = gather_rows(k, safe), gather_rows(v, safe)
     _, p = _probs(qc, kc, ic, lc, scale)  # [B, C, K, G, k]; 0 at unselected slots
     dp = jnp.einsum("bckgh,bcjkh->bckgj", doc, vc, preferred_element_type=jnp.float32)
     ds = p * (dp - dc[..., None]) * scale
@@ -109,12 +93,12 @@ def sparse_backward(q, k, v, indices, out, lse, do, *, scale, chunk_size=None):
     # Summing over g gives GQA its dK/dV; unselected slots add zeros to row 0.
     dkc = jnp.einsum("bckgj,bckgh->bcjkh", ds.astype(q.dtype), qc, preferred_element_type=jnp.float32)
     dvc = jnp.einsum("bckgj,bckgh->bcjkh", p.astype(do.dtype), doc, preferred_element_type=jnp.float32)
-    return (_scatter_add_rows(dk, safe, dkc), _scatter_add_rows(dv, safe, dvc)), dq
+    return (scatter_add_rows(dk, safe, dkc), scatter_add_rows(dv, safe, dvc)), dq
 
   init = (jnp.zeros((b, s_len, kvh, h), jnp.float32), jnp.zeros((b, s_len, kvh, hv), jnp.float32))
-  xs = tuple(_chunks(x, c, nc) for x in (q, indices, do, lse, delta))
+  xs = tuple(chunk_rows(x, c, nc) for x in (q, indices, do, lse, delta))
   (dk, dv), dq = lax.scan(one_chunk, init, xs)
-  dq = _unchunk(dq, t).reshape(b, t, n, h)
+  dq = unchunk_rows(dq, t).reshape(b, t, n, h)
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention.dsa.indexer import indexer_scores
+from attention.dsa.rows import chunk_rows
 from attention.mask import element_mask
 from attention.reference import positions
 
@@ -55,16 +56,6 @@ def topk_reference(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids,
   return select(score, visible, top_k)
 
 
-def _chunks(x, c, nc):
-  """[B, T, ...] -> [nc, B, C, ...] (zero-padded to nc * C rows)."""
-  if x is None:
-    return None
-  pad = [(0, 0)] * x.ndim
-  pad[1] = (0, nc * c - x.shape[1])
-  x = jnp.pad(x, pad)
-  return jnp.moveaxis(x.reshape(x.shape[0], nc, c, *x.shape[2:]), 1, 0)
-
-
 def topk_xla(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype, chunk_size):
   """Query-chunked selector: lax.map over chunks of C queries, each scoring its [B, C, S] block only."""
   b, t, hi, _ = q_idx.shape
@@ -79,6 +70,6 @@ def topk_xla(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_off
     score = indexer_scores(qi, k_idx, wi, score_dtype=score_dtype)  # [B, C, S]
     return select(score, visibility(mask, q_pos, kv_len, segi, kv_segment_ids), top_k)
 
-  out = lax.map(one_chunk, (jnp.arange(nc, dtype=jnp.int32), _chunks(q_idx, c, nc), _chunks(w, c, nc),
-                            _chunks(segment_ids, c, nc)))  # [nc, B, C, top_k]
+  out = lax.map(one_chunk, (jnp.arange(nc, dtype=jnp.int32), chunk_rows(q_idx, c, nc), chunk_rows(w, c, nc),
+                            chunk_rows(segment_ids, c, nc)))  # [nc, B, C, top_k]
   return jnp.moveaxis(out, 0, 1).reshape(b, nc * c, top_k)[:, :t]
