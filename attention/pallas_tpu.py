@@ -40,6 +40,7 @@ NUM_LANES = 128
 NUM_SUBLANES = 8
 # Default tiles by (padded) head dim: the f32 [bq, bk] score tiles of the backward pass dominate VMEM.
 DEFAULT_BLOCK_SIZES = {64: BlockSizes(512, 512), 128: BlockSizes(512, 512), 256: BlockSizes(256, 512)}
+_NN = (((1,), (0,)), ((), ()))  # a @ b
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 
 
@@ -123,9 +124,19 @@ def _split_prefetch(cfg, refs):
   return ranges, off, None, refs
 
 
+def _dot(a, b, dims=_NN):
+  """f32-accumulated matmul of two tiles.
+
+  float32 tiles follow jax_default_matmul_precision; 16-bit tiles use the MXU's native single pass
+  (an explicit DEFAULT: Mosaic rejects HIGHEST on bf16 operands, "Bad lhs type").
+  """
+  precision = None if a.dtype == jnp.float32 else lax.Precision.DEFAULT
+  return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
+
+
 def _scores(cfg, a, b, visible):
   """a [ra, H], b [rb, H] -> f32 [ra, rb] scaled logits a @ b.T, -inf where not visible (None: all)."""
-  s = lax.dot_general(a, b, _NT, preferred_element_type=jnp.float32) * cfg.scale
+  s = _dot(a, b, _NT) * cfg.scale
   return s if visible is None else jnp.where(visible, s, -jnp.inf)
 
 
@@ -153,7 +164,7 @@ def _fwd_kernel(*refs, cfg, num_steps):
     m_sc[...] = m_new
     l_sc[...] = l_sc[...] * corr + lax.broadcast_in_dim(p.sum(-1), m_prev.shape, (0,))
     v = v_ref[...]  # [bk, Hv]
-    pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)  # [bq, Hv]
+    pv = _dot(p.astype(v.dtype), v)  # [bq, Hv]
     acc_sc[...] = acc_sc[...] * _lanes(corr, hv) + pv
 
   _run_tile(cfg, ranges, seg_rng, b, i, j, tile)
@@ -193,11 +204,11 @@ def _dkdv_kernel(*refs, cfg, num_steps):
     visible = _tile_visible(cfg, off[b], i, j, q_seg_ref, kv_seg_ref, kv_major=True) if masked else None
     q, do = q_ref[...], do_ref[...]  # [bq, H], [bq, Hv]
     s = _scores(cfg, k_ref[...], q, visible)  # [bk, bq]
-    dp = lax.dot_general(v_ref[...], do, _NT, preferred_element_type=jnp.float32)  # [bk, bq]
+    dp = _dot(v_ref[...], do, _NT)  # [bk, bq]
     row = lambda ref: jnp.broadcast_to(ref[...], s.shape)  # [1, bq] -> [bk, bq]
     p, ds = _softmax_grad(cfg, s, dp, row(lse_ref), row(delta_ref))
-    dv_sc[...] += jnp.dot(p.astype(do.dtype), do, preferred_element_type=jnp.float32)  # [bk, Hv]
-    dk_sc[...] += jnp.dot(ds.astype(q.dtype), q, preferred_element_type=jnp.float32)  # [bk, H]
+    dv_sc[...] += _dot(p.astype(do.dtype), do)  # [bk, Hv]
+    dk_sc[...] += _dot(ds.astype(q.dtype), q)  # [bk, H]
 
   _run_tile(cfg, ranges, seg_rng, b, i, j, tile, kv_major=True)
 
@@ -221,10 +232,10 @@ def _dq_kernel(*refs, cfg, num_steps):
     visible = _tile_visible(cfg, off[b], i, j, q_seg_ref, kv_seg_ref) if masked else None
     k = k_ref[...]  # [bk, H]
     s = _scores(cfg, q_ref[...], k, visible)  # [bq, bk]
-    dp = lax.dot_general(do_ref[...], v_ref[...], _NT, preferred_element_type=jnp.float32)  # [bq, bk]
+    dp = _dot(do_ref[...], v_ref[...], _NT)  # [bq, bk]
     col = lambda ref: lax.broadcast_in_dim(ref[0], s.shape, (0,))  # [1, bq] -> [bq, bk]
     _, ds = _softmax_grad(cfg, s, dp, col(lse_ref), col(delta_ref))
-    dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)  # [bq, H]
+    dq_sc[...] += _dot(ds.astype(k.dtype), k)  # [bq, H]
 
   _run_tile(cfg, ranges, seg_rng, b, i, j, tile)
 
