@@ -116,7 +116,8 @@ def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True),
   if not isinstance(mask, Mask):
     raise ValueError(f"mask must be an attention.Mask, got {mask!r}")
   if score_dtype not in SCORE_DTYPES:
-    raise ValueError(f"score_dtype must be one of {[jnp.dtype(d).name for d in SCORE_DTYPES]}, got {score_dtype!r}")
+    names = [jnp.dtype(d).name for d in SCORE_DTYPES]
+    raise ValueError(f"score_dtype must be one of {names}, got {score_dtype!r}")
   if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
     raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
   if t < 1 or k_idx.shape[1] < 1:

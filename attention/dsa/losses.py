@@ -21,12 +21,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention.dsa.indexer import indexer_scores
-from attention.dsa.rows import chunk_rows, gather_rows
+from attention.dsa.rows import chunk_len, chunk_rows, gather_rows
 from attention.dsa.topk import visibility
 from attention.mask import Mask, element_mask
-
-_CHUNK_BUDGET = 1 << 22
-
 
 def _masked_softmax(s, visible):
   """Softmax over the last axis restricted to `visible`; rows with nothing visible give zeros."""
@@ -91,8 +88,11 @@ def indexer_kl_loss(q, k, q_idx, k_idx, w, *, mask: Mask = Mask(causal=True), se
     raise ValueError(f"indices must be int32 [B={b}, T={t}, k], got {getattr(indices, 'shape', indices)}")
   scale = h ** -0.5 if scale is None else float(scale)
   seg = None if segment_ids is None else jnp.asarray(segment_ids, jnp.int32)
-  width = s_len if indices is None else indices.shape[-1]
-  c = chunk_size or max(1, min(t, _CHUNK_BUDGET // (b * width * (n + hi + kvh * h // max(1, hi)))))
+  if indices is None:  # per query: [N, S] main logits, [Hi, S] indexer products, a few [S] rows
+    per_query = b * s_len * (n + hi + 4)
+  else:  # per query: gathered K and k_idx rows, [N, k] and [Hi, k] logits
+    per_query = b * indices.shape[-1] * (kvh * h + q_idx.shape[-1] + n + hi + 4)
+  c = chunk_size or chunk_len(t, per_query)
   nc = -(-t // c)
 
   @jax.checkpoint  # recompute each chunk in the backward pass: residuals stay O(T), not O(T * S)

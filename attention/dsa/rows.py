@@ -10,6 +10,16 @@ import jax
 import jax.numpy as jnp
 
 
+def chunk_len(q_len: int, per_query: int) -> int:
+  """Queries per chunk so one chunk's working set (per_query elements each) fits the backend's budget.
+
+  16 Mi elements (64 MiB of float32) on an accelerator, where few large chunks keep the device busy; 4 Mi on
+  the CPU. Memory stays O(C * S) per chunk either way.
+  """
+  budget = 1 << 22 if jax.default_backend() == "cpu" else 1 << 24
+  return max(1, min(q_len, budget // max(1, per_query)))
+
+
 def pad_axis(x, axis: int, size: int, value=0):
   """Pad x's `axis` at the end to `size` with `value`."""
   pad = [(0, 0)] * x.ndim

@@ -159,7 +159,8 @@ def _forward(q5, kh, vh, idx, *, scale, interpret):
   out, lse = _call(kernel, idx, (b, t, kvh), [tok(hp), ivec, any_, any_], [tok(hvp), tok(1)],
                    [jax.ShapeDtypeStruct((b, t, kvh, gp, hvp), q5.dtype),
                     jax.ShapeDtypeStruct((b, t, kvh, gp, 1), jnp.float32)],
-                   [pltpu.VMEM((kp, hp), kh.dtype), pltpu.VMEM((kp, hvp), vh.dtype), pltpu.SemaphoreType.DMA((2,))],
+                   [pltpu.VMEM((kp, hp), kh.dtype), pltpu.VMEM((kp, hvp), vh.dtype),
+                    pltpu.SemaphoreType.DMA((2,))],
                    interpret, "dsa_sparse_fwd_tpu")(q5, idx[:, :, None, :], kh, vh)
   return out, lse
 

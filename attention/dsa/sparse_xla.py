@@ -15,15 +15,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention.dsa.rows import chunk_rows, gather_rows, scatter_add_rows, unchunk_rows
+from attention.dsa.rows import chunk_len, chunk_rows, gather_rows, scatter_add_rows, unchunk_rows
 
-_CHUNK_BUDGET = 1 << 22  # elements of one chunk's gathered K/V rows and score tiles
-
-
-def default_chunk(batch, q_len, top_k, num_heads, kv_heads, head_dim, head_dim_v, budget=_CHUNK_BUDGET):
-  """Largest query chunk whose gathered rows and [B, C, N, k] scores fit within `budget` elements."""
-  per_query = batch * top_k * (kv_heads * (head_dim + head_dim_v) + 2 * num_heads)
-  return max(1, min(q_len, budget // per_query))
+def default_chunk(batch, q_len, top_k, num_heads, kv_heads, head_dim, head_dim_v):
+  """Queries per chunk: each holds its gathered K/V rows [B, k, K, H + Hv] and two [B, N, k] score tiles."""
+  return chunk_len(q_len, batch * top_k * (kv_heads * (head_dim + head_dim_v) + 2 * num_heads))
 
 
 def _probs(qc, kc, idx, lse, scale):

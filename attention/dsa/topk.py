@@ -15,17 +15,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention.dsa.indexer import indexer_scores
-from attention.dsa.rows import chunk_rows
+from attention.dsa.rows import chunk_len, chunk_rows
 from attention.mask import element_mask
 from attention.reference import positions
-
-_CHUNK_BUDGET = 1 << 22  # elements of one chunk's [B, C, Hi, S] products (16 MiB in float32)
-
-
-def default_chunk(batch: int, heads: int, kv_len: int, q_len: int, budget: int = _CHUNK_BUDGET) -> int:
-  """Largest query chunk whose [B, C, heads, S] working set stays within `budget` elements."""
-  return max(1, min(q_len, budget // max(1, batch * heads * kv_len)))
-
 
 def visibility(mask, q_pos, kv_len: int, q_seg=None, kv_seg=None):
   """[B|1, C, S] bool: which keys each query of a chunk may see; q_pos [B|1, C], q_seg [B, C], kv_seg [B, S]."""
@@ -60,7 +52,7 @@ def topk_xla(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_off
   """Query-chunked selector: lax.map over chunks of C queries, each scoring its [B, C, S] block only."""
   b, t, hi, _ = q_idx.shape
   kv_len = k_idx.shape[1]
-  c = chunk_size or default_chunk(b, hi, kv_len, t)
+  c = chunk_size or chunk_len(t, b * (hi + 2) * kv_len)  # [B, C, Hi, S] products, [B, C, S] scores
   nc = -(-t // c)
   off = jnp.reshape(jnp.asarray(q_offset, jnp.int32), (-1, 1))  # [B|1, 1]
 
