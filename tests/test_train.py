@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
+def compilation_cache_dir(tmp_path_factory):
   """A persistent compilation cache for this module: runs that share shapes compile once."""
   cache = str(tmp_path_factory.mktemp("jax_cache"))
   old = {k: getattr(jax.config, k) for k in CACHE_OPTIONS}

@@ -59,7 +59,7 @@ class MeshConfig:
   data: int = -1  # -1 = all devices left over
   fsdp: int = 1
   tensor: int = 1
-  context: int = 1  # reserved for ring attention; must stay 1 until it lands
+  context: int = 1  # sequence (ring attention) parallelism; tokens are split over it
 
 
 @dataclasses.dataclass(frozen=True)
