@@ -1,0 +1,125 @@
+"""Perplexity and bits per byte of a causal LM on held-out documents, as a function of the context length.
+
+Protocol (the long-document perplexity of Position Interpolation, Chen et al., arXiv 2306.15595, Sec. 3.2,
+with non-overlapping windows): the held-out documents (train.py's validation split) with at least
+max(lengths) tokens are cut to their first max(lengths) tokens; at length L each is split into
+max(lengths) / L non-overlapping windows, each read from position 0. Every length therefore scores
+exactly the same tokens, and only the context available to them changes. Each window's first token has
+no target. Bits per byte divide the summed loss (in bits) by the UTF-8 bytes of the scored tokens.
+
+`validation_loss` recomputes train.py's own validation number (packed validation rows at the training
+length, the first num_val_batches batches) so a restored checkpoint can be checked against its log.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import data as data_lib
+from data import corpus as corpus_lib
+from data.tokenizer import NUM_BYTES, SPECIAL_TOKENS
+from training.config import TrainConfig
+from training.step import lm_targets
+
+
+def token_bytes(tokenizer) -> np.ndarray:
+  """int [V]: UTF-8 bytes each id stands for (1 per byte id, 0 for special tokens, a piece's length)."""
+  out = np.zeros(tokenizer.vocab_size, np.int64)
+  out[:NUM_BYTES] = 1
+  for i in range(NUM_BYTES + len(SPECIAL_TOKENS), tokenizer.vocab_size):
+    out[i] = len(tokenizer.decode([i]).encode("utf-8"))
+  return out
+
+
+def make_scorer(model):
+  """jit(tokens, positions, segment_ids, targets [B, T], weights [B, T]) -> (CE [B, T], argmax [B, T])."""
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def score(state, tokens, positions, segment_ids, targets, weights):
+    logits = nnx.merge(graphdef, state)(tokens, positions=positions, segment_ids=segment_ids)  # [B, T, V]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets) * weights
+    return ce, jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  return lambda *args: jax.device_get(score(state, *args))
+
+
+def validation_loss(model, config: TrainConfig, tokenizer) -> float:
+  """train.py's validation loss (nats per token): the same rows, batches and target rule."""
+  splits = data_lib.load_splits(config.data.corpus, tokenizer, seq_len=config.data.seq_len,
+                                val_fraction=config.data.val_fraction, seed=config.seed,
+                                max_documents=config.data.max_documents)
+  micro = config.data.batch_size // config.optim.grad_accum_steps
+  score = make_scorer(model)
+  ce_sum, count = 0.0, 0.0
+  for batch in data_lib.val_batches(splits.val, batch_size=micro, num_batches=config.data.num_val_batches):
+    batch, targets, weights = lm_targets({k: jnp.asarray(v) for k, v in batch.items()})
+    ce, _ = score(batch["tokens"], batch["positions"], batch["segment_ids"], targets, weights)
+    ce_sum, count = ce_sum + float(np.sum(ce, dtype=np.float64)), count + float(jnp.sum(weights))
+  return ce_sum / max(count, 1.0)
+
+
+def heldout_documents(config: TrainConfig, tokenizer, min_tokens: int, max_docs: int) -> list[np.ndarray]:
+  """Up to `max_docs` validation documents (BOS + text + EOS) of at least `min_tokens` tokens, cut to it."""
+  docs = corpus_lib.load_documents(config.data.corpus)
+  if config.data.max_documents:  # the same subset as data.load_splits
+    docs = sorted(docs, key=lambda d: corpus_lib.name_hash("subset:" + d.name))[:config.data.max_documents]
+    docs.sort(key=lambda d: d.name)
+  _, val = corpus_lib.split_documents(docs, config.data.val_fraction)
+  out = []
+  for d in val:
+    tokens = tokenizer.encode(d.text, bos=True, eos=True)
+    if tokens.size >= min_tokens:
+      out.append(tokens[:min_tokens])
+    if len(out) == max_docs:
+      break
+  if not out:
+    raise ValueError(f"no held-out document has {min_tokens} tokens (the longest evaluation length); use "
+                     "shorter --lengths or a corpus with longer documents")
+  return out
+
+
+def perplexity_vs_length(model, config: TrainConfig, tokenizer, lengths: list[int], *, max_docs: int = 16,
+                         batch_tokens: int = 8192) -> dict:
+  """{"lengths": [...], "loss": [...] (nats/token), "perplexity", "bits_per_byte", "tokens", "documents"}."""
+  if model.cfg.arch != "decoder":
+    raise ValueError("the perplexity task needs a decoder checkpoint (arch='decoder'); use --tasks=mlm")
+  lengths = sorted(set(lengths))
+  if lengths[0] < 2:
+    raise ValueError(f"lengths must be >= 2, got {lengths}")
+  longest = lengths[-1]
+  if any(longest % n for n in lengths):
+    raise ValueError(f"every length must divide the longest one ({longest}) so all lengths score the same "
+                     f"tokens; got lengths={lengths}")
+  docs = np.stack(heldout_documents(config, tokenizer, longest, max_docs))  # [D, longest]
+  nbytes = token_bytes(tokenizer)
+  score = make_scorer(model)
+  result = {"lengths": lengths, "loss": [], "perplexity": [], "bits_per_byte": [], "tokens": [],
+            "documents": len(docs), "protocol": "non-overlapping windows over the same tokens"}
+  for n in lengths:
+    windows = docs.reshape(-1, n)  # [D * longest / n, n]
+    rows = max(1, batch_tokens // n)
+    ce_sum, count, byte_count = 0.0, 0, 0
+    for i in range(0, len(windows), rows):
+      w = windows[i:i + rows]
+      # Position t predicts token t + 1 of the same window.
+      targets = np.concatenate([w[:, 1:], np.zeros_like(w[:, :1])], axis=1)
+      weights = np.ones(w.shape, np.float32)
+      weights[:, -1] = 0.0
+      ce, _ = score(w, np.broadcast_to(np.arange(n, dtype=np.int32), w.shape), np.ones_like(w), targets,
+                    weights)
+      ce_sum += float(np.sum(ce, dtype=np.float64))
+      count += int(weights.sum())
+      byte_count += int(nbytes[w[:, 1:]].sum())
+    loss = ce_sum / count
+    result["loss"].append(loss)
+    result["perplexity"].append(math.exp(loss))
+    result["bits_per_byte"].append(ce_sum / math.log(2) / max(byte_count, 1))
+    result["tokens"].append(count)
+  return result
