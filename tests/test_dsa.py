@@ -96,6 +96,24 @@ def test_topk_matches_numpy(impl, mask, q_offset, top_k):
   np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("mask,q_offset", [
+    (Mask(causal=True), 0), (Mask(causal=True), jnp.array([0, 6], jnp.int32)), (Mask(window=(5, 3)), 2),
+    (Mask(), 0)])
+def test_topk_blocked_merge_matches_numpy(mask, q_offset):
+  """Many key blocks (4 keys each) merged into the running top-k: same keys, order and ties as one sort."""
+  from attention.dsa.topk import topk_xla
+  b, t, s, top_k = 2, 11, 18, 6
+  q_idx, k_idx, w = _indexer_inputs(23, b, t, s, 2, 3, integer=True)
+  seg = jnp.array([[0] * 9 + [1] * 9, [0] * 18], jnp.int32)
+  got = topk_xla(q_idx, k_idx, w, top_k=top_k, mask=mask, segment_ids=seg[:, :t], kv_segment_ids=seg,
+                 q_offset=q_offset, score_dtype=jnp.float32, chunk_size=3, block_k=4)
+  score = _np_scores(q_idx, k_idx, w)
+  for bi in range(b):
+    off = int(np.asarray(q_offset).reshape(-1)[bi % np.size(q_offset)])
+    want = _np_topk(score[bi:bi + 1], _np_visible(mask, t, s, off, seg[bi:bi + 1, :t], seg[bi:bi + 1]), top_k)
+    np.testing.assert_array_equal(got[bi:bi + 1], want)
+
+
 def test_topk_segments_and_batched_offset():
   b, t, s = 2, 9, 9
   q_idx, k_idx, w = _indexer_inputs(3, b, t, s, 3, 8, integer=True)

@@ -1,9 +1,14 @@
 """Top-k key selection from lightning-indexer scores (DeepSeek-V3.2-Exp's token selector).
 
 Each query keeps the top_k keys with the highest indexer score among the keys its mask lets it see. The
-"xla" selector walks over query chunks, so the largest array is one chunk's [B, C, Hi, S] products and the
-output is [B, T, top_k]: memory O(T*k + C*S), never a [B, T, S] array. The "reference" selector scores
-everything at once, for tests.
+"xla" selector walks over chunks of C queries, and for each chunk over exactly the key blocks of
+attention.mask.block_map (causal: the keys up to the chunk's last query; a window: the keys in it), merging
+each block's scores into a running top-k. Causal selection thus scores half the (query, key) pairs, the
+largest array is one chunk's [B, C, Hi, bk] products, and memory is O(T*k + C*(k + bk)): never a [B, T, S]
+array. The "reference" selector scores everything at once, for tests.
+
+The running merge keeps the contract's tie order: the running list (lower key indices, already in order)
+comes before the new block in the concatenation, and lax.top_k prefers the earlier of equal elements.
 
 Output contract: int32 [B, T, top_k] ordered by score (descending), ties towards the lower key index
 (lax.top_k's documented order), slots past the number of visible keys hold -1.
@@ -15,8 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention.dsa.indexer import indexer_scores
-from attention.dsa.rows import chunk_len, chunk_rows
-from attention.mask import element_mask
+from attention.dsa.rows import chunk_len, chunk_rows, pad_axis, unchunk_rows
+from attention.mask import BlockSizes, block_map, element_mask
 from attention.reference import positions
 
 def visibility(mask, q_pos, kv_len: int, q_seg=None, kv_seg=None):
@@ -48,20 +53,45 @@ def topk_reference(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids,
   return select(score, visible, top_k)
 
 
-def topk_xla(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype, chunk_size):
-  """Query-chunked selector: lax.map over chunks of C queries, each scoring its [B, C, S] block only."""
+def topk_xla(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype, chunk_size,
+             block_k=None):
+  """Blocked selector: for each chunk of C queries, a running top-k over the key blocks its mask can see."""
   b, t, hi, _ = q_idx.shape
   kv_len = k_idx.shape[1]
-  c = chunk_size or chunk_len(t, b * (hi + 2) * kv_len)  # [B, C, Hi, S] products, [B, C, S] scores
-  nc = -(-t // c)
+  kk = min(top_k, kv_len)
+  bk = block_k or min(kv_len, max(512, kk))
+  c = chunk_size or chunk_len(t, b * ((hi + 2) * bk + 2 * (kk + bk)))  # products, scores, merge buffers
+  nc, nk = -(-t // c), -(-kv_len // bk)
+  bm = block_map(mask, t, kv_len, BlockSizes(c, bk), has_segments=segment_ids is not None, q_offset=q_offset)
+  kv_start, kv_end = jnp.asarray(bm.kv_start), jnp.asarray(bm.kv_end)
+  k_blocks = pad_axis(k_idx, 1, nk * bk)
+  kv_seg = None if kv_segment_ids is None else pad_axis(kv_segment_ids, 1, nk * bk)
   off = jnp.reshape(jnp.asarray(q_offset, jnp.int32), (-1, 1))  # [B|1, 1]
 
   def one_chunk(args):
     i, qi, wi, segi = args  # qi [B, C, Hi, Di], wi [B, C, Hi], segi [B, C]
-    q_pos = off + i * c + jnp.arange(c, dtype=jnp.int32)[None]  # [B|1, C]
-    score = indexer_scores(qi, k_idx, wi, score_dtype=score_dtype)  # [B, C, S]
-    return select(score, visibility(mask, q_pos, kv_len, segi, kv_segment_ids), top_k)
+    q_pos = (off + i * c + jnp.arange(c, dtype=jnp.int32)[None])[:, :, None]  # [B|1, C, 1]
+
+    def block(j, carry):
+      vals, idx, count = carry  # [B, C, kk] scores and keys so far (best first), [B, C] visible keys
+      k_pos = j * bk + jnp.arange(bk, dtype=jnp.int32)  # [bk]
+      score = indexer_scores(qi, lax.dynamic_slice_in_dim(k_blocks, j * bk, bk, 1), wi,
+                             score_dtype=score_dtype)  # [B, C, bk]
+      k_seg = None if segi is None else lax.dynamic_slice_in_dim(kv_seg, j * bk, bk, 1)[:, None, :]
+      visible = element_mask(mask, q_pos, k_pos[None, None, :], kv_len,
+                             None if segi is None else segi[:, :, None], k_seg)  # [B|1, C, bk]
+      visible = jnp.broadcast_to(visible, score.shape)
+      cand = jnp.concatenate([vals, jnp.where(visible, score, -jnp.inf)], axis=-1)  # [B, C, kk + bk]
+      cand_idx = jnp.concatenate([idx, jnp.broadcast_to(k_pos, score.shape)], axis=-1)
+      vals, pos = lax.top_k(cand, kk)
+      return vals, jnp.take_along_axis(cand_idx, pos, axis=-1), count + visible.sum(-1, dtype=jnp.int32)
+
+    init = (jnp.full((b, c, kk), -jnp.inf, jnp.float32), jnp.full((b, c, kk), -1, jnp.int32),
+            jnp.zeros((b, c), jnp.int32))
+    _, idx, count = lax.fori_loop(kv_start[i], kv_end[i], block, init)
+    idx = jnp.where(jnp.arange(kk, dtype=jnp.int32) < count[..., None], idx, -1)  # -1 past the visible keys
+    return pad_axis(idx, 2, top_k, -1)
 
   out = lax.map(one_chunk, (jnp.arange(nc, dtype=jnp.int32), chunk_rows(q_idx, c, nc), chunk_rows(w, c, nc),
                             chunk_rows(segment_ids, c, nc)))  # [nc, B, C, top_k]
-  return jnp.moveaxis(out, 0, 1).reshape(b, nc * c, top_k)[:, :t]
+  return unchunk_rows(out, t)
