@@ -83,8 +83,8 @@ def test_window_segments_mqa_ragged_lengths():
 
 
 def test_traced_q_offset_per_row():
-  # Decoding-style offsets that differ per batch row, T != S, top-left aligned causal mask.
-  _check(256, 384, 4, 2, 128, Mask(causal=True), b=2, q_offset=jnp.array([100, 7], jnp.int32))
+  # Offsets that differ per batch row (decoding; negative as in ring attention), T != S.
+  _check(256, 384, 4, 2, 128, Mask(causal=True), b=2, q_offset=jnp.array([100, -70], jnp.int32))
 
 
 def test_negative_offset_padded_head_dim_fully_masked_rows():
