@@ -68,6 +68,8 @@ class _Config:
   kv_len: int  # S; keys at or past it are padding
   block_q: int
   block_k: int
+  q_tiles: int  # Tp // block_q
+  kv_tiles: int  # Sp // block_k
   groups: int  # G = N // K
   has_seg: bool
   interpret: bool
@@ -102,15 +104,17 @@ def _run_tile(cfg, ranges, seg_rng, b, i, j, tile, *, kv_major=False):
   """Call tile(masked) under pl.when if tile (q tile i, kv tile j) is visited.
 
   ranges [4, n]: start, end, full_start, full_end of the visited range, per q tile (per kv tile in the
-  kv-major dK/dV pass). seg_rng (q_lo, q_hi, k_lo, k_hi): per-tile segment-id ranges.
+  kv-major dK/dV pass). seg_rng (q_lo, q_hi [B * q_tiles], k_lo, k_hi [B * kv_tiles]): per-tile
+  segment-id ranges, flat so that SMEM holds no padded 2D tables.
   """
   outer, inner = (j, i) if kv_major else (i, j)
   run = inner < ranges[1, outer]
   masked = (inner < ranges[2, outer]) | (inner >= ranges[3, outer])
   if cfg.has_seg:  # i or j may step past the last tile here (then run is already False): clamp the lookup
     q_lo, q_hi, k_lo, k_hi = seg_rng
-    ic, jc = jnp.minimum(i, q_lo.shape[1] - 1), jnp.minimum(j, k_lo.shape[1] - 1)
-    overlap = (q_lo[b, ic] <= k_hi[b, jc]) & (k_lo[b, jc] <= q_hi[b, ic])
+    qi = b * cfg.q_tiles + jnp.minimum(i, cfg.q_tiles - 1)
+    kj = b * cfg.kv_tiles + jnp.minimum(j, cfg.kv_tiles - 1)
+    overlap = (q_lo[qi] <= k_hi[kj]) & (k_lo[kj] <= q_hi[qi])
     run &= jnp.logical_not(masked) | overlap
   pl.when(run & masked)(functools.partial(tile, True))
   pl.when(run & jnp.logical_not(masked))(functools.partial(tile, False))
@@ -256,7 +260,7 @@ class _Operands:
   ranges: jax.Array  # [4, nq] kv_start, kv_end, full_start, full_end
   ranges_t: jax.Array  # [4, nk] q_start, q_end, q_full_start, q_full_end
   off: jax.Array  # [B] int32 position of each row's first query
-  seg_rng: tuple  # () or (q_lo [B, nq], q_hi, k_lo [B, nk], k_hi)
+  seg_rng: tuple  # () or (q_lo [B * nq], q_hi, k_lo [B * nk], k_hi)
   kv_steps: int  # grid steps over kv tiles per q tile
   q_steps: int  # grid steps over q tiles per kv tile
 
@@ -276,7 +280,8 @@ def _config(q, k, v, *, mask, segment_ids, scale, block_sizes, interpret) -> _Co
   bq, bk = min(bs.block_q, _round_up(t, NUM_LANES)), min(bs.block_k, _round_up(s, NUM_LANES))
   scale = h ** -0.5 if scale is None else float(scale)
   interpret = jax.default_backend() == "cpu" if interpret is None else bool(interpret)
-  return _Config(mask, scale, s, bq, bk, q.shape[2] // k.shape[2], segment_ids is not None, interpret)
+  return _Config(mask, scale, s, bq, bk, -(-t // bq), -(-s // bk), q.shape[2] // k.shape[2],
+                 segment_ids is not None, interpret)
 
 
 def _pad(x, axis, size, mode="constant", value=0):
@@ -316,7 +321,7 @@ def _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset) -> _Operands:
     q_ids = _pad(jnp.asarray(segment_ids, jnp.int32), 1, tp, "edge")  # edge padding keeps tile ranges tight
     kv_ids = _pad(jnp.asarray(kv_segment_ids, jnp.int32), 1, sp, "edge")
     qt, kt = q_ids.reshape(b, -1, bq), kv_ids.reshape(b, -1, bk)
-    seg_rng = (qt.min(-1), qt.max(-1), kt.min(-1), kt.max(-1))
+    seg_rng = tuple(x.reshape(-1) for x in (qt.min(-1), qt.max(-1), kt.min(-1), kt.max(-1)))
   return _Operands(_head_major(q, tp, hp), _head_major(k, sp, hp), _head_major(v, sp, hvp), q_ids, kv_ids,
                    ranges, ranges_t, off, seg_rng, kv_steps, q_steps)
 
