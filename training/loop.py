@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import signal
+import threading
 import time
 
 import jax
@@ -23,30 +24,6 @@ from training.config import TrainConfig, from_config_dict
 _log = logging.getLogger(__name__)
 
 
-def _opt_shardings(abstract_opt, param_shardings, mesh):
-  """Optimizer-state shardings: a leaf whose key path ends with a parameter's path (Adam's mu and nu)
-  shares that parameter's sharding; everything else (counts) is replicated."""
-  by_path = {tuple(k for k in path): s for path, s in _flat_items(param_shardings)}
-
-  def pick(path, leaf):
-    keys = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
-    for i in range(len(keys)):
-      s = by_path.get(keys[i:])
-      if s is not None and len(s.spec) <= len(leaf.shape):
-        return s
-    return sharding.replicated(mesh)
-
-  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
-
-
-def _flat_items(tree, prefix=()):
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      yield from _flat_items(v, prefix + (k,))
-    else:
-      yield prefix + (k,), v
-
-
 class _Stop:
   """SIGTERM (preemption) sets a flag; the loop saves a checkpoint after the current step and returns."""
 
@@ -55,7 +32,8 @@ class _Stop:
     self._previous = None
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
 
   def _handle(self, signum, frame):
@@ -63,7 +41,8 @@ class _Stop:
     self.requested = True
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _validate_shapes(cfg: TrainConfig, tokenizer, mesh):
@@ -111,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | TrainConfig, workdir:
   params = jax.jit(lambda: nnx.to_pure_dict(nnx.state(build(), nnx.Param)), out_shardings=p_shard)()
   tx, schedule = optim.optimizer(cfg), optim.schedule(cfg)
   rep = sharding.replicated(mesh)
-  o_shard = _opt_shardings(jax.eval_shape(tx.init, params), p_shard, mesh)
+  o_shard = sharding.optimizer_shardings(jax.eval_shape(tx.init, params), p_shard, mesh)
   s_shard = {"params": p_shard, "opt_state": o_shard, "step": rep, "rng": rep, "skipped_steps": rep,
              "consecutive_skips": rep}
   state = jax.jit(functools.partial(step_lib.init_state, tx=tx, seed=cfg.seed), out_shardings=s_shard)(params)

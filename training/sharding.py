@@ -101,6 +101,30 @@ def param_shardings(abstract_params: nnx.State, mesh: jax.sharding.Mesh):
   return _unflatten(out)
 
 
+def optimizer_shardings(abstract_opt_state, param_sharding_tree: dict, mesh: jax.sharding.Mesh):
+  """Shardings for optimizer state: a leaf whose key path ends with a parameter's path (Adam's mu and nu)
+  takes that parameter's sharding; everything else (step counts) is replicated."""
+  by_path = dict(_flat_items(param_sharding_tree))
+
+  def pick(path, leaf):
+    keys = tuple(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k))) for k in path)
+    for i in range(len(keys)):
+      s = by_path.get(keys[i:])
+      if s is not None and len(s.spec) <= len(leaf.shape):
+        return s
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt_state)
+
+
+def _flat_items(tree: dict, prefix=()):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _flat_items(v, prefix + (k,))
+    else:
+      yield prefix + (k,), v
+
+
 def _unflatten(flat: dict[tuple, object]) -> dict:
   tree: dict = {}
   for path, leaf in flat.items():
