@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import topologies
 
 from attention import Mask, attend, reference
 from attention import pallas_tpu
@@ -186,8 +187,6 @@ def test_compiles_for_tpu_with_libtpu(name):
   Lowering alone does not run Mosaic's layout passes; an AOT compile for a TPU topology does.
   """
   pytest.importorskip("libtpu", reason="libtpu (jax[tpu]) not installed: only cross-lowering is checked")
-  from jax.experimental import topologies
-
   device = topologies.get_topology_desc(topology_name="v5e:2x2", platform="tpu").devices[0]
   sharding = jax.sharding.SingleDeviceSharding(device)
   loss, args = _loss_and_args(name)
