@@ -165,7 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict | TrainConfig, workdir:
           m = jax.device_get(m)
           dt = float(np.mean(window))
           tps = cfg.data.batch_size * cfg.data.seq_len / dt
-          tflops = flops_per_step / dt / jax.device_count() / 1e12
+          tflops = flops_per_step / dt / mesh.devices.size / 1e12
           record = {"loss": m["loss"], "grad_norm": m["grad_norm"], "learning_rate": m["learning_rate"],
                     "tokens_per_sec": tps, "step_time_s": dt, "tflops_per_device": tflops,
                     "mfu": tflops / peak if peak else None,
