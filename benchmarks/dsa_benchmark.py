@@ -4,10 +4,10 @@ Method:
 - FLOPs, counted analytically (XLA's cost_analysis() counts a loop body once whatever its trip count):
   dense = causal blockwise attention, tiles visited by the block map x tile FLOPs
   (attention.attention_flops, forward+backward); sparse attention = every one of the k slots of every
-  query, as the kernels compute them (empty slots included), forward+backward; indexer = the T x S x Hi
-  products and the weighted ReLU sum, full rows as the chunked selector computes them, forward only
-  (top-k selection has no gradient; the indexer's KL loss in the sparse phase touches only the k selected
-  keys).
+  query, as the kernels compute them (empty slots included), forward+backward; indexer = the Hi products
+  and the weighted ReLU sum over the (query chunk, key block) tiles of the causal block map, as the xla
+  selector visits them, forward only (top-k selection has no gradient; the indexer's KL loss in the sparse
+  phase touches only the k selected keys). The top-k merges are comparisons, not FLOPs, and not counted.
 - memory: temp bytes of the compiled programs (jax.jit(...).lower(...).compile().memory_analysis()), compile
   only: dense = attend(impl="xla") forward+backward, sparse = sparse_attend(impl="xla") forward+backward,
   indexer = topk_indices(impl="xla"); for contrast, the dense O(L^2) reference attention forward+backward.
@@ -30,7 +30,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from attention import Mask, attend, attention_flops, sparse_attend, topk_indices, xla_flash
+from attention import (BlockSizes, Mask, attend, attention_flops, block_map, sparse_attend, topk_indices,
+                       xla_flash)
 
 _SD = jax.ShapeDtypeStruct
 
@@ -45,9 +46,12 @@ def sparse_flops(length, top_k, n, h, hv):
   return 2 * n * length * top_k * ((h + hv) + (3 * h + 2 * hv))
 
 
-def indexer_flops(length, hi, di):
-  """q_idx . k_idx for Hi heads, then w-weighted ReLU sum, over every (t, s) pair."""
-  return length * length * hi * (2 * di + 2)
+def indexer_flops(length, top_k, hi, di, chunk=256):
+  """q_idx . k_idx for Hi heads, then the w-weighted ReLU sum, over the (query chunk, key block) tiles the
+  causal block map visits (the xla selector's key blocks are max(512, k) wide)."""
+  bs = BlockSizes(chunk, min(length, max(512, top_k)))
+  tiles = block_map(Mask(causal=True), length, length, bs).num_visited()
+  return tiles * bs.block_q * bs.block_k * hi * (2 * di + 2)
 
 
 def _temp(fn, *args):
@@ -96,8 +100,8 @@ def _plot(path, lengths, series, ylabel, title):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   fig, ax = plt.subplots(figsize=(5.5, 4))
-  for label, ys in series.items():
-    ax.loglog(lengths, ys, "o-", label=label, base=2)
+  for (label, ys), style in zip(series.items(), ("o-", "s--", "^-", "v:")):  # dashes: overlapping lines
+    ax.loglog(lengths, ys, style, label=label, base=2)
   ax.set_xlabel("sequence length L")
   ax.set_ylabel(ylabel)
   ax.set_title(title)
@@ -132,7 +136,8 @@ def main():
   fl = {"dense flash": [], "DSA total": [], "indexer": [], "sparse attention": []}
   mem = {"dense reference": [], "dense flash (xla)": [], "indexer top-k (xla)": [], "sparse attention (xla)": []}
   for length in lengths:
-    d, i, s = dense_flops(length, n, h, hv), indexer_flops(length, hi, di), sparse_flops(length, top_k, n, h, hv)
+    d, i = dense_flops(length, n, h, hv), indexer_flops(length, top_k, hi, di)
+    s = sparse_flops(length, top_k, n, h, hv)
     mr, md, ms, mi = (x / 2**30 for x in memory(length, top_k, n, kv, h, hv, hi, di))
     for key, val in zip(fl, (d, i + s, i, s)):
       fl[key].append(val / 1e12)

@@ -98,7 +98,7 @@ def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True),
     impl: "reference" (dense scores, tests) | "xla" (query-chunked) | "auto".
     score_dtype: precision of the q.k products: jnp.bfloat16 (default), jnp.float32, or
       jnp.float8_e4m3fn (per-row scales; for backends with FP8 matmuls).
-    chunk_size: queries per chunk (default: a ~16 MiB working set).
+    chunk_size: queries per chunk (default: a fixed per-backend working set, see attention.dsa.rows).
   Returns:
     int32 [B, T, top_k], best first, ties towards the lower index, -1 past the number of visible keys.
   """

@@ -69,7 +69,7 @@ def indexer_kl_loss(q, k, q_idx, k_idx, w, *, mask: Mask = Mask(causal=True), se
     segment_ids: [B, T] int, used for the keys too (T == S).
     indices: None for the dense warm-up; int32 [B, T, k] (-1 empty) for the sparse phase.
     scale: main attention logit scale, default 1/sqrt(H).
-    chunk_size: queries per chunk (default: a ~16 MiB working set).
+    chunk_size: queries per chunk (default: a fixed per-backend working set, see attention.dsa.rows).
   Returns:
     float32 scalar: the mean over queries that see at least one key.
   """
