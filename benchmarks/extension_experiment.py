@@ -32,6 +32,7 @@ flags.DEFINE_list("lengths", [str(extend.L0 * f) for f in (1, 2, 4, 8)] + [str(e
 flags.DEFINE_integer("ppl_documents", 8, "Held-out documents per length.")
 flags.DEFINE_integer("passkey_samples", 4, "Passkey keys per (length, depth) cell.")
 flags.DEFINE_string("docs", "docs", "Where the report stage writes its plots and Markdown.")
+flags.DEFINE_bool("tiny", False, "Smoke run: the configs' `tiny` variants (set --lengths to e.g. 32,64,128,256).")
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMES = {"none": "no scaling", "linear": "PI (linear)", "ntk": "NTK-aware", "yarn": "YaRN",
@@ -65,6 +66,7 @@ def _eval(workdir: str, tag: str, overrides: list[str]):
 
 
 def _train(config_arg: str, workdir: str, *overrides: str):
+  config_arg += ",tiny" if FLAGS.tiny else ""
   if _latest_step(workdir) == extend.get_config(config_arg).num_steps:
     return
   _run([sys.executable, "train.py", f"--config=configs/extend.py:{config_arg}", f"--workdir={workdir}",
@@ -72,7 +74,7 @@ def _train(config_arg: str, workdir: str, *overrides: str):
 
 
 def _scaling_overrides(rule: str) -> list[str]:
-  c = extend.get_config(rule).model.rope_scaling
+  c = extend.get_config(rule + (",tiny" if FLAGS.tiny else "")).model.rope_scaling
   return [f"--config.model.rope_scaling.kind={c.kind}", f"--config.model.rope_scaling.factor={c.factor}",
           f"--config.model.rope_scaling.original_max_len={c.original_max_len}"]
 
@@ -97,6 +99,10 @@ def report(root: str, rules: list[str], docs: str):
   plots.compare_plot({k: dict(v["passkey"], acc=v["passkey"]["accuracy_per_length"]) for k, v in runs.items()},
                      "acc", os.path.join(docs, "extension_passkey.png"), ylabel="passkey accuracy",
                      train_length=l0, title="Passkey accuracy vs length (mean over depths)")
+  plots.compare_plot({k: v["perplexity"]["position_loss"] for k, v in runs.items()}, "loss",
+                     os.path.join(docs, "extension_position_loss.png"), ylabel="loss (nats/token)", x_key="start",
+                     xlabel="position in the window (bucket start)", train_length=l0,
+                     title=f"Loss by position at length {runs[rules[0]]['perplexity']['lengths'][-1]}")
   plots.passkey_heatmaps({k: v["passkey"] for k, v in runs.items()}, os.path.join(docs, "extension_heatmaps.png"))
   ppl_lengths = runs[rules[0]]["perplexity"]["lengths"]
   pk_lengths = runs[rules[0]]["passkey"]["lengths"]

@@ -31,10 +31,10 @@ def _base():
   c = default_config("decoder_tiny")
   c.model.update(vocab_size=272, d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
                  mlp_dim=384, max_len=L0, attention_pattern="G")
-  c.data.update(seq_len=L0, batch_size=8, val_fraction=0.02, num_val_batches=4, passkey_rate=0.3)
+  c.data.update(seq_len=L0, batch_size=8, val_fraction=0.02, num_val_batches=4, passkey_rate=0.5)
   c.optim.update(learning_rate=3e-3, warmup_steps=30, weight_decay=0.1)
-  c.update(num_steps=500, log_every=20, eval_every=100)
-  c.checkpoint.every = 100
+  c.update(num_steps=1200, log_every=20, eval_every=200)
+  c.checkpoint.every = 200
   return c
 
 

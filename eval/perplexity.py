@@ -87,7 +87,8 @@ def heldout_documents(config: TrainConfig, tokenizer, min_tokens: int, max_docs:
 
 def perplexity_vs_length(model, config: TrainConfig, tokenizer, lengths: list[int], *, max_docs: int = 16,
                          batch_tokens: int = 8192) -> dict:
-  """{"lengths": [...], "loss": [...] (nats/token), "perplexity", "bits_per_byte", "tokens", "documents"}."""
+  """{"lengths": [...], "loss": [...] (nats/token), "perplexity", "bits_per_byte", "tokens", "documents",
+  "position_loss": {"bucket", "start", "loss"} (at the longest length, per bucket of positions)}."""
   if model.cfg.arch != "decoder":
     raise ValueError("the perplexity task needs a decoder checkpoint (arch='decoder'); use --tasks=mlm")
   lengths = sorted(set(lengths))
@@ -104,22 +105,33 @@ def perplexity_vs_length(model, config: TrainConfig, tokenizer, lengths: list[in
             "documents": len(docs), "protocol": "non-overlapping windows over the same tokens"}
   for n in lengths:
     windows = docs.reshape(-1, n)  # [D * longest / n, n]
-    rows = max(1, batch_tokens // n)
+    rows = min(len(windows), max(1, batch_tokens // n))
     ce_sum, count, byte_count = 0.0, 0, 0
+    ce_pos, count_pos = np.zeros(n), np.zeros(n)  # [n]: summed over windows, per position in the window
     for i in range(0, len(windows), rows):
       w = windows[i:i + rows]
       # Position t predicts token t + 1 of the same window.
       targets = np.concatenate([w[:, 1:], np.zeros_like(w[:, :1])], axis=1)
       weights = np.ones(w.shape, np.float32)
       weights[:, -1] = 0.0
+      byte_count += int(nbytes[w[:, 1:]].sum())
+      if len(w) < rows:  # pad the last batch with unweighted rows: one compiled shape per length
+        pad = rows - len(w)
+        w, targets = np.pad(w, ((0, pad), (0, 0))), np.pad(targets, ((0, pad), (0, 0)))
+        weights = np.pad(weights, ((0, pad), (0, 0)))
       ce, _ = score(w, np.broadcast_to(np.arange(n, dtype=np.int32), w.shape), np.ones_like(w), targets,
                     weights)
       ce_sum += float(np.sum(ce, dtype=np.float64))
       count += int(weights.sum())
-      byte_count += int(nbytes[w[:, 1:]].sum())
+      ce_pos, count_pos = ce_pos + ce.sum(axis=0, dtype=np.float64), count_pos + weights.sum(axis=0)
     loss = ce_sum / count
     result["loss"].append(loss)
     result["perplexity"].append(math.exp(loss))
     result["bits_per_byte"].append(ce_sum / math.log(2) / max(byte_count, 1))
     result["tokens"].append(count)
+  # At the longest length: the loss per position bucket (of the shortest length), where a rule that does
+  # not extend shows its failure undiluted by the early positions every window also has.
+  bucket = lengths[0]
+  result["position_loss"] = {"bucket": bucket, "start": list(range(0, longest, bucket)),
+                             "loss": (ce_pos.reshape(-1, bucket).sum(1) / count_pos.reshape(-1, bucket).sum(1)).tolist()}
   return result

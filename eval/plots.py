@@ -58,24 +58,26 @@ def passkey_heatmap(result: dict, path: str, *, title: str = ""):
 
 
 def compare_plot(runs: dict[str, dict], key: str, path: str, *, ylabel: str, train_length: int | None = None,
-                 title: str = "", log_y: bool = False):
-  """One line per run: runs maps a label to a result dict holding "lengths" and `key` (a list per length).
+                 title: str = "", log_y: bool = False, x_key: str = "lengths",
+                 xlabel: str = "evaluation length (tokens)"):
+  """One line per run: runs maps a label to a result dict holding `x_key` and `key` (lists of equal length).
 
-  Labels ending in "+ft" are drawn solid, the others dashed, so each rule's pair reads at a glance.
+  Labels ending in "+ft" are drawn solid, the others dashed, so each rule's pair reads at a glance. The
+  x axis is log2 when x_key is "lengths", linear otherwise.
   """
   fig, ax = plt.subplots(figsize=(5.5, 3.6))
   colors = {}
-  lengths = sorted({n for r in runs.values() for n in r["lengths"]})
   for label, r in runs.items():
     rule = label.removesuffix("+ft")
     color = colors.setdefault(rule, f"C{len(colors)}")
-    ax.plot(r["lengths"], r[key], marker="o", markersize=3, color=color,
+    ax.plot(r[x_key], r[key], marker="o", markersize=3, color=color,
             linestyle="-" if label.endswith("+ft") else "--", label=label)
-  ax.set_xlabel("evaluation length (tokens)")
+  ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   if log_y:
     ax.set_yscale("log")
-  _length_axis(ax, lengths)
+  if x_key == "lengths":
+    _length_axis(ax, sorted({n for r in runs.values() for n in r["lengths"]}))
   _mark_train_length(ax, train_length)
   ax.legend(fontsize=7, ncol=2)
   ax.set_title(title, fontsize=9)
