@@ -43,10 +43,11 @@ def _check(fn, q, k, v, do, idx, tol):
     (4, 2, 16, 8, 7, jnp.float32, 1e-5),  # GQA, Hv != H, ragged index list
     (3, 1, 24, 24, 20, jnp.float32, 1e-5),  # MQA, head dim and G padded, two slot tiles
     (2, 2, 16, 16, 9, jnp.bfloat16, 2e-2),
+    (32, 1, 16, 16, 9, jnp.float32, 1e-5),  # 32 heads of one group split over two 16-row programs
 ])
 def test_gpu_kernel_interpret_matches_reference(n, kh, h, hv, top_k, dtype, tol):
   q, k, v, do, idx = _inputs(0, 2, 4, 23, n, kh, h, hv, top_k, dtype)
-  _check(lambda q, k, v: sparse_pallas_gpu(q, k, v, idx, scale=h ** -0.5, interpret=True, block_k=16),
+  _check(lambda q, k, v: sparse_pallas_gpu(q, k, v, idx, scale=h ** -0.5, interpret=True, block_k=16, block_g=16),
          q, k, v, do, idx, tol)
 
 
@@ -67,7 +68,7 @@ def _lower_grad(fn, platform, b, t, s, n, kh, h, hv, top_k, dtype):
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
-@pytest.mark.parametrize("n,kh,h,hv,dtype", [(16, 1, 192, 128, jnp.bfloat16), (8, 2, 64, 64, jnp.float32)])
+@pytest.mark.parametrize("n,kh,h,hv,dtype", [(128, 1, 576, 512, jnp.bfloat16), (8, 2, 64, 64, jnp.float32)])
 def test_gpu_kernel_cross_lowers_for_cuda(n, kh, h, hv, dtype):
   fn = lambda q, k, v, idx: sparse_attend(q, k, v, idx, impl="pallas_gpu", interpret=False)
   text = _lower_grad(fn, "cuda", 1, 8, 300, n, kh, h, hv, 100, dtype)

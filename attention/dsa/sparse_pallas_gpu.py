@@ -2,9 +2,10 @@
 
 DeepSeek Sparse Attention (DeepSeek-V3.2-Exp report, sec. 2.1) attends each query to its own top_k keys.
 As in FlashMLA's sparse kernels, one program owns one query token and one kv head: the G query heads of
-the GQA group are the rows of the q tile (they share the selected keys), and the program walks its index
-list bk slots at a time, gathering the selected K/V rows ([bk, H]) with a pointer-array load and running
-an online softmax over them. Slots holding -1 are masked; a query with no valid slot returns zeros.
+the GQA group are the rows of the q tile (they share the selected keys; groups wider than block_g rows are
+split over several programs), and the program walks its index list bk slots at a time, gathering the
+selected K/V rows ([bk, H]) with a pointer-array load and running an online softmax over them. Slots
+holding -1 are masked; a query with no valid slot returns zeros.
 
 The backward kernel has the same shape: it recomputes p = exp(s - lse) per gathered tile, accumulates dQ
 in registers and scatters dK, dV into float32 accumulators with atomic adds (distinct queries select the
@@ -106,11 +107,17 @@ def _bwd_kernel(q_ref, k_ref, v_ref, idx_ref, do_ref, lse_ref, delta_ref, dk_in_
 
 
 def _layout(q, k, v, indices, block_k):
-  """Padded operands: q [B, T, K, Gp, Hp], k [B, S, K, Hp], v [B, S, K, Hvp], indices [B, T, kp]."""
+  """Padded operands: q [B, T, K, Gp, Hp], k [B, S, K, Hp], v [B, S, K, Hvp], indices [B, T, kp].
+
+  block_k None: 64 slots per tile for head dims up to 128, fewer for wider heads (registers hold a
+  gathered [bk, H] tile of K and of V).
+  """
   b, t, n, h = q.shape
   kvh, hv, top_k = k.shape[2], v.shape[-1], indices.shape[-1]
   g = n // kvh
   gp, hp, hvp = _pow2_at_least(g), _pow2_at_least(h), _pow2_at_least(hv)
+  if block_k is None:
+    block_k = 64 if max(hp, hvp) <= 128 else 32 if max(hp, hvp) <= 256 else 16
   bk = min(block_k, _pow2_at_least(top_k))
   kp = -(-top_k // bk) * bk
   q5 = pad_axis(pad_axis(q.reshape(b, t, kvh, g, h), 3, gp), 4, hp)
@@ -121,23 +128,25 @@ def _params(num_warps):
   return plgpu.CompilerParams(num_warps=num_warps, num_stages=2)
 
 
-def _specs(s_rows, hp, hvp, gp, kp):
-  """BlockSpecs over the grid (t, b, kv head): per-token q tile, the whole K/V of one head, the index list."""
-  tok = lambda d: pl.BlockSpec((None, None, None, gp, d), lambda t, b, h: (b, t, h, 0, 0))
-  rows = lambda d: pl.BlockSpec((None, s_rows, None, d), lambda t, b, h: (b, 0, h, 0))
+def _specs(s_rows, bg, ng, kp):
+  """BlockSpecs over the grid (t, b, kv head x head block): a [bg, D] tile of one token's query heads, the
+  whole K/V of their kv head, the token's index list. Head block r of kv head h is grid index h * ng + r."""
+  kv, blk = (lambda h: lax.div(h, ng)), (lambda h: lax.rem(h, ng))
+  tok = lambda d: pl.BlockSpec((None, None, None, bg, d), lambda t, b, h: (b, t, kv(h), blk(h), 0))
+  rows = lambda d: pl.BlockSpec((None, s_rows, None, d), lambda t, b, h: (b, 0, kv(h), 0))
   idx = pl.BlockSpec((None, None, kp), lambda t, b, h: (b, t, 0))
-  vec = pl.BlockSpec((None, None, None, gp), lambda t, b, h: (b, t, h, 0))
+  vec = pl.BlockSpec((None, None, None, bg), lambda t, b, h: (b, t, kv(h), blk(h)))
   return tok, rows, idx, vec
 
 
-def _forward(q5, k, v, idx, *, scale, bk, interpret, num_warps):
+def _forward(q5, k, v, idx, *, scale, bk, bg, interpret, num_warps):
   b, t, kvh, gp, hp = q5.shape
   s_len, hvp, kp = k.shape[1], v.shape[-1], idx.shape[-1]
-  tok, rows, idx_spec, vec = _specs(s_len, hp, hvp, gp, kp)
+  tok, rows, idx_spec, vec = _specs(s_len, bg, gp // bg, kp)
   kernel = functools.partial(_fwd_kernel, scale2=scale * _LOG2E, bk=bk, num_tiles=kp // bk)
   return pl.pallas_call(
       kernel,
-      grid=(t, b, kvh),
+      grid=(t, b, kvh * (gp // bg)),
       in_specs=[tok(hp), rows(hp), rows(hvp), idx_spec],
       out_specs=[tok(hvp), vec],
       out_shape=[jax.ShapeDtypeStruct((b, t, kvh, gp, hvp), q5.dtype),
@@ -148,18 +157,19 @@ def _forward(q5, k, v, idx, *, scale, bk, interpret, num_warps):
   )(q5, k, v, idx)
 
 
-def _backward(q5, k, v, idx, do5, lse2, delta, *, scale, bk, interpret, num_warps):
+def _backward(q5, k, v, idx, do5, lse2, delta, *, scale, bk, bg, interpret, num_warps):
   b, t, kvh, gp, hp = q5.shape
   s_len, hvp, kp = k.shape[1], v.shape[-1], idx.shape[-1]
-  tok, rows, idx_spec, vec = _specs(s_len, hp, hvp, gp, kp)
-  acc_rows = lambda d: pl.BlockSpec((None, s_len + 1, None, d), lambda t, b, h: (b, 0, h, 0))
+  ng = gp // bg
+  tok, rows, idx_spec, vec = _specs(s_len, bg, ng, kp)
+  acc_rows = lambda d: pl.BlockSpec((None, s_len + 1, None, d), lambda t, b, h: (b, 0, lax.div(h, ng), 0))
   kernel = functools.partial(_bwd_kernel, scale=scale, scale2=scale * _LOG2E, bk=bk, num_tiles=kp // bk,
                              spare_row=s_len)
   dk0 = jnp.zeros((b, s_len + 1, kvh, hp), jnp.float32)  # one spare row for the -1 slots
   dv0 = jnp.zeros((b, s_len + 1, kvh, hvp), jnp.float32)
   dq, dk, dv = pl.pallas_call(
       kernel,
-      grid=(t, b, kvh),
+      grid=(t, b, kvh * ng),
       in_specs=[tok(hp), rows(hp), rows(hvp), idx_spec, tok(hvp), vec, vec, acc_rows(hp), acc_rows(hvp)],
       out_specs=[tok(hp), acc_rows(hp), acc_rows(hvp)],
       out_shape=[jax.ShapeDtypeStruct(q5.shape, q5.dtype), jax.ShapeDtypeStruct(dk0.shape, jnp.float32),
@@ -172,22 +182,23 @@ def _backward(q5, k, v, idx, do5, lse2, delta, *, scale, bk, interpret, num_warp
   return dq, dk[:, :s_len], dv[:, :s_len]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _sparse(q, k, v, indices, scale, block_k, interpret, num_warps):
-  return _sparse_fwd(q, k, v, indices, scale, block_k, interpret, num_warps)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _sparse(q, k, v, indices, scale, block_k, block_g, interpret, num_warps):
+  return _sparse_fwd(q, k, v, indices, scale, block_k, block_g, interpret, num_warps)[0]
 
 
-def _sparse_fwd(q, k, v, indices, scale, block_k, interpret, num_warps):
+def _sparse_fwd(q, k, v, indices, scale, block_k, block_g, interpret, num_warps):
   b, t, n, _ = q.shape
   hv = v.shape[-1]
   q5, kp, vp, idx, bk = _layout(q, k, v, indices, block_k)
-  out5, lse2 = _forward(q5, kp, vp, idx, scale=scale, bk=bk, interpret=interpret, num_warps=num_warps)
+  bg = min(block_g, q5.shape[3])
+  out5, lse2 = _forward(q5, kp, vp, idx, scale=scale, bk=bk, bg=bg, interpret=interpret, num_warps=num_warps)
   g = n // k.shape[2]
   out = out5[:, :, :, :g, :hv].reshape(b, t, n, hv)
   return out, (q, k, v, indices, out, lse2)
 
 
-def _sparse_bwd(scale, block_k, interpret, num_warps, res, do):
+def _sparse_bwd(scale, block_k, block_g, interpret, num_warps, res, do):
   q, k, v, indices, out, lse2 = res
   b, t, n, h = q.shape
   kvh, hv = k.shape[2], v.shape[-1]
@@ -197,8 +208,8 @@ def _sparse_bwd(scale, block_k, interpret, num_warps, res, do):
   do5 = pad_axis(pad_axis(do.reshape(b, t, kvh, g, hv), 3, gp), 4, hvp)
   delta = jnp.sum(do.astype(jnp.float32) * out.astype(jnp.float32), -1)  # rowsum(dO * O) [B, T, N]
   delta = pad_axis(delta.reshape(b, t, kvh, g), 3, gp)
-  dq5, dk, dv = _backward(q5, kp, vp, idx, do5, lse2, delta, scale=scale, bk=bk, interpret=interpret,
-                          num_warps=num_warps)
+  dq5, dk, dv = _backward(q5, kp, vp, idx, do5, lse2, delta, scale=scale, bk=bk, bg=min(block_g, gp),
+                          interpret=interpret, num_warps=num_warps)
   dq = dq5[:, :, :, :g, :h].reshape(b, t, n, h)
   return dq, dk[..., :h].astype(k.dtype), dv[..., :hv].astype(v.dtype), None
 
@@ -206,6 +217,12 @@ def _sparse_bwd(scale, block_k, interpret, num_warps, res, do):
 _sparse.defvjp(_sparse_fwd, _sparse_bwd)
 
 
-def sparse_pallas_gpu(q, k, v, indices, *, scale, interpret, block_k: int = 64, num_warps: int = 4):
-  """Registry entry: q [B, T, N, H], k [B, S, K, H], v [B, S, K, Hv], indices [B, T, k] -> [B, T, N, Hv]."""
-  return _sparse(q, k, v, indices, float(scale), block_k, bool(interpret), num_warps)
+def sparse_pallas_gpu(q, k, v, indices, *, scale, interpret, block_k: int | None = None, block_g: int = 64,
+                      num_warps: int = 4):
+  """Registry entry: q [B, T, N, H], k [B, S, K, H], v [B, S, K, Hv], indices [B, T, k] -> [B, T, N, Hv].
+
+  block_k: index slots per gathered tile (power of two >= 16; default by head dim). block_g: query heads
+  per program (power of two >= 16); a group with more heads is split over programs that gather the same
+  rows, as FlashMLA splits its 128 heads over 64-row warpgroups.
+  """
+  return _sparse(q, k, v, indices, float(scale), block_k, block_g, bool(interpret), num_warps)
