@@ -225,20 +225,23 @@ def _np_kl(q, k, q_idx, k_idx, w, visible):
   return kl.mean()
 
 
-def test_kl_dense_and_sparse_match_numpy():
+@pytest.mark.parametrize("segmented", [False, True])
+def test_kl_dense_and_sparse_match_numpy(segmented):
   b, t, n, kh, h = 2, 12, 4, 2, 8
   q, k, _, _ = _qkv(11, b, t, t, n, kh, h, h)
   q_idx, k_idx, w = _indexer_inputs(12, b, t, t, 3, 8)
-  vis = np.broadcast_to(_np_visible(Mask(causal=True), t, t), (b, t, t))
-  got = indexer_kl_loss(q, k, q_idx, k_idx, w, chunk_size=5)
+  seg = jnp.array([[0] * 5 + [1] * 7, [0] * 12], jnp.int32) if segmented else None
+  vis = np.broadcast_to(_np_visible(Mask(causal=True), t, t, 0, seg, seg), (b, t, t))
+  kw = dict(segment_ids=seg, chunk_size=5)
+  got = indexer_kl_loss(q, k, q_idx, k_idx, w, **kw)
   np.testing.assert_allclose(got, _np_kl(q, k, q_idx, k_idx, w, vis), rtol=1e-5)
-  idx = topk_indices(q_idx, k_idx, w, top_k=5)
+  idx = topk_indices(q_idx, k_idx, w, top_k=5)  # may select other documents' keys: the loss masks them
   sel = np.asarray(selection_mask(idx, t)) & vis
-  got = indexer_kl_loss(q, k, q_idx, k_idx, w, indices=idx, chunk_size=5)
+  got = indexer_kl_loss(q, k, q_idx, k_idx, w, indices=idx, **kw)
   np.testing.assert_allclose(got, _np_kl(q, k, q_idx, k_idx, w, sel), rtol=1e-5)
-  full = topk_indices(q_idx, k_idx, w, top_k=t)  # every visible key selected: sparse == dense
-  np.testing.assert_allclose(indexer_kl_loss(q, k, q_idx, k_idx, w, indices=full),
-                             indexer_kl_loss(q, k, q_idx, k_idx, w), rtol=1e-5)
+  full = topk_indices(q_idx, k_idx, w, top_k=t, segment_ids=seg)  # all visible keys selected: sparse == dense
+  np.testing.assert_allclose(indexer_kl_loss(q, k, q_idx, k_idx, w, indices=full, **kw),
+                             indexer_kl_loss(q, k, q_idx, k_idx, w, **kw), rtol=1e-5)
 
 
 def test_kl_zero_when_indexer_reproduces_p_and_grads_reach_only_indexer():
