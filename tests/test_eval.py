@@ -16,7 +16,7 @@ import data
 import models
 from configs import decoder_tiny, encoder_tiny
 from eval import mlm, passkey, perplexity, restore
-from eval.__main__ import evaluate
+from eval.evaluate import evaluate
 from training import from_config_dict, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
