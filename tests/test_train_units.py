@@ -91,3 +91,25 @@ def test_mesh_and_logical_rules():
     sharding.make_mesh(MeshConfig(data=4, fsdp=4))
   with pytest.raises(ValueError, match="unknown logical axis name 'rows'"):
     sharding.logical_to_spec(("rows",), (8,), mesh)
+
+
+def test_dsa_dense_warmup_trains_only_the_indexer():
+  """V3.2's warm-up freezes the main model: only q_idx/k_idx/w_idx parameters get updates."""
+  from flax import nnx
+  from models import build_model
+  c = decoder_tiny.get_config("tiny")
+  c.model.attention_pattern, c.model.dsa_phase = "D", "dense_warmup"
+  cfg = from_config_dict(c)
+  params = nnx.state(build_model(cfg.model, rngs=nnx.Rngs(0)), nnx.Param).to_pure_dict()
+  grads = jax.tree.map(jnp.ones_like, params)
+  tx = optim.optimizer(cfg)
+  # The learning rate is 0 at step 0: take the second update, when the schedule is past zero.
+  updates, _ = tx.update(grads, tx.update(grads, tx.init(params), params)[1], params)
+  moved = {jax.tree_util.keystr(p): bool(jnp.any(u != 0)) for p, u in jax.tree_util.tree_leaves_with_path(updates)}
+  indexer = {k: v for k, v in moved.items() if any(n in k for n in optim.INDEXER_PARAMS)}
+  assert indexer and all(indexer.values())
+  assert not any(v for k, v in moved.items() if k not in indexer)
+  c.model.dsa_phase = "sparse"  # the sparse phase trains everything
+  tx = optim.optimizer(from_config_dict(c))
+  updates, _ = tx.update(grads, tx.update(grads, tx.init(params), params)[1], params)
+  assert all(bool(jnp.any(u != 0)) for u in jax.tree.leaves(updates))

@@ -4,6 +4,9 @@ AdamW (Loshchilov & Hutter, 2019) with global-norm gradient clipping. Schedules:
 decay to min_lr_ratio (the Chinchilla/GPT recipe), or warmup-stable-decay (Hu et al., 2024, "MiniCPM",
 Sec. 4): a constant plateau and a short final decay, which lets a run be extended without restarting the
 schedule.
+
+DSA dense warm-up (DeepSeek-V3.2-Exp, sec. 2.1): the main model is frozen and only the lightning indexer
+(its q_idx, k_idx and w_idx projections) is trained, by the KL loss alone; every other gradient is zeroed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from models.config import AttentionType
 from training.config import TrainConfig
+
+INDEXER_PARAMS = ("q_idx", "k_idx", "w_idx")  # the attributes of models.attention_block.Attention
 
 
 def schedule(config: TrainConfig) -> optax.Schedule:
@@ -39,9 +45,23 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
+def _indexer_labels(params):
+  """"indexer" for the lightning indexer's parameters, "frozen" for everything else."""
+
+  def label(path, _):
+    keys = {getattr(k, "key", getattr(k, "name", None)) for k in path}
+    return "indexer" if keys & set(INDEXER_PARAMS) else "frozen"
+
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
 def optimizer(config: TrainConfig) -> optax.GradientTransformation:
-  """Clip (if grad_clip > 0), then AdamW with the schedule."""
+  """Clip (if grad_clip > 0), then AdamW with the schedule; only the indexer in a DSA dense warm-up."""
   o = config.optim
   adamw = optax.adamw(schedule(config), b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay,
                       mask=_decay_mask)
-  return optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw) if o.grad_clip > 0 else adamw
+  tx = optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw) if o.grad_clip > 0 else adamw
+  model = config.model
+  if AttentionType.DSA in model.attention_pattern and model.dsa_phase == "dense_warmup":
+    tx = optax.multi_transform({"indexer": tx, "frozen": optax.set_to_zero()}, _indexer_labels)
+  return tx
