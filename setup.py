@@ -14,7 +14,6 @@ setup(
         "flax>=0.12",
         "optax>=0.2.8",
         "orbax-checkpoint>=0.12",
-        "einops>=0.8",
         "absl-py>=2.0",
         "ml_collections>=1.0",
         "grain>=0.2.18",
