@@ -1,13 +1,14 @@
 """Long-context attention in JAX/Pallas: FlashAttention kernels, sparse and DSA attention, RoPE scaling."""
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="longctx",
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.11",
-    packages=["attention", "models", "data", "eval", "configs", "benchmarks", "training"],
+    packages=find_packages(include=["attention", "attention.*", "models", "data", "eval", "configs", "benchmarks",
+                                    "training"]),
     py_modules=["train"],
     install_requires=[
         "jax>=0.10",
