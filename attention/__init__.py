@@ -118,12 +118,46 @@ def _check_rank(name, x, rank=4):
     raise ValueError(f"{name} must have rank {rank} (BTNH), got shape {getattr(x, 'shape', None)}")
 
 
-def validate(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset):
-  """Raise ValueError naming the argument for anything attend() cannot honour."""
+def _check_float(name, x):
+  if x.dtype not in _FLOAT_DTYPES:
+    raise ValueError(f"{name} must be float32, bfloat16 or float16, got dtype {x.dtype}")
+
+
+def _check_q_offset(q_offset, b):
+  if isinstance(q_offset, (bool, float)) or not (
+      isinstance(q_offset, (int, np.integer)) or
+      (hasattr(q_offset, "dtype") and jnp.issubdtype(q_offset.dtype, jnp.integer) and
+       np.ndim(q_offset) <= 1 and np.size(q_offset) in (1, b))):
+    raise ValueError(f"q_offset must be an int or an int array of shape [{b}], got {q_offset!r}")
+  if isinstance(q_offset, (int, np.integer)) and q_offset < 0:
+    raise ValueError(f"q_offset must be >= 0, got {q_offset}")
+  return int(q_offset) if isinstance(q_offset, np.integer) else q_offset
+
+
+def _check_segments(segment_ids, kv_segment_ids, b, t, s):
+  """Validate [B, T] / [B, S] int segment ids; kv_segment_ids defaults to segment_ids (needs T == S)."""
+  if segment_ids is None:
+    if kv_segment_ids is not None:
+      raise ValueError("kv_segment_ids given without segment_ids")
+    return None, None
+  if getattr(segment_ids, "shape", None) != (b, t) or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+    raise ValueError(f"segment_ids must be an int array of shape {(b, t)}, got "
+                     f"{getattr(segment_ids, 'shape', segment_ids)}")
+  if kv_segment_ids is None:
+    if s != t:
+      raise ValueError(f"kv_segment_ids is required when T={t} != S={s}")
+    kv_segment_ids = segment_ids
+  if getattr(kv_segment_ids, "shape", None) != (b, s) or not jnp.issubdtype(kv_segment_ids.dtype, jnp.integer):
+    raise ValueError(f"kv_segment_ids must be an int array of shape {(b, s)}, got "
+                     f"{getattr(kv_segment_ids, 'shape', kv_segment_ids)}")
+  return jnp.asarray(segment_ids, jnp.int32), jnp.asarray(kv_segment_ids, jnp.int32)
+
+
+def validate_qkv(q, k, v):
+  """Ranks, dtypes and head counts of q [B, T, N, H], k [B, S, K, H], v [B, S, K, Hv] (ValueError)."""
   for name, x in (("q", q), ("k", k), ("v", v)):
     _check_rank(name, x)
-    if x.dtype not in _FLOAT_DTYPES:
-      raise ValueError(f"{name} must be float32, bfloat16 or float16, got dtype {x.dtype}")
+    _check_float(name, x)
   if not (q.dtype == k.dtype == v.dtype):
     raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
   b, t, n, h = q.shape
@@ -137,28 +171,16 @@ def validate(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset):
     raise ValueError(f"q heads N={n} must be a multiple of kv heads K={k.shape[2]}")
   if t < 1 or k.shape[1] < 1:
     raise ValueError(f"sequence lengths must be >= 1, got q {q.shape}, k {k.shape}")
+
+
+def validate(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset):
+  """Raise ValueError naming the argument for anything attend() cannot honour."""
+  validate_qkv(q, k, v)
+  b, t = q.shape[:2]
   if not isinstance(mask, Mask):
     raise ValueError(f"mask must be an attention.Mask, got {mask!r}")
-  s = k.shape[1]
-  if segment_ids is not None:
-    if getattr(segment_ids, "shape", None) != (b, t) or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-      raise ValueError(f"segment_ids must be an int array of shape {(b, t)}, got "
-                       f"{getattr(segment_ids, 'shape', segment_ids)}")
-    if kv_segment_ids is None and s != t:
-      raise ValueError(f"kv_segment_ids is required when T={t} != S={s}")
-  if kv_segment_ids is not None:
-    if segment_ids is None:
-      raise ValueError("kv_segment_ids given without segment_ids")
-    if getattr(kv_segment_ids, "shape", None) != (b, s) or not jnp.issubdtype(kv_segment_ids.dtype, jnp.integer):
-      raise ValueError(f"kv_segment_ids must be an int array of shape {(b, s)}, got "
-                       f"{getattr(kv_segment_ids, 'shape', kv_segment_ids)}")
-  if isinstance(q_offset, (bool, float)) or not (
-      isinstance(q_offset, (int, np.integer)) or
-      (hasattr(q_offset, "dtype") and jnp.issubdtype(q_offset.dtype, jnp.integer) and
-       np.ndim(q_offset) <= 1 and np.size(q_offset) in (1, b))):
-    raise ValueError(f"q_offset must be an int or an int array of shape [{b}], got {q_offset!r}")
-  if isinstance(q_offset, (int, np.integer)) and q_offset < 0:
-    raise ValueError(f"q_offset must be >= 0, got {q_offset}")
+  _check_segments(segment_ids, kv_segment_ids, b, t, k.shape[1])
+  _check_q_offset(q_offset, b)
 
 
 def attend(q, k, v, *, mask: Mask = Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None,

@@ -8,14 +8,16 @@ python train.py --config=configs/modernbert_base.py --workdir=/tmp/modernbert_ba
 from training.config import default_config, shrink_for_cpu
 
 
-def get_config(arg: str = ""):
-  c = default_config("modernbert_base")
+def get_config(arg: str = "", *, preset: str = "modernbert_base", batch_size: int = 64,
+               learning_rate: float = 8e-4):
+  """ModernBERT's recipe; configs/modernbert_large.py reuses it with its own preset, batch and rate."""
+  c = default_config(preset)
   c.model.dtype = "bfloat16"  # float32 master weights (param_dtype), bf16 compute
   c.data.seq_len = 8192
-  c.data.batch_size = 64
+  c.data.batch_size = batch_size
   c.data.val_fraction = 0.005
   c.data.num_val_batches = 8
-  c.optim.learning_rate = 8e-4
+  c.optim.learning_rate = learning_rate
   c.optim.schedule = "wsd"  # ModernBERT trains with warmup-stable-decay
   c.optim.warmup_steps = 2000
   c.optim.weight_decay = 1e-5
@@ -30,5 +32,5 @@ def get_config(arg: str = ""):
   if arg == "tiny":
     return shrink_for_cpu(c)
   if arg:
-    raise ValueError(f"configs/modernbert_base.py: unknown argument {arg!r} (use '' or 'tiny')")
+    raise ValueError(f"configs/{preset}.py: unknown argument {arg!r} (use '' or 'tiny')")
   return c

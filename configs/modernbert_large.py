@@ -1,34 +1,11 @@
 """ModernBERT-large (Warner et al., 2024, arXiv 2412.13663) pre-training with MLM (30% masking) at 8K
-context: global attention every third layer, a 128-token window elsewhere. For accelerators; `tiny` runs
-the same architecture at toy size on the CPU.
+context: the modernbert_base recipe with the large preset (28 layers, 1024 wide), a smaller batch and rate.
 
 python train.py --config=configs/modernbert_large.py --workdir=/tmp/modernbert_large --config.data.corpus='("/data/*.txt",)'
 """
 
-from training.config import default_config, shrink_for_cpu
+from configs import modernbert_base
 
 
 def get_config(arg: str = ""):
-  c = default_config("modernbert_large")
-  c.model.dtype = "bfloat16"  # float32 master weights (param_dtype), bf16 compute
-  c.data.seq_len = 8192
-  c.data.batch_size = 32
-  c.data.val_fraction = 0.005
-  c.data.num_val_batches = 8
-  c.optim.learning_rate = 5e-4
-  c.optim.schedule = "wsd"  # ModernBERT trains with warmup-stable-decay
-  c.optim.warmup_steps = 2000
-  c.optim.weight_decay = 1e-5
-  c.optim.b2 = 0.98
-  c.optim.eps = 1e-6
-  c.num_steps = 100_000
-  c.log_every = 50
-  c.eval_every = 1000
-  c.checkpoint.every = 1000
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  if arg == "tiny":
-    return shrink_for_cpu(c)
-  if arg:
-    raise ValueError(f"configs/modernbert_large.py: unknown argument {arg!r} (use '' or 'tiny')")
-  return c
+  return modernbert_base.get_config(arg, preset="modernbert_large", batch_size=32, learning_rate=5e-4)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from attention import Impl, _check_rank, resolve_impl
+from attention import (Impl, _check_float, _check_q_offset, _check_rank, _check_segments, resolve_impl,
+                       validate_qkv)
 from attention.dsa.indexer import SCORE_DTYPES, indexer_rope, indexer_scores, quantize_rows
 from attention.dsa.losses import indexer_kl_loss
 from attention.dsa.sparse_pallas_gpu import sparse_pallas_gpu
@@ -24,8 +25,6 @@ from attention.dsa.sparse_reference import selection_mask, sparse_reference
 from attention.dsa.sparse_xla import sparse_xla
 from attention.dsa.topk import topk_reference, topk_xla
 from attention.mask import Mask
-
-_FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 # fn(q, k, v, indices, *, scale, interpret) -> [B, T, N, Hv]
 SPARSE_REGISTRY: dict[str, Impl] = {
@@ -45,41 +44,6 @@ TOPK_REGISTRY: dict[str, Impl] = {
 def _auto_view(registry, impl):
   """The registry resolve_impl sees: for impl="auto", only the impls auto may pick."""
   return {k: v for k, v in registry.items() if k in _AUTO_CHOICES} if impl == "auto" else registry
-
-
-def _check_float(name, x):
-  if x.dtype not in _FLOAT_DTYPES:
-    raise ValueError(f"{name} must be float32, bfloat16 or float16, got dtype {x.dtype}")
-
-
-def _check_q_offset(q_offset, b):
-  if isinstance(q_offset, (bool, float)) or not (
-      isinstance(q_offset, (int, np.integer)) or
-      (hasattr(q_offset, "dtype") and jnp.issubdtype(q_offset.dtype, jnp.integer) and
-       np.ndim(q_offset) <= 1 and np.size(q_offset) in (1, b))):
-    raise ValueError(f"q_offset must be an int or an int array of shape [{b}], got {q_offset!r}")
-  if isinstance(q_offset, (int, np.integer)) and q_offset < 0:
-    raise ValueError(f"q_offset must be >= 0, got {q_offset}")
-  return int(q_offset) if isinstance(q_offset, np.integer) else q_offset
-
-
-def _check_segments(segment_ids, kv_segment_ids, b, t, s):
-  """Validate [B, T] / [B, S] int segment ids; kv_segment_ids defaults to segment_ids (needs T == S)."""
-  if segment_ids is None:
-    if kv_segment_ids is not None:
-      raise ValueError("kv_segment_ids given without segment_ids")
-    return None, None
-  if getattr(segment_ids, "shape", None) != (b, t) or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-    raise ValueError(f"segment_ids must be an int array of shape {(b, t)}, got "
-                     f"{getattr(segment_ids, 'shape', segment_ids)}")
-  if kv_segment_ids is None:
-    if s != t:
-      raise ValueError(f"kv_segment_ids is required when T={t} != S={s}")
-    kv_segment_ids = segment_ids
-  if getattr(kv_segment_ids, "shape", None) != (b, s) or not jnp.issubdtype(kv_segment_ids.dtype, jnp.integer):
-    raise ValueError(f"kv_segment_ids must be an int array of shape {(b, s)}, got "
-                     f"{getattr(kv_segment_ids, 'shape', kv_segment_ids)}")
-  return jnp.asarray(segment_ids, jnp.int32), jnp.asarray(kv_segment_ids, jnp.int32)
 
 
 def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True), segment_ids=None,
@@ -143,22 +107,8 @@ def sparse_attend(q, k, v, indices, *, scale=None, impl: str = "auto", interpret
   Returns:
     [B, T, N, Hv] in q's dtype; a query with no valid index gets zeros. Differentiable in q, k, v.
   """
-  for name, x in (("q", q), ("k", k), ("v", v)):
-    _check_rank(name, x)
-    _check_float(name, x)
-  if not (q.dtype == k.dtype == v.dtype):
-    raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-  b, t, n, h = q.shape
-  if k.shape[0] != b or v.shape[0] != b:
-    raise ValueError(f"batch sizes differ: q {q.shape}, k {k.shape}, v {v.shape}")
-  if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
-    raise ValueError(f"k and v must agree on [B, S, K]: k {k.shape}, v {v.shape}")
-  if k.shape[3] != h:
-    raise ValueError(f"k head dim {k.shape[3]} must equal q head dim {h} (q {q.shape}, k {k.shape})")
-  if k.shape[2] < 1 or n % k.shape[2]:
-    raise ValueError(f"q heads N={n} must be a multiple of kv heads K={k.shape[2]}")
-  if t < 1 or k.shape[1] < 1:
-    raise ValueError(f"sequence lengths must be >= 1, got q {q.shape}, k {k.shape}")
+  validate_qkv(q, k, v)
+  b, t, _, h = q.shape
   _check_rank("indices", indices, 3)
   if indices.dtype != jnp.int32:
     raise ValueError(f"indices must be int32, got dtype {indices.dtype}")
