@@ -4,10 +4,11 @@ Peng et al., arXiv 2309.00071).
 
 The argument picks the stage, optionally followed by ",tiny" for a CPU smoke run:
 
-  base                    train the base decoder at L0 = 384 tokens (no RoPE scaling)
+  base                    train the base decoder at L0 = 384 tokens, no RoPE scaling (1200 steps of
+                          8 rows, half of them passkey prompts)
   none|linear|ntk|yarn    restore the base params (config.init_from, by default runs/extension/base),
                           switch RoPE scaling to that rule with factor 8, and train s * L0 = 3072 tokens
-                          per row for `num_steps` steps
+                          per row for num_steps = 30 steps of 2 rows (--config.num_steps=N for more)
 
 python train.py --config=configs/extend.py:base --workdir=runs/extension/base
 python train.py --config=configs/extend.py:yarn --workdir=runs/extension/yarn --config.init_from=runs/extension/base
