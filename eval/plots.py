@@ -65,7 +65,7 @@ def compare_plot(runs: dict[str, dict], key: str, path: str, *, ylabel: str, tra
   Labels ending in "+ft" are drawn solid, the others dashed, so each rule's pair reads at a glance. The
   x axis is log2 when x_key is "lengths", linear otherwise.
   """
-  fig, ax = plt.subplots(figsize=(5.5, 3.6))
+  fig, ax = plt.subplots(figsize=(6.6, 3.6))
   colors = {}
   for label, r in runs.items():
     rule = label.removesuffix("+ft")
@@ -79,7 +79,7 @@ def compare_plot(runs: dict[str, dict], key: str, path: str, *, ylabel: str, tra
   if x_key == "lengths":
     _length_axis(ax, sorted({n for r in runs.values() for n in r["lengths"]}))
   _mark_train_length(ax, train_length)
-  ax.legend(fontsize=7, ncol=2)
+  ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never hides a curve
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
