@@ -128,9 +128,11 @@ def restore(workdir: str, step: int | None = None, overrides: dict[str, object] 
     have, want = _shapes(mngr.item_metadata(step)["params"]), _shapes(target)
     for name in sorted(set(have) | set(want)):
       if have.get(name) != want.get(name):
-        raise ValueError(f"the overrides {sorted(overrides or {})} change the model: parameter {name} has "
-                         f"shape {have.get(name)} in checkpoint {step} of {workdir!r} but {want.get(name)} in "
-                         "the evaluated model (only shape-preserving overrides are allowed)")
+        shape = lambda s: "absent" if s is None else f"of shape {s}"
+        raise ValueError(f"the overrides {sorted(overrides or {})} change the model: parameter {name} is "
+                         f"{shape(have.get(name))} in checkpoint {step} of {workdir!r} but "
+                         f"{shape(want.get(name))} in the evaluated model (only shape-preserving overrides "
+                         "are allowed)")
     params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))).params
   nnx.replace_by_pure_dict(abstract, params)
   return Restored(model=nnx.merge(graphdef, abstract, rest), config=config, step=step, workdir=workdir)
