@@ -62,8 +62,8 @@ def main():
   parser.add_argument("--lengths", default="1024,2048,4096,8192,16384,32768")
   parser.add_argument("--heads", type=int, default=8)
   parser.add_argument("--head_dim", type=int, default=64)
-  parser.add_argument("--max_time_len", type=int, default=4096, help="time the xla impl up to this L")
-  parser.add_argument("--max_time_len_ref", type=int, default=2048, help="time the reference up to this L")
+  parser.add_argument("--max_time_len", type=int, default=8192, help="time the xla impl up to this L")
+  parser.add_argument("--max_time_len_ref", type=int, default=4096, help="time the reference up to this L")
   parser.add_argument("--out", default="docs/attention_memory.png", help="PNG plot ('' for none)")
   args = parser.parse_args()
   lengths = [int(x) for x in args.lengths.split(",")]
