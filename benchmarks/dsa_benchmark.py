@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
 from attention import (BlockSizes, Mask, attend, attention_flops, block_map, sparse_attend, topk_indices,
                        xla_flash)
+from benchmarks.attention_memory import wall_time
 
 _SD = jax.ShapeDtypeStruct
 
@@ -69,16 +68,6 @@ def memory(length, top_k, n, kv, h, hv, hi, di, dtype=jnp.bfloat16):
   indexer = _temp(lambda a, b, c: topk_indices(a, b, c, top_k=top_k, impl="xla"), _SD((1, length, hi, di), dtype),
                   _SD((1, length, di), dtype), _SD((1, length, hi), jnp.float32))
   return reference, dense, sparse, indexer
-
-
-def wall_time(fn, *args, repeats=3):
-  jax.block_until_ready(fn(*args))  # compile + warm up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def cpu_times(length, top_k, n, h, hi, di):

@@ -20,12 +20,7 @@ def _tiny(arg, **overrides):
   c.update(num_steps=1, eval_every=1)
   c.optim.warmup_steps = 0
   c.checkpoint.every = 1
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 

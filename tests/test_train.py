@@ -47,12 +47,7 @@ def tiny(**overrides):
   c.model.attention_impl = "reference"
   c.mesh.data = 1  # one device unless a test asks for a mesh
   c.data.batch_size = 4
-  for key, value in overrides.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  c.update_from_flattened_dict(overrides)
   return c
 
 
