@@ -6,7 +6,10 @@ Method:
 - FLOPs: counted from the block map, tiles visited x tile FLOPs (attention.attention_flops), because XLA's
   cost_analysis() counts a loop body once whatever its trip count; the reference visits every tile;
 - time: CPU wall time of the jitted forward+backward after compilation, median of a few runs, only where
-  it fits (reference up to --max_time_len_ref, xla up to --max_time_len).
+  it fits (reference up to --max_time_len_ref, xla up to --max_time_len);
+- the Pallas kernels (--pallas): FLOPs from the block map with each kernel's default tiles (the forward
+  kernel's for pallas_gpu; its backward kernels use their own). Their memory needs the hardware's own
+  compiler (Triton / Mosaic), so it is measured on the device, not here.
 
   python -m benchmarks.attention_memory [--lengths=1024,...] [--out=docs/attention_memory.png]
 """
@@ -21,7 +24,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from attention import Mask, attend, attention_flops, xla_flash
+from attention import BlockSizes, Mask, attend, attention_flops, pallas_gpu, pallas_tpu, xla_flash
 
 IMPLS = ("reference", "xla")
 
@@ -51,10 +54,20 @@ def wall_time(fn, *args, repeats=3):
   return statistics.median(times)
 
 
+def default_tiles(impl, h, dtype=jnp.float32) -> BlockSizes:
+  """The tiles an impl uses by default for head dim h."""
+  if impl == "pallas_gpu":
+    fwd = pallas_gpu.default_configs(h, dtype).fwd
+    return BlockSizes(fwd.block_q, fwd.block_k)
+  if impl == "pallas_tpu":
+    return pallas_tpu.DEFAULT_BLOCK_SIZES[min(d for d in pallas_tpu.DEFAULT_BLOCK_SIZES if d >= h)]
+  return xla_flash.DEFAULT_BLOCK_SIZES
+
+
 def flops(impl, mask, length, n, h):
   if impl == "reference":  # dense: every tile, no skipping
     return attention_flops(Mask(), length, length, n, h, backward=True)
-  return attention_flops(mask, length, length, n, h, block_sizes=xla_flash.DEFAULT_BLOCK_SIZES, backward=True)
+  return attention_flops(mask, length, length, n, h, block_sizes=default_tiles(impl, h), backward=True)
 
 
 def main():
@@ -65,6 +78,8 @@ def main():
   parser.add_argument("--max_time_len", type=int, default=8192, help="time the xla impl up to this L")
   parser.add_argument("--max_time_len_ref", type=int, default=4096, help="time the reference up to this L")
   parser.add_argument("--out", default="docs/attention_memory.png", help="PNG plot ('' for none)")
+  parser.add_argument("--pallas", action=argparse.BooleanOptionalAction, default=True,
+                      help="also print the Pallas kernels' block-map FLOPs")
   args = parser.parse_args()
   lengths = [int(x) for x in args.lengths.split(",")]
   mask = Mask(causal=True)
@@ -86,6 +101,8 @@ def main():
         secs = f"{wall_time(fwd_bwd(impl, mask), x, x, x, x):.3f}"
       print(f"| {length} | {impl} | {mib:,.1f} | {flops(impl, mask, length, n, h) / 1e9:,.1f} | {secs} |",
             flush=True)
+    for kernel in ("pallas_gpu", "pallas_tpu") if args.pallas else ():
+      print(f"| {length} | {kernel} | on the device | {flops(kernel, mask, length, n, h) / 1e9:,.1f} | - |")
   for impl in IMPLS:
     growth = mem[impl][-1] / mem[impl][0]
     print(f"{impl}: memory grows {growth:.1f}x from L={lengths[0]} to L={lengths[-1]} "
