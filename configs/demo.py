@@ -22,10 +22,10 @@ def get_config(arg: str = ""):
   c.optim.learning_rate = 3e-3
   c.optim.warmup_steps = 30
   c.optim.weight_decay = 0.1
-  c.num_steps = 600
+  c.num_steps = 1500
   c.log_every = 20
-  c.eval_every = 200
-  c.checkpoint.every = 200
+  c.eval_every = 500
+  c.checkpoint.every = 500
   if arg == "tiny":
     return shrink_for_cpu(c)
   if arg:
