@@ -60,6 +60,16 @@ def _cudnn(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, inter
                                       local_window_size=mask.window, implementation="cudnn")
 
 
+def kernel_impl(flash_attention: Callable, platform: str) -> Impl:
+  """The Impl of a Pallas kernel module: its flash_attention, native on `platform`, interpretable anywhere."""
+
+  def fn(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, interpret, block_sizes):
+    return flash_attention(q, k, v, mask=mask, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
+                           q_offset=q_offset, scale=scale, block_sizes=block_sizes, interpret=interpret)
+
+  return Impl(fn, platforms=(platform,), interpretable=True)
+
+
 REGISTRY: dict[str, Impl] = {
     "reference": Impl(_reference),
     "xla": Impl(_xla),
@@ -213,7 +223,7 @@ def attend(q, k, v, *, mask: Mask = Mask(), segment_ids=None, kv_segment_ids=Non
 
 
 __all__ = ["Mask", "BlockSizes", "BlockMap", "Impl", "REGISTRY", "attend", "attention_flops", "block_map",
-           "element_mask", "register", "resolve_impl", "validate",
+           "element_mask", "kernel_impl", "register", "resolve_impl", "validate",
            "indexer_kl_loss", "sparse_attend", "topk_indices"]
 
 from attention.dsa import indexer_kl_loss, sparse_attend, topk_indices  # noqa: E402,F401

@@ -26,7 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from attention import Impl, register
+from attention import kernel_impl, register
 from attention.mask import BlockSizes, Mask, block_map, element_mask, segment_block_overlap
 
 _LOG2E = math.log2(math.e)
@@ -538,9 +538,4 @@ def flash_attention(q, k, v, **kwargs):
   return flash_attention_with_lse(q, k, v, **kwargs)[0]
 
 
-def _attend_fn(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, interpret, block_sizes):
-  return flash_attention(q, k, v, mask=mask, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
-                         q_offset=q_offset, scale=scale, block_sizes=block_sizes, interpret=interpret)
-
-
-register("pallas_gpu", Impl(_attend_fn, platforms=("gpu",), interpretable=True), auto_for=("gpu",))
+register("pallas_gpu", kernel_impl(flash_attention, "gpu"), auto_for=("gpu",))

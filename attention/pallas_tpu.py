@@ -33,7 +33,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from attention import Impl, register
+from attention import kernel_impl, register
 from attention.mask import BlockSizes, Mask, block_map, element_mask
 
 NUM_LANES = 128
@@ -518,9 +518,4 @@ def flash_attention(q, k, v, **kwargs):
   return flash_attention_with_lse(q, k, v, **kwargs)[0]
 
 
-def _attend_fn(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, interpret, block_sizes):
-  return flash_attention(q, k, v, mask=mask, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
-                         q_offset=q_offset, scale=scale, block_sizes=block_sizes, interpret=interpret)
-
-
-register("pallas_tpu", Impl(_attend_fn, platforms=("tpu",), interpretable=True), auto_for=("tpu",))
+register("pallas_tpu", kernel_impl(flash_attention, "tpu"), auto_for=("tpu",))
