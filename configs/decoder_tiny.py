@@ -6,8 +6,10 @@ python train.py --config=configs/decoder_tiny.py --workdir=/tmp/decoder_tiny
 from training.config import default_config, shrink_for_cpu
 
 
-def get_config(arg: str = ""):
-  c = default_config("decoder_tiny")
+def get_config(arg: str = "", *, preset: str = "decoder_tiny"):
+  """The tiny recipe; configs/encoder_tiny.py reuses it with the encoder preset (the objective follows
+  the preset's arch: causal LM or MLM)."""
+  c = default_config(preset)
   c.model.vocab_size = 272  # 256 bytes + 6 special tokens, rounded up to a multiple of 16
   c.model.max_len = 128
   c.data.seq_len = 128
@@ -23,7 +25,7 @@ def get_config(arg: str = ""):
   if arg == "tiny":
     return shrink_for_cpu(c)
   if arg:
-    raise ValueError(f"configs/decoder_tiny.py: unknown argument {arg!r} (use '' or 'tiny')")
+    raise ValueError(f"configs/{preset}.py: unknown argument {arg!r} (use '' or 'tiny')")
   return c
 
 

@@ -1,28 +1,11 @@
 """A tiny ModernBERT-style encoder (global every third layer, local window elsewhere) trained with MLM on the
-built-in corpus: tests and quick CPU runs.
+built-in corpus: tests and quick CPU runs. The decoder_tiny recipe with the encoder preset.
 
 python train.py --config=configs/encoder_tiny.py --workdir=/tmp/encoder_tiny
 """
 
-from training.config import default_config, shrink_for_cpu
+from configs import decoder_tiny
 
 
 def get_config(arg: str = ""):
-  c = default_config("encoder_tiny")
-  c.model.vocab_size = 272
-  c.model.max_len = 128
-  c.data.seq_len = 128
-  c.data.batch_size = 8
-  c.data.max_documents = 200
-  c.data.num_val_batches = 2
-  c.optim.learning_rate = 3e-3
-  c.optim.warmup_steps = 10
-  c.num_steps = 200
-  c.log_every = 10
-  c.eval_every = 50
-  c.checkpoint.every = 100
-  if arg == "tiny":
-    return shrink_for_cpu(c)
-  if arg:
-    raise ValueError(f"configs/encoder_tiny.py: unknown argument {arg!r} (use '' or 'tiny')")
-  return c
+  return decoder_tiny.get_config(arg, preset="encoder_tiny")
