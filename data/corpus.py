@@ -34,7 +34,7 @@ def _stdlib_files() -> list[tuple[str, str]]:
   for path in glob.glob(os.path.join(root, "**", "*.py"), recursive=True):
     rel = os.path.relpath(path, root)
     if not {"site-packages", "dist-packages"} & set(rel.split(os.sep)):
-      out.append(("stdlib:" + rel, path))
+      out.append(("stdlib:" + document_name(rel), path))
   if not out:
     raise ValueError(f"the built-in corpus found no .py files under the standard library at {root!r}")
   return out
@@ -50,13 +50,53 @@ def _read(path: str) -> str:
     return f.read().decode("utf-8", errors="replace")
 
 
+def document_name(relative_path: str, row: int | None = None) -> str:
+  """A document's identity: its path relative to its corpus root ("/"-separated), plus "#ROW" for the
+  row-th document of a file that holds many (one per line or per table row).
+
+  The split, the max_documents subset and the shuffle all key on this name, so they are the same wherever
+  the corpus lies: copying or moving the corpus folder changes nothing.
+  """
+  name = relative_path.replace(os.sep, "/")
+  return name if row is None else f"{name}#{row}"
+
+
+def _root(source: str) -> str:
+  """The corpus root of a source: the directory itself, a glob's leading directories without wildcards,
+  or a single file's directory."""
+  if os.path.isdir(source):
+    return source
+  if glob.has_magic(source):
+    parts = source.split(os.sep)
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    return os.sep.join(parts[:fixed]) or ("." if not os.path.isabs(source) else os.sep)
+  return os.path.dirname(source) or "."
+
+
+def _source_files(source: str) -> list[str]:
+  source = os.path.expanduser(source)
+  if os.path.isdir(source):
+    paths = [p for p in glob.glob(os.path.join(source, "**", "*"), recursive=True) if os.path.isfile(p)]
+  elif glob.has_magic(source):
+    paths = [p for p in glob.glob(source, recursive=True) if os.path.isfile(p)]
+  elif os.path.isfile(source):
+    paths = [source]
+  else:
+    raise ValueError(f"corpus path does not exist: {source!r}")
+  if not paths:
+    raise ValueError(f"corpus source {source!r} matches no files")
+  return paths
+
+
 def load_documents(sources: tuple[str, ...] | list[str] | str, max_documents: int = 0) -> list[Document]:
   """Read documents from `sources`: file paths, directories (all files below), globs, or "builtin:stdlib".
 
   Every source must match at least one file; a source that matches nothing raises ValueError naming it.
-  `max_documents` > 0 keeps that many, chosen by a hash of their names (the same subset on every machine
-  and for every seed), before anything is read. Documents come back sorted by name, so the result does not
-  depend on the file system's order.
+  Documents are named by `document_name` (relative to their source's root); two different files with one
+  name (two sources holding the same relative path) raise ValueError naming both. `max_documents` > 0
+  keeps that many, chosen by a hash of their names (the same subset on every machine and for every seed),
+  before anything is read. Documents come back sorted by name, so the result does not depend on the file
+  system's order or on where the corpus lies.
   """
   if isinstance(sources, str):
     sources = (sources,)
@@ -65,20 +105,15 @@ def load_documents(sources: tuple[str, ...] | list[str] | str, max_documents: in
   files: dict[str, str] = {}
   for source in sources:
     if source == BUILTIN:
-      files.update(_stdlib_files())
-      continue
-    source = os.path.expanduser(source)
-    if os.path.isdir(source):
-      paths = [p for p in glob.glob(os.path.join(source, "**", "*"), recursive=True) if os.path.isfile(p)]
-    elif glob.has_magic(source):
-      paths = [p for p in glob.glob(source, recursive=True) if os.path.isfile(p)]
-    elif os.path.isfile(source):
-      paths = [source]
+      found = _stdlib_files()
     else:
-      raise ValueError(f"corpus path does not exist: {source!r}")
-    if not paths:
-      raise ValueError(f"corpus source {source!r} matches no files")
-    files.update((os.path.abspath(p), p) for p in paths)
+      root = _root(os.path.expanduser(source))
+      found = [(document_name(os.path.relpath(p, root)), p) for p in _source_files(source)]
+    for name, path in found:
+      if name in files and not os.path.samefile(files[name], path):
+        raise ValueError(f"corpus: two files have the document name {name!r} (the path relative to their "
+                         f"source): {files[name]!r} and {path!r}; rename one or list a common parent folder")
+      files[name] = path
   names = sorted(files)
   if max_documents:
     names = sorted(sorted(names, key=lambda n: name_hash("subset:" + n))[:max_documents])

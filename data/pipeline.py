@@ -41,8 +41,17 @@ def load_splits(sources, tokenizer, *, seq_len: int, val_fraction: float, seed: 
   train_docs, val_docs = corpus_lib.split_documents(docs, val_fraction)
   order = np.random.default_rng(seed).permutation(len(train_docs))
   encode = lambda d: tokenizer.encode(d.text, bos=True, eos=True)
-  train = packing.pack([encode(train_docs[i]) for i in order], seq_len, pad_id=tokenizer.pad_id)
-  val = packing.pack([encode(d) for d in val_docs], seq_len, pad_id=tokenizer.pad_id)
+  train_tokens = [encode(train_docs[i]) for i in order]
+  val_tokens = [encode(d) for d in val_docs]
+  # BOS + EOS alone would pack into rows that teach nothing: empty files must not pass for a corpus.
+  for split, tokens, least in (("training", train_tokens, seq_len), ("validation", val_tokens, 1)):
+    text = sum(len(t) - 2 for t in tokens)
+    if text < least:
+      raise ValueError(f"corpus {sources!r}: its {len(tokens)} {split} documents hold {text} tokens of text "
+                       f"(BOS/EOS aside), fewer than {least} (the {split} split needs at least "
+                       f"{'one row of data.seq_len' if least > 1 else 'one token'}); give it longer documents")
+  train = packing.pack(train_tokens, seq_len, pad_id=tokenizer.pad_id)
+  val = packing.pack(val_tokens, seq_len, pad_id=tokenizer.pad_id)
   return PackedSplits(train, val, len(train_docs), len(val_docs))
 
 
