@@ -144,6 +144,11 @@ def _check_q_offset(q_offset, b):
   return int(q_offset) if isinstance(q_offset, np.integer) else q_offset
 
 
+def _describe(x) -> str:
+  """"shape (2, 8) dtype float32" for an array, its repr for anything else."""
+  return f"shape {x.shape} dtype {x.dtype}" if hasattr(x, "shape") and hasattr(x, "dtype") else repr(x)
+
+
 def _check_segments(segment_ids, kv_segment_ids, b, t, s):
   """Validate [B, T] / [B, S] int segment ids; kv_segment_ids defaults to segment_ids (needs T == S)."""
   if segment_ids is None:
@@ -151,15 +156,13 @@ def _check_segments(segment_ids, kv_segment_ids, b, t, s):
       raise ValueError("kv_segment_ids given without segment_ids")
     return None, None
   if getattr(segment_ids, "shape", None) != (b, t) or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-    raise ValueError(f"segment_ids must be an int array of shape {(b, t)}, got "
-                     f"{getattr(segment_ids, 'shape', segment_ids)}")
+    raise ValueError(f"segment_ids must be an int array of shape {(b, t)}, got {_describe(segment_ids)}")
   if kv_segment_ids is None:
     if s != t:
       raise ValueError(f"kv_segment_ids is required when T={t} != S={s}")
     kv_segment_ids = segment_ids
   if getattr(kv_segment_ids, "shape", None) != (b, s) or not jnp.issubdtype(kv_segment_ids.dtype, jnp.integer):
-    raise ValueError(f"kv_segment_ids must be an int array of shape {(b, s)}, got "
-                     f"{getattr(kv_segment_ids, 'shape', kv_segment_ids)}")
+    raise ValueError(f"kv_segment_ids must be an int array of shape {(b, s)}, got {_describe(kv_segment_ids)}")
   return jnp.asarray(segment_ids, jnp.int32), jnp.asarray(kv_segment_ids, jnp.int32)
 
 
@@ -179,6 +182,8 @@ def validate_qkv(q, k, v):
     raise ValueError(f"k head dim {k.shape[3]} must equal q head dim {h} (q {q.shape}, k {k.shape})")
   if k.shape[2] < 1 or n % k.shape[2]:
     raise ValueError(f"q heads N={n} must be a multiple of kv heads K={k.shape[2]}")
+  if b < 1:
+    raise ValueError(f"q: the batch size B must be >= 1, got q {q.shape}")
   if t < 1 or k.shape[1] < 1:
     raise ValueError(f"sequence lengths must be >= 1, got q {q.shape}, k {k.shape}")
 

@@ -22,6 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 
+_INT32_MAX = 2**31 - 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Mask:
   """What a query may see. `window=(left, right)`; ModernBERT's local_attention=128 is (64, 64)."""
@@ -38,6 +41,9 @@ class Mask:
         raise ValueError(f"Mask.window must be a pair of ints (left, right), got {self.window!r}")
       if w[0] < 0 or w[1] < 0:
         raise ValueError(f"Mask.window sides must be >= 0, got {self.window!r}")
+      if max(w) > _INT32_MAX:  # positions are int32 on every impl
+        raise ValueError(f"Mask.window sides must be <= 2**31 - 1 (int32 positions), got {self.window!r}; "
+                         "use window=None for no window")
       object.__setattr__(self, "window", (int(w[0]), int(w[1])))
 
 

@@ -3,9 +3,13 @@ checks what it resumes, damaged checkpoints fall back, and bad input fails early
 
 import shutil
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import attention
+from attention import dsa
+from attention_testing import random_qkv
 from data import corpus, pipeline, tokenizer
 
 
@@ -50,3 +54,27 @@ def test_corpus_of_empty_or_too_short_documents_is_an_error(tmp_path):
   with pytest.raises(ValueError, match=r"training documents hold \d+ tokens of text"):
     pipeline.load_splits([str(tmp_path)], tok, seq_len=64, val_fraction=0.3, seed=0)
   assert pipeline.load_splits([str(tmp_path)], tok, seq_len=8, val_fraction=0.3, seed=0).num_val_documents
+
+
+def test_attention_batch_zero_window_overflow_and_segment_dtype_fail_in_one_line():
+  q, k, v, _ = random_qkv(0, 0, 8, 8, 2, 1, 8)
+  for impl in [*attention.REGISTRY, "auto"]:
+    with pytest.raises(ValueError, match=r"q: the batch size B must be >= 1, got q \(0, 8, 2, 8\)"):
+      attention.attend(q, k, v, impl=impl)
+  indices = jnp.zeros((0, 8, 4), jnp.int32)
+  for impl in [*dsa.SPARSE_REGISTRY, "auto"]:
+    with pytest.raises(ValueError, match="q: the batch size B must be >= 1"):
+      attention.sparse_attend(q, k, v, indices, impl=impl)
+  for impl in [*dsa.TOPK_REGISTRY, "auto"]:
+    with pytest.raises(ValueError, match="q_idx: the batch size B must be >= 1"):
+      attention.topk_indices(jnp.zeros((0, 8, 2, 4)), jnp.zeros((0, 8, 4)), jnp.zeros((0, 8, 2)), top_k=2,
+                             impl=impl)
+  with pytest.raises(ValueError, match=r"Mask.window sides must be <= 2\*\*31 - 1"):
+    attention.Mask(window=(2**31, 0))
+  q, k, v, _ = random_qkv(1, 2, 8, 8, 2, 1, 8)
+  widest = attention.attend(q, k, v, mask=attention.Mask(window=(2**31 - 1, 0)), impl="xla")
+  np.testing.assert_allclose(widest, attention.attend(q, k, v, mask=attention.Mask(causal=True),
+                                                      impl="reference"), rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r"segment_ids must be an int array of shape \(2, 8\), got shape "
+                                       r"\(2, 8\) dtype float32"):
+    attention.attend(q, k, v, segment_ids=jnp.ones((2, 8), jnp.float32))

@@ -84,6 +84,8 @@ def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True),
     raise ValueError(f"score_dtype must be one of {names}, got {score_dtype!r}")
   if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
     raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+  if b < 1:
+    raise ValueError(f"q_idx: the batch size B must be >= 1, got q_idx {q_idx.shape}")
   if t < 1 or k_idx.shape[1] < 1:
     raise ValueError(f"sequence lengths must be >= 1, got q_idx {q_idx.shape}, k_idx {k_idx.shape}")
   q_offset = _check_q_offset(q_offset, b)
