@@ -106,7 +106,7 @@ def test_topk_blocked_merge_matches_numpy(mask, q_offset):
   q_idx, k_idx, w = _indexer_inputs(23, b, t, s, 2, 3, integer=True)
   seg = jnp.array([[0] * 9 + [1] * 9, [0] * 18], jnp.int32)
   got = topk_xla(q_idx, k_idx, w, top_k=top_k, mask=mask, segment_ids=seg[:, :t], kv_segment_ids=seg,
-                 q_offset=q_offset, score_dtype=jnp.float32, chunk_size=3, block_k=4)
+                 q_offset=q_offset, score_dtype=jnp.float32, chunk_size=3, interpret=False, block_k=4)
   score = _np_scores(q_idx, k_idx, w)
   for bi in range(b):
     off = int(np.asarray(q_offset).reshape(-1)[bi % np.size(q_offset)])

@@ -6,8 +6,9 @@ top_k (2048 in V3.2) per query, and sparse_attend runs exact softmax attention o
 O(L*k) instead of O(L^2) for the attention, with no L x L array in either step.
 
 Each op has its own registry of attention.Impl, resolved by attention.resolve_impl with the same impl
-names and interpret rule as attend(). impl="auto" means "xla" for both ops: the Pallas sparse kernels are
-verified in interpret mode and by cross-lowering only, not yet timed on hardware, so auto does not pick them.
+names and interpret rule as attend(). impl="auto" means "xla" for both ops: the Pallas sparse-attention and
+top-k kernels are verified in interpret mode and by cross-lowering only, not yet timed on hardware, so auto
+does not pick them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from attention.dsa.sparse_pallas_tpu import sparse_pallas_tpu
 from attention.dsa.sparse_reference import selection_mask, sparse_reference
 from attention.dsa.sparse_xla import sparse_xla
 from attention.dsa.topk import topk_reference, topk_xla
+from attention.dsa.topk_pallas import topk_pallas_gpu, topk_pallas_tpu
 from attention.mask import Mask
 
 # fn(q, k, v, indices, *, scale, interpret) -> [B, T, N, Hv]
@@ -34,10 +36,12 @@ SPARSE_REGISTRY: dict[str, Impl] = {
     "pallas_tpu": Impl(sparse_pallas_tpu, platforms=("tpu",), interpretable=True),
 }
 _AUTO_CHOICES = ("xla",)  # what impl="auto" may pick (see the module docstring)
-# fn(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype, chunk_size)
+# fn(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype, chunk_size, interpret)
 TOPK_REGISTRY: dict[str, Impl] = {
     "reference": Impl(topk_reference),
     "xla": Impl(topk_xla),
+    "pallas_gpu": Impl(topk_pallas_gpu, platforms=("gpu",), interpretable=True),
+    "pallas_tpu": Impl(topk_pallas_tpu, platforms=("tpu",), interpretable=True),
 }
 
 
@@ -47,8 +51,8 @@ def _auto_view(registry, impl):
 
 
 def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True), segment_ids=None,
-                 kv_segment_ids=None, q_offset=0, impl: str = "auto", score_dtype=jnp.bfloat16,
-                 chunk_size: int | None = None):
+                 kv_segment_ids=None, q_offset=0, impl: str = "auto", interpret: bool | None = None,
+                 score_dtype=jnp.bfloat16, chunk_size: int | None = None):
   """Lightning-indexer top-k: the keys each query will attend to.
 
   score[t, s] = sum_j w[t, j] * relu(q_idx[t, j] . k_idx[s]), over the keys the mask lets query t see.
@@ -59,7 +63,9 @@ def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True),
     mask: causal and/or window, positions as in attend(): key j at j, query i at q_offset + i.
     segment_ids: [B, T] int; kv_segment_ids: [B, S] int (defaults to segment_ids).
     q_offset: position of the first query (int or int32 [B]); the cache length when decoding.
-    impl: "reference" (dense scores, tests) | "xla" (query-chunked) | "auto".
+    impl: "reference" (dense scores, tests) | "xla" (query-chunked running top-k) | "pallas_gpu" |
+      "pallas_tpu" (Pallas scoring and radix-select kernels, attention.dsa.topk_pallas) | "pallas" | "auto".
+    interpret: Pallas interpret mode; None means "exactly when the default backend is the CPU".
     score_dtype: precision of the q.k products: jnp.bfloat16 (default), jnp.float32, or
       jnp.float8_e4m3fn (per-row scales; for backends with FP8 matmuls).
     chunk_size: queries per chunk (default: a fixed per-backend working set, see attention.dsa.rows).
@@ -90,10 +96,10 @@ def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True),
     raise ValueError(f"sequence lengths must be >= 1, got q_idx {q_idx.shape}, k_idx {k_idx.shape}")
   q_offset = _check_q_offset(q_offset, b)
   segment_ids, kv_segment_ids = _check_segments(segment_ids, kv_segment_ids, b, t, k_idx.shape[1])
-  name, _ = resolve_impl(impl, None, registry=_auto_view(TOPK_REGISTRY, impl), op="topk_indices")
+  name, interpret = resolve_impl(impl, interpret, registry=_auto_view(TOPK_REGISTRY, impl), op="topk_indices")
   return TOPK_REGISTRY[name].fn(q_idx, k_idx, w, top_k=int(top_k), mask=mask, segment_ids=segment_ids,
                                 kv_segment_ids=kv_segment_ids, q_offset=q_offset, score_dtype=score_dtype,
-                                chunk_size=chunk_size)
+                                chunk_size=chunk_size, interpret=interpret)
 
 
 def sparse_attend(q, k, v, indices, *, scale=None, impl: str = "auto", interpret: bool | None = None):

@@ -45,17 +45,18 @@ def select(score, visible, top_k: int):
 
 
 def topk_reference(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype,
-                   chunk_size):
+                   chunk_size, interpret):
   """Dense selector: the whole [B, T, S] score array at once (tests only)."""
-  del chunk_size
+  del chunk_size, interpret
   score = indexer_scores(q_idx, k_idx, w, score_dtype=score_dtype)  # [B, T, S]
   visible = visibility(mask, positions(q_idx.shape[1], q_offset), k_idx.shape[1], segment_ids, kv_segment_ids)
   return select(score, visible, top_k)
 
 
 def topk_xla(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype, chunk_size,
-             block_k=None):
+             interpret, block_k=None):
   """Blocked selector: for each chunk of C queries, a running top-k over the key blocks its mask can see."""
+  del interpret
   b, t, hi, _ = q_idx.shape
   kv_len = k_idx.shape[1]
   kk = min(top_k, kv_len)
