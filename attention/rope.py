@@ -13,6 +13,11 @@ q and k, as Hugging Face does; the logits then scale by its square):
 - yarn:        YaRN (Peng et al., arXiv 2309.00071): "NTK-by-parts": dimensions that turn more than
                beta_fast times over L0 keep their frequency, those turning fewer than beta_slow times are
                interpolated by s, a linear ramp in between; attention temperature sqrt(1/t) = 0.1 ln(s) + 1.
+- llama3:      Llama 3.1's rule (Meta, "The Llama 3 Herd of Models", arXiv 2407.21783; transformers'
+               _compute_llama3_parameters): the same by-parts idea measured in wavelengths: dimensions whose
+               wavelength is under L0/high_freq_factor keep their frequency, those over L0/low_freq_factor
+               are divided by s, and in between the inverse frequency is a linear blend in L0/wavelength;
+               no attention temperature.
 """
 
 from __future__ import annotations
@@ -22,29 +27,35 @@ import math
 
 import jax.numpy as jnp
 
-SCALING_KINDS = ("none", "linear", "ntk", "dynamic_ntk", "yarn")
+SCALING_KINDS = ("none", "linear", "ntk", "dynamic_ntk", "yarn", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-  """A context-extension rule. `original_max_len` (L0) is needed by dynamic_ntk and yarn."""
+  """A context-extension rule. `original_max_len` (L0) is needed by dynamic_ntk, yarn and llama3; the
+  frequency factors are llama3's (Llama 3.1 ships low 1, high 4, factor 8, L0 8192)."""
 
   kind: str = "none"
   factor: float = 1.0
   original_max_len: int | None = None
   beta_fast: float = 32.0
   beta_slow: float = 1.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
 
   def __post_init__(self):
     if self.kind not in SCALING_KINDS:
       raise ValueError(f"RopeScaling.kind must be one of {SCALING_KINDS}, got {self.kind!r}")
     if not self.factor >= 1.0:
       raise ValueError(f"RopeScaling.factor must be >= 1, got {self.factor!r}")
-    if self.kind in ("dynamic_ntk", "yarn") and not (self.original_max_len and self.original_max_len > 0):
+    if self.kind in ("dynamic_ntk", "yarn", "llama3") and not (self.original_max_len and self.original_max_len > 0):
       raise ValueError(f"RopeScaling(kind={self.kind!r}) needs original_max_len > 0, got "
                        f"{self.original_max_len!r}")
     if self.beta_fast <= self.beta_slow:
       raise ValueError(f"RopeScaling needs beta_fast > beta_slow, got {self.beta_fast}, {self.beta_slow}")
+    if not 0 < self.low_freq_factor < self.high_freq_factor:
+      raise ValueError(f"RopeScaling needs 0 < low_freq_factor < high_freq_factor, got {self.low_freq_factor}, "
+                       f"{self.high_freq_factor}")
 
 
 def _yarn_correction_dim(num_rotations: float, dim: int, theta: float, original_max_len: int) -> float:
@@ -89,6 +100,12 @@ def rope_frequencies(dim: int, theta: float = 10000.0, scaling: RopeScaling = Ro
     l0 = scaling.original_max_len
     s_dyn = jnp.maximum(s * jnp.asarray(seq_len, jnp.float32) / l0 - (s - 1), 1.0)
     return (theta * s_dyn ** (dim / (dim - 2))) ** -exponents, 1.0
+  if scaling.kind == "llama3":
+    # rotations over L0 = L0 / wavelength; the blend weight is 0 below low_freq_factor, 1 above high.
+    rotations = scaling.original_max_len * base_freq / (2 * math.pi)
+    keep = jnp.clip((rotations - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor),
+                    0.0, 1.0)
+    return (1 - keep) * base_freq / s + keep * base_freq, 1.0
   ramp = yarn_ramp(dim, theta, scaling)  # yarn
   return base_freq * (1 - ramp) + (base_freq / s) * ramp, 0.1 * math.log(s) + 1.0
 

@@ -45,12 +45,14 @@ class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, layer_type: AttentionType, *, rngs: nnx.Rngs):
     self.cfg, self.layer_type = cfg, layer_type
     d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    kw = dict(rngs=rngs, param_dtype=cfg.param_dtype, dtype=cfg.dtype, use_bias=cfg.attention_bias)
+    kw = dict(rngs=rngs, param_dtype=cfg.param_dtype, dtype=cfg.dtype)
     out_std = cfg.init_std / (2 * cfg.num_layers) ** 0.5
-    self.q = Dense((d,), (n, h), names=("embed", "heads", "head_dim"), std=cfg.init_std, **kw)
-    self.k = Dense((d,), (k, h), names=("embed", "kv_heads", "head_dim"), std=cfg.init_std, **kw)
-    self.v = Dense((d,), (k, h), names=("embed", "kv_heads", "head_dim"), std=cfg.init_std, **kw)
-    self.o = Dense((n, h), (d,), names=("heads", "head_dim", "embed"), std=out_std, **kw)
+    qkv_bias = cfg.attention_bias or cfg.qkv_bias
+    self.q = Dense((d,), (n, h), names=("embed", "heads", "head_dim"), std=cfg.init_std, use_bias=qkv_bias, **kw)
+    self.k = Dense((d,), (k, h), names=("embed", "kv_heads", "head_dim"), std=cfg.init_std, use_bias=qkv_bias, **kw)
+    self.v = Dense((d,), (k, h), names=("embed", "kv_heads", "head_dim"), std=cfg.init_std, use_bias=qkv_bias, **kw)
+    self.o = Dense((n, h), (d,), names=("heads", "head_dim", "embed"), std=out_std, use_bias=cfg.attention_bias,
+                   **kw)
     if layer_type is AttentionType.LOCAL:
       left, right = cfg.window
       self.mask = Mask(causal=True, window=(left, 0)) if cfg.causal else Mask(window=(left, right))

@@ -60,7 +60,8 @@ class ModelConfig:
   norm_kind: str = "rms"  # "rms" | "layer"
   norm_eps: float = 1e-6
   norm_bias: bool = False
-  attention_bias: bool = False
+  attention_bias: bool = False  # biases on q, k, v and the output projection (ModernBERT's option)
+  qkv_bias: bool = False  # biases on q, k, v only (Qwen2); implied by attention_bias
   mlp_bias: bool = False
   rope_theta: float = 10000.0  # GLOBAL and DSA layers
   rope_theta_local: float = 10000.0

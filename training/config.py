@@ -21,7 +21,7 @@ from models import ModelConfig, presets
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   corpus: tuple[str, ...] = (BUILTIN,)  # files, directories, globs or "builtin:stdlib"
-  tokenizer_path: str = ""  # "" = byte tokenizer; else a JSON vocabulary (data.tokenizer.VocabTokenizer)
+  tokenizer_path: str = ""  # "" = bytes; a tokenizer.json or a model folder holding one; else a JSON vocabulary
   seq_len: int = 256
   batch_size: int = 8  # global batch (rows per optimizer step, summed over accumulation and devices)
   val_fraction: float = 0.02
