@@ -3,13 +3,20 @@
 The built-in corpus is the installed Python standard library's own source: present on every machine with
 Python, nothing downloaded, and made of real, long, structured documents (median ~10 KB, many > 100 KB),
 which is what a long-context model needs to learn anything beyond local n-grams.
+
+Besides plain text files (one document each), a corpus may hold files of many documents, read streaming
+(line by line, Parquet row group by row group) rather than whole: `.jsonl` (one JSON object a line, the
+document in its `text_field`), `.jsonl.gz`, and `.parquet` (the `text_field` column, through pyarrow).
+Their row-th document is named "path#row" (the line index of a jsonl file, blank lines counted).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import glob
+import gzip
 import hashlib
+import json
 import os
 import sysconfig
 
@@ -50,6 +57,63 @@ def _read(path: str) -> str:
     return f.read().decode("utf-8", errors="replace")
 
 
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
+PARQUET_SUFFIX = ".parquet"
+
+
+def _is_multi(path: str) -> bool:
+  return path.endswith(JSONL_SUFFIXES + (PARQUET_SUFFIX,))
+
+
+def _jsonl_lines(path: str):
+  """(line index, line) of a .jsonl or .jsonl.gz file, streaming; blank lines skipped (but counted)."""
+  with (gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")) as f:
+    for i, line in enumerate(f):
+      if line.strip():
+        yield i, line
+
+
+def _parquet_file(path: str, text_field: str):
+  import pyarrow.parquet as pq  # only Parquet corpora need pyarrow
+
+  pf = pq.ParquetFile(path)
+  if text_field not in pf.schema_arrow.names:
+    raise ValueError(f"corpus file {path!r} has no column text_field={text_field!r} (columns: "
+                     f"{pf.schema_arrow.names})")
+  return pf
+
+
+def _rows(path: str, text_field: str) -> list[int]:
+  """Row indices of the documents in a multi-document file (a first, cheap pass: no text kept)."""
+  if path.endswith(PARQUET_SUFFIX):
+    return list(range(_parquet_file(path, text_field).metadata.num_rows))
+  return [i for i, _ in _jsonl_lines(path)]
+
+
+def _texts(path: str, text_field: str, wanted: set[int]):
+  """(row, text) of the wanted rows of a multi-document file, streaming."""
+  if path.endswith(PARQUET_SUFFIX):
+    row = 0
+    for batch in _parquet_file(path, text_field).iter_batches(columns=[text_field], batch_size=1024):
+      for text in batch.column(0).to_pylist():
+        if row in wanted:
+          if not isinstance(text, str):
+            raise ValueError(f"corpus file {path!r} row {row}: column {text_field!r} holds {text!r}, not a string")
+          yield row, text
+        row += 1
+    return
+  for i, line in _jsonl_lines(path):
+    if i in wanted:
+      try:
+        obj = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"corpus file {path!r} line {i + 1} is not valid JSON: {e}") from None
+      text = obj.get(text_field) if isinstance(obj, dict) else None
+      if not isinstance(text, str):
+        raise ValueError(f"corpus file {path!r} line {i + 1} has no string field text_field={text_field!r}")
+      yield i, text
+
+
 def document_name(relative_path: str, row: int | None = None) -> str:
   """A document's identity: its path relative to its corpus root ("/"-separated), plus "#ROW" for the
   row-th document of a file that holds many (one per line or per table row).
@@ -88,8 +152,11 @@ def _source_files(source: str) -> list[str]:
   return paths
 
 
-def load_documents(sources: tuple[str, ...] | list[str] | str, max_documents: int = 0) -> list[Document]:
+def load_documents(sources: tuple[str, ...] | list[str] | str, max_documents: int = 0,
+                   text_field: str = "text") -> list[Document]:
   """Read documents from `sources`: file paths, directories (all files below), globs, or "builtin:stdlib".
+
+  A .jsonl / .jsonl.gz / .parquet file holds one document per line / row, its text in `text_field`.
 
   Every source must match at least one file; a source that matches nothing raises ValueError naming it.
   Documents are named by `document_name` (relative to their source's root); two different files with one
@@ -114,10 +181,27 @@ def load_documents(sources: tuple[str, ...] | list[str] | str, max_documents: in
         raise ValueError(f"corpus: two files have the document name {name!r} (the path relative to their "
                          f"source): {files[name]!r} and {path!r}; rename one or list a common parent folder")
       files[name] = path
-  names = sorted(files)
+  # (document name -> (path, row or None)): a multi-document file contributes one name per row.
+  where: dict[str, tuple[str, int | None]] = {}
+  for name, path in files.items():
+    if _is_multi(path):
+      where.update((document_name(name, row), (path, row)) for row in _rows(path, text_field))
+    else:
+      where[name] = (path, None)
+  names = sorted(where)
   if max_documents:
     names = sorted(sorted(names, key=lambda n: name_hash("subset:" + n))[:max_documents])
-  return [Document(n, _read(files[n])) for n in names]
+  texts, wanted = {}, {}
+  for n in names:
+    path, row = where[n]
+    if row is None:
+      texts[n] = _read(path)
+    else:
+      wanted.setdefault(path, {})[row] = n
+  for path, rows in wanted.items():
+    for row, text in _texts(path, text_field, set(rows)):
+      texts[rows[row]] = text
+  return [Document(n, texts[n]) for n in names]
 
 
 def name_hash(name: str) -> float:

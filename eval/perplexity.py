@@ -54,7 +54,7 @@ def validation_loss(model, config: TrainConfig, tokenizer) -> float:
   """train.py's validation loss (nats per token): the same rows, batches and target rule."""
   splits = data_lib.load_splits(config.data.corpus, tokenizer, seq_len=config.data.seq_len,
                                 val_fraction=config.data.val_fraction, seed=config.seed,
-                                max_documents=config.data.max_documents)
+                                max_documents=config.data.max_documents, text_field=config.data.text_field)
   micro = config.data.batch_size // config.optim.grad_accum_steps
   score = make_scorer(model)
   ce_sum, count = 0.0, 0.0
@@ -67,7 +67,7 @@ def validation_loss(model, config: TrainConfig, tokenizer) -> float:
 
 def heldout_documents(config: TrainConfig, tokenizer, min_tokens: int, max_docs: int) -> list[np.ndarray]:
   """Up to `max_docs` validation documents (BOS + text + EOS) of at least `min_tokens` tokens, cut to it."""
-  docs = corpus_lib.load_documents(config.data.corpus)
+  docs = corpus_lib.load_documents(config.data.corpus, text_field=config.data.text_field)
   if config.data.max_documents:  # the same subset as data.load_splits
     docs = sorted(docs, key=lambda d: corpus_lib.name_hash("subset:" + d.name))[:config.data.max_documents]
     docs.sort(key=lambda d: d.name)

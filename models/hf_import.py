@@ -23,6 +23,7 @@ import math
 import os
 import struct
 
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -405,6 +406,13 @@ def load_hf(folder: str, **overrides):
   hf, tensors = load_folder(folder)
   cfg = config_from_hf(hf, **overrides)
   return convert(cfg, tensors), cfg
+
+
+def load_params(folder: str) -> dict:
+  """The parameters of a Hugging Face folder as a pure dict of float32 NumPy arrays (nnx.to_pure_dict's
+  layout), for a trainer that builds its own model (init_from)."""
+  model, _ = load_hf(folder)
+  return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
 def attention_mask_to_segment_ids(attention_mask):

@@ -105,3 +105,46 @@ def test_clear_errors_for_missing_and_mismatched_tensors(tmp_path):
     bad = dict(json.load(f), model_type="gpt2")
   with pytest.raises(ValueError, match="model_type='gpt2'"):
     hf_import.config_from_hf(bad)
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 8192},  # Llama 3.1's values
+    {"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 4096, "beta_fast": 16.0},
+    {"rope_type": "dynamic", "factor": 4.0}])
+def test_rope_rules_match_transformers_formulas(rope):
+  from attention.rope import rope_frequencies
+  from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+  hf_cfg = transformers.LlamaConfig(hidden_size=4096, num_attention_heads=32, head_dim=128, rope_theta=500000.0,
+                                    max_position_embeddings=131072 if rope["rope_type"] != "dynamic" else 8192,
+                                    rope_scaling=dict(rope))
+  seq_len = 20000  # past L0: dynamic NTK grows its base with the length
+  theirs, their_scale = ROPE_INIT_FUNCTIONS[rope["rope_type"]](hf_cfg, "cpu", seq_len=seq_len)
+  cfg = hf_import.config_from_hf(json.loads(hf_cfg.to_json_string()))
+  ours, our_scale = rope_frequencies(128, cfg.rope_theta, cfg.rope_scaling, seq_len=seq_len)
+  np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), rtol=2e-6)
+  np.testing.assert_allclose(our_scale, their_scale, rtol=1e-6)
+  if rope["rope_type"] == "llama3":  # the rule moves the low frequencies and keeps the high ones
+    plain = np.asarray(rope_frequencies(128, 500000.0)[0])
+    assert np.isclose(ours[0], plain[0]) and np.isclose(ours[-1], plain[-1] / 8)
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("quantization_config", {"quant_method": "gptq"}, "quantization_config"),
+    ("partial_rotary_factor", 0.5, "partial_rotary_factor"),
+    ("rope_scaling", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "mscale": 0.7},
+     "mscale"),
+    ("rope_scaling", {"rope_type": "longrope", "short_factor": [1.0], "long_factor": [2.0]}, "longrope"),
+    ("hidden_act", "gelu", "hidden_act"),
+    ("attention_dropout", 0.1, "attention_dropout")])
+def test_unsupported_config_fields_are_named(field, value, named):
+  hf = json.loads(transformers.LlamaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                           num_attention_heads=2).to_json_string())
+  hf.pop("rope_parameters", None)
+  with pytest.raises(ValueError, match=named):
+    hf_import.config_from_hf(dict(hf, **{field: value}))
+  mistral = json.loads(transformers.MistralConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                  num_attention_heads=2, sliding_window=8).to_json_string())
+  with pytest.raises(ValueError, match="attention_bias"):  # Llama's field, not Mistral's
+    hf_import.config_from_hf(dict(mistral, attention_bias=True))

@@ -59,12 +59,28 @@ def _flat_shapes(tree) -> dict[str, tuple]:
           for path, leaf in leaves}
 
 
+def _from_hugging_face(folder: str, like_params) -> dict:
+  """Params of a Hugging Face folder (models.hf_import) laid out like `like_params`."""
+  from models import hf_import
+
+  params = hf_import.load_params(folder)
+  saved, wanted = _flat_shapes(params), _flat_shapes(like_params)
+  if saved != wanted:
+    name = min(set(saved) ^ set(wanted) or {n for n in saved if saved[n] != wanted[n]})
+    raise ValueError(f"init_from={folder!r}: tensor {name!r} is {saved.get(name, 'absent')} in the Hugging Face "
+                     f"checkpoint but {wanted.get(name, 'absent')} in this model")
+  return jax.tree.map(lambda p, like: jax.device_put(p.astype(like.dtype), like.sharding), params, like_params)
+
+
 def restore_params_from(other_workdir: str, like_params) -> tuple[dict, int]:
-  """Params (laid out like `like_params`) from the latest checkpoint of another run, and its step.
+  """Params (laid out like `like_params`) from the latest checkpoint of another run, and its step (0 for a
+  Hugging Face folder: config.json + safetensors, e.g. a pretrained model to extend).
 
   Refuses (ValueError naming the tensor) when a tensor's shape differs or a tensor is missing on either
   side: fine-tuning and context extension keep the architecture.
   """
+  if os.path.isfile(os.path.join(other_workdir, "config.json")):
+    return _from_hugging_face(other_workdir, like_params), 0
   directory = os.path.abspath(os.path.join(other_workdir, "checkpoints"))
   if not os.path.isdir(directory):
     raise ValueError(f"init_from={other_workdir!r}: no checkpoints directory at {directory!r}")

@@ -21,6 +21,7 @@ from models import ModelConfig, presets
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   corpus: tuple[str, ...] = (BUILTIN,)  # files, directories, globs or "builtin:stdlib"
+  text_field: str = "text"  # the document's field / column in .jsonl(.gz) and .parquet corpus files
   tokenizer_path: str = ""  # "" = bytes; a tokenizer.json or a model folder holding one; else a JSON vocabulary
   seq_len: int = 256
   batch_size: int = 8  # global batch (rows per optimizer step, summed over accumulation and devices)
