@@ -21,10 +21,14 @@ setup(
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
         "numpy>=2.0",
+        # Hugging Face interop at run time: export (safetensors), tokenizer.json (tokenizers), Parquet corpora.
+        "safetensors>=0.4",
+        "tokenizers>=0.20",
+        "pyarrow>=14",
     ],
     extras_require={
         # torch (CPU) and transformers serve only the Hugging Face conformance tests.
-        "test": ["pytest>=8", "safetensors>=0.4", "torch>=2.9", "transformers>=4.50"],
+        "test": ["pytest>=8", "torch>=2.9", "transformers>=4.50"],
         "gpu": ["jax[cuda13]>=0.10"],
         "tpu": ["jax[tpu]>=0.10"],
     },
