@@ -4,14 +4,15 @@ with YaRN (Peng et al., arXiv 2309.00071), fine-tune it on a local corpus, then 
 The argument is the model's local folder (config.json, *.safetensors, tokenizer.json), optionally followed
 by ",tiny" for a CPU dry run of two steps:
 
-  python train.py --config=configs/extend_hf.py:/models/Llama-3.2-1B --workdir=runs/llama_yarn \\
+  python train.py --config=configs/extend_hf.py:/models/TinyLlama-1.1B --workdir=runs/llama_yarn \\
       --config.data.corpus="('my_corpus/',)" --config.data.text_field=text
   python -m models.hf_export --workdir=runs/llama_yarn --out=exported/llama_yarn
 
 L0 is the model's max_position_embeddings; the run trains on rows of 8 * L0 tokens (batch 1, so a 4K model
-trains at 32K: give it the memory, e.g. --config.model.remat where available, or lower the factor with
---config.model.rope_scaling.factor and --config.data.seq_len together). The model's own tokenizer
-(tokenizer.json in the folder) encodes the corpus; the params start from the folder (init_from).
+trains at 32K: give it the memory, or lower --config.model.rope_scaling.factor, --config.model.max_len and
+--config.data.seq_len together). The model's own tokenizer (tokenizer.json in the folder) encodes the
+corpus; the params start from the folder (init_from). A model that already scales its RoPE (Llama 3.1 /
+3.2's llama3 rule) is refused: YaRN would replace its rule, not extend it.
 """
 
 import json

@@ -227,9 +227,10 @@ def _tokenizer_files(tokenizer_path: str) -> tuple[list[str], dict]:
 
   tok = get_tokenizer(tokenizer_path or None)
   ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
-  folder = getattr(tok, "folder", None)
-  files = [os.path.join(folder, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(folder, n))] if folder else []
-  return files, ids
+  folder = getattr(tok, "folder", None)  # only a Hugging Face tokenizer has files to ship
+  if folder is None:
+    return [], ids
+  return [os.path.join(folder, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(folder, n))], ids
 
 
 def _define_flags():

@@ -36,12 +36,13 @@ from models.config import AttentionType, ModelConfig
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16, "F64": np.float64,
               "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 INDEX_FILE = "model.safetensors.index.json"
+DYNAMIC_MAX_LEN = 1 << 20  # max_len of an imported dynamic-NTK model, which transformers does not bound
 
 # Fields that do not change the forward pass (bookkeeping, token ids, init, caching, output flags).
 _HARMLESS = frozenset({
     "architectures", "model_type", "transformers_version", "torch_dtype", "dtype", "_name_or_path",
     "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range", "use_cache", "output_attentions",
-    "output_hidden_states", "return_dict", "tokenizer_class"})
+    "output_hidden_states", "return_dict", "tokenizer_class", "_attn_implementation_autoset"})
 # Per family: fields mapped onto ModelConfig, or checked for the one value implemented.
 _LLAMA_CORE = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "rms_norm_eps",
@@ -144,7 +145,8 @@ def _decoder_rope(hf: dict) -> tuple[float, RopeScaling, int]:
   """(theta, scaling, max_len) of a Llama-family config (legacy rope_theta/rope_scaling or rope_parameters).
 
   Dynamic NTK follows transformers: its L0 is max_position_embeddings (original_max_position_embeddings is
-  not read), and max_len becomes factor * L0, the length the rule is meant to reach.
+  not read), and the rule has no longest length, so max_len (only a bound: RoPE has no position table)
+  becomes DYNAMIC_MAX_LEN.
   """
   rp = dict(hf.get("rope_scaling") or {}, **_rope_params(hf))
   theta = float(rp.pop("rope_theta", hf.get("rope_theta", 10000.0)))
@@ -166,10 +168,12 @@ def _decoder_rope(hf: dict) -> tuple[float, RopeScaling, int]:
   if kind == "linear":
     return theta, RopeScaling("linear", factor), max_pos
   if kind == "dynamic":
-    return theta, RopeScaling("dynamic_ntk", factor, original_max_len=max_pos), int(factor * max_pos)
+    return theta, RopeScaling("dynamic_ntk", factor, original_max_len=max_pos), max(DYNAMIC_MAX_LEN, max_pos)
   if kind == "llama3":
-    return theta, RopeScaling("llama3", factor, original_max_len=l0,
-                              low_freq_factor=float(rp["low_freq_factor"]),
+    missing = [k for k in ("factor", "low_freq_factor", "high_freq_factor") if rp.get(k) is None]
+    if missing:
+      raise ValueError(f"config.json: rope_type='llama3' needs {missing[0]} (got {rp})")
+    return theta, RopeScaling("llama3", factor, original_max_len=l0, low_freq_factor=float(rp["low_freq_factor"]),
                               high_freq_factor=float(rp["high_freq_factor"])), max_pos
   if rp.get("factor") is None:  # yarn: transformers' rule for a missing factor
     factor = max_pos / l0

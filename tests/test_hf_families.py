@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from attention.rope import rope_frequencies
 from models import build_model, hf_export, hf_import
 from models.config import ModelConfig
 
@@ -78,7 +79,8 @@ def _assert_bit_identical(a, b):
 def test_family_import_export_round_trip(case, tmp_path):
   config_cls, kw = CASES[case]
   torch.manual_seed(0)
-  theirs = _randomise(_hf(transformers.AutoModelForCausalLM, config=getattr(transformers, config_cls)(**_BASE, **kw)), 1)
+  hf_cfg = getattr(transformers, config_cls)(**_BASE, **kw)
+  theirs = _randomise(_hf(transformers.AutoModelForCausalLM, config=hf_cfg), 1)
   theirs.save_pretrained(tmp_path / "hf")
   model, cfg = hf_import.load_hf(str(tmp_path / "hf"), attention_impl="xla")
   assert cfg.pattern_string() == PATTERNS.get(case, "G") and cfg.head_dim == 16
@@ -136,6 +138,12 @@ def test_export_refuses_what_no_family_computes(tmp_path):
     config("qwen2")
   with pytest.raises(ValueError, match="family='gpt2'"):
     config("gpt2")
+  # Static NTK is the default rule with the enlarged base: the same frequencies.
+  ntk = ModelConfig(**tiny, rope_scaling={"kind": "ntk", "factor": 4.0})
+  written = config(rope_scaling={"kind": "ntk", "factor": 4.0})
+  assert written["rope_scaling"] is None
+  np.testing.assert_allclose(rope_frequencies(8, written["rope_theta"])[0],
+                             rope_frequencies(8, ntk.rope_theta, ntk.rope_scaling)[0], rtol=1e-6)
   cfg = ModelConfig(**tiny, qkv_bias=True, attention_pattern="LG", window=(3, 0))
   model = build_model(cfg, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="attention_pattern='LG'.*all sliding or all full"):
