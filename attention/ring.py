@@ -416,18 +416,5 @@ def context_parallel_attend(q, k, v, *, mask: Mask = Mask(), segment_ids=None, i
                         load_balance=load_balance, block_sizes=block_sizes)
 
 
-def check_not_context_parallel(what: str, axis_name: str = "context"):
-  """Raise NotImplementedError when the current mesh shards the sequence over `axis_name` (size > 1).
-
-  For the layers that have no ring version: DeepSeek Sparse Attention's top-k keys of a query may sit on
-  any device, so each ring step would have to filter every query's selected indices to the visiting chunk
-  and merge by log-sum-exp, and sparse_attend returns no log-sum-exp to merge with.
-  """
-  mesh = jax.sharding.get_abstract_mesh()
-  if not mesh.empty and axis_name in mesh.axis_names and mesh.shape[axis_name] > 1:
-    raise NotImplementedError(f"{what} under context parallelism (mesh axis {axis_name!r} of size "
-                              f"{mesh.shape[axis_name]}) is not implemented; use a mesh with {axis_name}=1")
-
-
-__all__ = ["ring_attention", "ring_attention_shard", "context_parallel_attend", "check_not_context_parallel",
-           "load_balance_order", "to_load_balanced", "from_load_balanced"]
+__all__ = ["ring_attention", "ring_attention_shard", "context_parallel_attend", "load_balance_order",
+           "to_load_balanced", "from_load_balanced"]

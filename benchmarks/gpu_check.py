@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention import Mask, attention_flops, pallas_gpu, reference
+from benchmarks import gpu_check_dsa
 
 TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}
 
@@ -303,6 +304,7 @@ def main(argv=None) -> int:
     run_bench(args.lengths, BENCH_MASKS, args.reps)
   if args.sweep and not args.interpret:
     run_sweep(16384, args.reps)
+  ok &= gpu_check_dsa.run(interpret=args.interpret, bench=not args.skip_bench, reps=args.reps)
   return 0 if ok else 1
 
 

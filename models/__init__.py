@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from models import presets
+from models.attention_block import is_indexer_param
 from models.config import AttentionType, ModelConfig, parse_pattern
 from models.decoder import DecoderLM
 from models.encoder import Encoder
@@ -79,4 +80,5 @@ def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 
 
 __all__ = ["AttentionType", "DecoderLM", "Encoder", "LOGICAL_AXES", "ModelConfig", "attention_flops_per_token",
-           "build_model", "generate", "logical_axis_names", "param_count", "parse_pattern", "presets"]
+           "build_model", "generate", "is_indexer_param", "logical_axis_names", "param_count", "parse_pattern",
+           "presets"]

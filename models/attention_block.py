@@ -19,24 +19,26 @@ import jax.numpy as jnp
 from flax import nnx
 
 import attention
-from attention import Mask, ring
+from attention import Mask, dsa, ring
+from attention.dsa.decode import decode_step, write_cache
 from attention.rope import RopeScaling, apply_rope, rope_frequencies
 from models.config import AttentionType, ModelConfig
 from models.layers import Dense
 
 
-def _dsa():
-  """The DSA ops, or a clear NotImplementedError while attention.dsa is not available."""
-  try:
-    from attention import dsa
-  except ImportError as e:
-    raise NotImplementedError(f"DSA layers need attention.dsa, which failed to import: {e}") from e
-  return dsa
+INDEXER_MODULES = ("q_idx", "k_idx", "w_idx")  # the lightning indexer's projections in a DSA layer
+
+
+def is_indexer_param(path) -> bool:
+  """Whether a parameter's key path (a tuple of names, or jax key entries) lies in a lightning indexer."""
+  names = {getattr(k, "key", getattr(k, "name", k)) for k in path}
+  return bool(names & set(INDEXER_MODULES))
 
 
 def _topk_impl(impl: str) -> str:
-  """The indexer's top-k has only "reference" and "xla" impls: a Pallas attention impl pairs with "auto"."""
-  return impl if impl in _dsa().TOPK_REGISTRY else "auto"
+  """topk_indices' impl for a layer's attention impl: the same name where topk_indices has it, else "auto"
+  (e.g. for "cudnn")."""
+  return impl if impl in dsa.TOPK_REGISTRY or impl == "pallas" else "auto"
 
 
 class Attention(nnx.Module):
@@ -61,7 +63,6 @@ class Attention(nnx.Module):
       self.mask = Mask(causal=cfg.causal)
       self.theta, self.scaling = cfg.rope_theta, cfg.rope_scaling
     if layer_type is AttentionType.DSA:
-      _dsa()
       hi, di = cfg.dsa_index_heads, cfg.dsa_index_dim
       kw = dict(rngs=rngs, param_dtype=cfg.param_dtype, dtype=cfg.dtype, std=cfg.init_std)
       self.q_idx = Dense((d,), (hi, di), names=("embed", "indexer", None), **kw)
@@ -82,32 +83,26 @@ class Attention(nnx.Module):
     """Indexer queries [B, T, Hi, Di], keys [B, T, Di] and head weights [B, T, Hi] from a detached input."""
     cfg = self.cfg
     x = jax.lax.stop_gradient(x)
-    q_idx, k_idx = self.q_idx(x), self.k_idx(x)[:, :, None, :]  # k_idx as one head for apply_rope
+    q_idx, k_idx = self.q_idx(x), self.k_idx(x)
     if cfg.dsa_rope_dim:
-      q_idx = self._rope(q_idx, positions, cfg.rope_theta, cfg.rope_scaling, cfg.dsa_rope_dim)
-      k_idx = self._rope(k_idx, positions, cfg.rope_theta, cfg.rope_scaling, cfg.dsa_rope_dim)
+      inv_freq, att_scale = rope_frequencies(cfg.dsa_rope_dim, cfg.rope_theta, cfg.rope_scaling,
+                                             seq_len=jnp.max(positions) + 1)
+      q_idx, k_idx = dsa.indexer_rope(q_idx, k_idx, positions, positions, inv_freq, rotary_dim=cfg.dsa_rope_dim,
+                                      attention_scale=att_scale)
     # (Hi * Di)^-1/2 keeps the scores O(1) at init, as V3.2 scales the weights by Hi^-1/2 and q.k by Di^-1/2.
     w = self.w_idx(x).astype(jnp.float32) * (cfg.dsa_index_heads * cfg.dsa_index_dim) ** -0.5
-    return q_idx, k_idx[:, :, 0, :], w
+    return q_idx, k_idx, w
 
   def _dsa_full(self, q, k, v, x, positions, segment_ids, with_aux):
-    """Full-sequence DSA: dense causal attention in warm-up, top-k sparse attention after; plus the KL."""
-    cfg, dsa = self.cfg, _dsa()
-    ring.check_not_context_parallel("DeepSeek Sparse Attention (DSA) layers")
+    """Full-sequence DSA (context-parallel under a mesh with a context axis): dense attention in the warm-up,
+    top-k sparse attention after; plus the indexer KL."""
+    cfg = self.cfg
     q_idx, k_idx, w = self._indexer(x, positions)
-    indices = None
-    if cfg.dsa_phase == "sparse":
-      top_k = min(cfg.dsa_top_k, k.shape[1])
-      indices = dsa.topk_indices(q_idx, k_idx, w, top_k=top_k, mask=self.mask, segment_ids=segment_ids,
-                                 impl=_topk_impl(cfg.attention_impl), score_dtype=getattr(jnp, cfg.dsa_score_dtype))
-      out = dsa.sparse_attend(q, k, v, indices, impl=cfg.attention_impl)
-    else:
-      out = attention.attend(q, k, v, mask=self.mask, segment_ids=segment_ids, impl=cfg.attention_impl)
-    aux = {}
-    if with_aux:
-      aux["indexer_kl"] = dsa.indexer_kl_loss(q, k, q_idx, k_idx, w, mask=self.mask, segment_ids=segment_ids,
-                                              indices=indices)
-    return out, aux
+    out, kl = dsa.dsa_self_attention(q, k, v, q_idx, k_idx, w, top_k=cfg.dsa_top_k, mask=self.mask,
+                                     segment_ids=segment_ids, sparse=cfg.dsa_phase == "sparse", with_kl=with_aux,
+                                     impl=cfg.attention_impl, topk_impl=_topk_impl(cfg.attention_impl),
+                                     score_dtype=getattr(jnp, cfg.dsa_score_dtype))
+    return out, ({"indexer_kl": kl} if with_aux else {})
 
   def __call__(self, x, positions, segment_ids=None, *, with_aux: bool = False):
     """x [B, T, D], positions [B, T] -> ([B, T, D], aux dict of scalar losses)."""
@@ -162,15 +157,13 @@ class Attention(nnx.Module):
       return self.o(out), cache
     cache = dict(cache, k=cache["k"].at[rows, pos].set(k[:, 0]), v=cache["v"].at[rows, pos].set(v[:, 0]))
     if self.layer_type is AttentionType.DSA and cfg.dsa_phase == "sparse":
-      dsa = _dsa()
       q_idx, k_idx, w = self._indexer(x, positions)
-      cache["k_idx"] = cache["k_idx"].at[rows, pos].set(k_idx[:, 0])
-      top_k = min(cfg.dsa_top_k, cache["k"].shape[1])
-      indices = dsa.topk_indices(q_idx, cache["k_idx"], w, top_k=top_k, mask=self.mask, q_offset=pos,
-                                 impl=_topk_impl(impl), score_dtype=getattr(jnp, cfg.dsa_score_dtype))
-      out = dsa.sparse_attend(q, cache["k"], cache["v"], indices, impl=impl)
+      cache["k_idx"] = write_cache(cache["k_idx"], k_idx, pos)
+      out, _ = decode_step(q, cache["k"], cache["v"], q_idx, cache["k_idx"], w, pos=pos,
+                           top_k=min(cfg.dsa_top_k, cache["k"].shape[1]), mask=self.mask, impl=impl,
+                           topk_impl=_topk_impl(impl), score_dtype=getattr(jnp, cfg.dsa_score_dtype))
     else:
       if self.layer_type is AttentionType.DSA:
-        cache["k_idx"] = cache["k_idx"].at[rows, pos].set(self._indexer(x, positions)[1][:, 0])
+        cache["k_idx"] = write_cache(cache["k_idx"], self._indexer(x, positions)[1], pos)
       out = attention.attend(q, cache["k"], cache["v"], mask=self.mask, q_offset=pos, impl=impl)
     return self.o(out), cache

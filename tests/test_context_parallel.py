@@ -6,7 +6,6 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
 
 from configs import decoder_tiny
 from training import train_and_evaluate
@@ -41,6 +40,16 @@ def test_train_steps_with_context_4_match_context_1(tmp_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
-def test_dsa_layers_refuse_context_parallelism(tmp_path):
-  with pytest.raises(NotImplementedError, match="DSA.*context parallelism"):
-    train_and_evaluate(_config(4, pattern="D"), str(tmp_path / "dsa"))
+def test_dsa_decoder_trains_with_context_4_like_context_1(tmp_path):
+  """A local + DSA decoder (top-16 of 128 keys, float32 indexer scores so no rounding tie flips), two
+  steps: DSA gathers the indexer keys and K/V over the context axis and selects over all keys."""
+  configs = []
+  for context in (1, 4):
+    c = _config(context, pattern="LD")
+    c.model.update(dsa_top_k=16, dsa_score_dtype="float32")
+    configs.append(c)
+  losses1, params1 = _run(tmp_path, "dsa1", configs[0])
+  losses4, params4 = _run(tmp_path, "dsa4", configs[1])
+  np.testing.assert_allclose(losses4, losses1, rtol=1e-5)
+  for a, b in zip(params4, params1):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

@@ -244,6 +244,29 @@ def test_kl_dense_and_sparse_match_numpy(segmented):
                              indexer_kl_loss(q, k, q_idx, k_idx, w, **kw), rtol=1e-5)
 
 
+@pytest.mark.parametrize("mask,q_offset", [(Mask(causal=True), 5), (Mask(causal=True, window=(4, 0)), (5, 2))])
+def test_kl_with_q_offset_matches_numpy(mask, q_offset):
+  """Queries 7 long at positions q_offset.. against 12 keys (a chunk or a context shard), with segments."""
+  b, t, s, n, kh, h = 2, 7, 12, 4, 2, 8
+  q, _, _, _ = _qkv(24, b, t, t, n, kh, h, h)
+  _, k, _, _ = _qkv(25, b, s, s, n, kh, h, h)
+  q_idx, _, w = _indexer_inputs(26, b, t, t, 3, 8)
+  _, k_idx, _ = _indexer_inputs(27, b, s, s, 3, 8)
+  kv_seg = jnp.array([[0] * 6 + [1] * 6, [0] * 12], jnp.int32)
+  off = np.broadcast_to(np.asarray(q_offset), (b,))
+  seg = jnp.stack([kv_seg[i, off[i]:off[i] + t] for i in range(b)])
+  vis = np.concatenate([_np_visible(mask, t, s, int(off[i]), seg[i:i + 1], kv_seg[i:i + 1]) for i in range(b)])
+  kw = dict(mask=mask, segment_ids=seg, kv_segment_ids=kv_seg, chunk_size=3,
+            q_offset=q_offset if isinstance(q_offset, int) else jnp.asarray(q_offset, jnp.int32))
+  np.testing.assert_allclose(indexer_kl_loss(q, k, q_idx, k_idx, w, **kw), _np_kl(q, k, q_idx, k_idx, w, vis),
+                             rtol=1e-5)
+  idx = topk_indices(q_idx, k_idx, w, top_k=4, mask=mask, q_offset=kw["q_offset"], segment_ids=seg,
+                     kv_segment_ids=kv_seg, score_dtype=jnp.float32)
+  sel = np.asarray(selection_mask(idx, s)) & vis
+  np.testing.assert_allclose(indexer_kl_loss(q, k, q_idx, k_idx, w, indices=idx, **kw),
+                             _np_kl(q, k, q_idx, k_idx, w, sel), rtol=1e-5)
+
+
 def test_kl_zero_when_indexer_reproduces_p_and_grads_reach_only_indexer():
   b, t, h = 1, 10, 8
   ks = jax.random.split(jax.random.key(13), 2)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from attention.dsa import sparse_attend
+from attention.dsa import sparse_attend, topk_indices
 from attention.dsa.sparse_pallas_gpu import sparse_pallas_gpu
 from attention.dsa.sparse_pallas_tpu import sparse_pallas_tpu
 from attention.dsa.sparse_reference import selection_mask
@@ -80,3 +80,24 @@ def test_tpu_kernel_cross_lowers_for_tpu_with_query_chunks():
   text = _lower_grad(fn, "tpu", 1, 600, 1024, 8, 1, 128, 128, 200, jnp.bfloat16)
   # kp = 256 slots -> 256 queries per call (SMEM index budget): 3 forward and 3 backward calls.
   assert len(re.findall(r"tpu_custom_call", text)) == 6
+
+
+def test_gpu_check_dsa_cases_lower_for_cuda():
+  """Every compiled case of benchmarks/gpu_check_dsa.py lowers for CUDA from here (shapes, dtypes, offsets)."""
+  from benchmarks import gpu_check_dsa
+  sparse, topk = gpu_check_dsa._cases(interpret=False)
+  for b, t, s, n, kh, h, hv, top_k, dtype in sparse:
+    fn = lambda q, k, v, idx: sparse_attend(q, k, v, idx, impl="pallas_gpu", interpret=False)
+    assert _lower_grad(fn, "cuda", b, t, s, n, kh, h, hv, top_k, jnp.dtype(dtype)).count("triton") >= 2
+  sd = jax.ShapeDtypeStruct
+  for c in topk:
+    seg = sd((c["b"], c["t"]), jnp.int32) if c.get("segmented") else None
+    kv_seg = sd((c["b"], c["s"]), jnp.int32) if c.get("segmented") else None
+    off = c.get("q_offset", 0)
+    fn = lambda a, k, w, seg, kv_seg, c=c, off=off: topk_indices(
+        a, k, w, top_k=c["top_k"], mask=c["mask"], q_offset=jnp.asarray(off, jnp.int32) if np.ndim(off) else off,
+        segment_ids=seg, kv_segment_ids=kv_seg, impl="pallas_gpu", interpret=False,
+        score_dtype=c.get("score_dtype", jnp.float32))
+    args = (sd((c["b"], c["t"], c["hi"], c["di"]), jnp.float32), sd((c["b"], c["s"], c["di"]), jnp.float32),
+            sd((c["b"], c["t"], c["hi"]), jnp.float32), seg, kv_seg)
+    assert jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text().count("triton") >= 2

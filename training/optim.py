@@ -15,10 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from models import is_indexer_param
 from models.config import AttentionType
 from training.config import TrainConfig
-
-INDEXER_PARAMS = ("q_idx", "k_idx", "w_idx")  # the attributes of models.attention_block.Attention
 
 
 def schedule(config: TrainConfig) -> optax.Schedule:
@@ -48,11 +47,7 @@ def _decay_mask(params):
 def _indexer_labels(params):
   """"indexer" for the lightning indexer's parameters, "frozen" for everything else."""
 
-  def label(path, _):
-    keys = {getattr(k, "key", getattr(k, "name", None)) for k in path}
-    return "indexer" if keys & set(INDEXER_PARAMS) else "frozen"
-
-  return jax.tree_util.tree_map_with_path(label, params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: "indexer" if is_indexer_param(path) else "frozen", params)
 
 
 def optimizer(config: TrainConfig) -> optax.GradientTransformation:

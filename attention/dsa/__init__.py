@@ -19,7 +19,7 @@ import numpy as np
 from attention import (Impl, _check_float, _check_q_offset, _check_rank, _check_segments, resolve_impl,
                        validate_qkv)
 from attention.dsa.indexer import SCORE_DTYPES, indexer_rope, indexer_scores, quantize_rows
-from attention.dsa.losses import indexer_kl_loss
+from attention.dsa.losses import indexer_kl_loss, indexer_kl_terms
 from attention.dsa.sparse_pallas_gpu import sparse_pallas_gpu
 from attention.dsa.sparse_pallas_tpu import sparse_pallas_tpu
 from attention.dsa.sparse_reference import selection_mask, sparse_reference
@@ -129,5 +129,7 @@ def sparse_attend(q, k, v, indices, *, scale=None, impl: str = "auto", interpret
   return SPARSE_REGISTRY[name].fn(q, k, v, indices, scale=scale, interpret=interpret)
 
 
-__all__ = ["SPARSE_REGISTRY", "TOPK_REGISTRY", "indexer_kl_loss", "indexer_rope", "indexer_scores",
-           "quantize_rows", "selection_mask", "sparse_attend", "topk_indices"]
+from attention.dsa.context import dsa_self_attention  # noqa: E402  (it calls the two ops above)
+
+__all__ = ["SPARSE_REGISTRY", "TOPK_REGISTRY", "dsa_self_attention", "indexer_kl_loss", "indexer_kl_terms",
+           "indexer_rope", "indexer_scores", "quantize_rows", "selection_mask", "sparse_attend", "topk_indices"]

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from attention import _check_q_offset, _check_segments
 from attention.dsa.indexer import indexer_scores
 from attention.dsa.rows import chunk_len, chunk_rows, gather_rows
 from attention.dsa.topk import visibility
@@ -58,20 +59,34 @@ def _target(s_main, visible):
   return lax.stop_gradient(p / jnp.where(z == 0, 1.0, z))
 
 
-def indexer_kl_loss(q, k, q_idx, k_idx, w, *, mask: Mask = Mask(causal=True), segment_ids=None, indices=None,
-                    scale=None, chunk_size: int | None = None):
+def indexer_kl_loss(q, k, q_idx, k_idx, w, *, mask: Mask = Mask(causal=True), segment_ids=None, kv_segment_ids=None,
+                    q_offset=0, indices=None, scale=None, chunk_size: int | None = None):
   """KL(p_t || softmax(indexer score_t)), the V3.2 indexer loss; a float32 scalar.
 
   Args:
     q: [B, T, N, H], k: [B, S, K, H] main attention queries / keys (only their softmax is used, detached).
     q_idx: [B, T, Hi, Di], k_idx: [B, S, Di], w: [B, T, Hi] the indexer's inputs (receive the gradients).
-    mask: the main attention's mask (positions as in attend(), q_offset 0).
-    segment_ids: [B, T] int, used for the keys too (T == S).
+    mask: the main attention's mask (positions as in attend(): key j at j, query i at q_offset + i).
+    segment_ids: [B, T] int; kv_segment_ids: [B, S] int (defaults to segment_ids, which needs T == S).
+    q_offset: position of the first query (int or int32 [B]): a chunk of a longer sequence, or this
+      device's shard of it under context parallelism.
     indices: None for the dense warm-up; int32 [B, T, k] (-1 empty) for the sparse phase.
     scale: main attention logit scale, default 1/sqrt(H).
     chunk_size: queries per chunk (default: a fixed per-backend working set, see attention.dsa.rows).
   Returns:
     float32 scalar: the mean over queries that see at least one key.
+  """
+  total, count = indexer_kl_terms(q, k, q_idx, k_idx, w, mask=mask, segment_ids=segment_ids,
+                                  kv_segment_ids=kv_segment_ids, q_offset=q_offset, indices=indices, scale=scale,
+                                  chunk_size=chunk_size)
+  return (total / jnp.maximum(count, 1)).astype(jnp.float32)
+
+
+def indexer_kl_terms(q, k, q_idx, k_idx, w, *, mask: Mask = Mask(causal=True), segment_ids=None,
+                     kv_segment_ids=None, q_offset=0, indices=None, scale=None, chunk_size: int | None = None):
+  """(sum of the per-query KL terms, number of queries that see a key): indexer_kl_loss before the mean.
+
+  Shards of one sequence (context parallelism) add their terms and counts, then divide once.
   """
   b, t, n, h = q.shape
   s_len, kvh = k.shape[1], k.shape[2]
@@ -81,13 +96,11 @@ def indexer_kl_loss(q, k, q_idx, k_idx, w, *, mask: Mask = Mask(causal=True), se
   if q_idx.shape[:2] != (b, t) or k_idx.shape[:2] != (b, s_len) or w.shape != (b, t, hi):
     raise ValueError(f"indexer shapes must be q_idx [B, T, Hi, Di], k_idx [B, S, Di], w [B, T, Hi] with "
                      f"B={b}, T={t}, S={s_len}; got {q_idx.shape}, {k_idx.shape}, {w.shape}")
-  if segment_ids is not None and (getattr(segment_ids, "shape", None) != (b, t) or s_len != t):
-    raise ValueError(f"segment_ids must have shape {(b, t)} with T == S, got "
-                     f"{getattr(segment_ids, 'shape', segment_ids)} and S={s_len}")
   if indices is not None and (getattr(indices, "shape", (None,))[:2] != (b, t) or indices.dtype != jnp.int32):
     raise ValueError(f"indices must be int32 [B={b}, T={t}, k], got {getattr(indices, 'shape', indices)}")
+  seg, kv_seg = _check_segments(segment_ids, kv_segment_ids, b, t, s_len)
+  off = jnp.reshape(jnp.asarray(_check_q_offset(q_offset, b), jnp.int32), (-1, 1))  # [B|1, 1]
   scale = h ** -0.5 if scale is None else float(scale)
-  seg = None if segment_ids is None else jnp.asarray(segment_ids, jnp.int32)
   if indices is None:  # per query: [N, S] main logits, [Hi, S] indexer products, a few [S] rows
     per_query = b * s_len * (n + hi + 4)
   else:  # per query: gathered K and k_idx rows, [N, k] and [Hi, k] logits
@@ -98,17 +111,18 @@ def indexer_kl_loss(q, k, q_idx, k_idx, w, *, mask: Mask = Mask(causal=True), se
   @jax.checkpoint  # recompute each chunk in the backward pass: residuals stay O(T), not O(T * S)
   def one_chunk(args):
     i, qc, qic, wc, segc, ic = args
-    rows = i * c + jnp.arange(c, dtype=jnp.int32)[None]  # [1, C] query positions (q_offset 0)
+    rows = i * c + jnp.arange(c, dtype=jnp.int32)[None]  # [1, C] rows of this call (the last chunk: padded)
+    pos = off + rows  # [B|1, C] query positions
     qc = qc.reshape(b, c, kvh, n // kvh, h)  # [B, C, K, G, H]
     if ic is None:  # dense warm-up: every visible key
-      visible = visibility(mask, rows, s_len, segc, seg) & (rows < t)[:, :, None]  # [B|1, C, S]
+      visible = visibility(mask, pos, s_len, segc, kv_seg) & (rows < t)[:, :, None]  # [B|1, C, S]
       s_main = jnp.einsum("bckgh,bskh->bckgs", qc, k, preferred_element_type=jnp.float32) * scale
       score = indexer_scores(qic, k_idx, wc, score_dtype=jnp.float32)  # [B, C, S]
     else:  # sparse phase: the selected keys only
       safe = jnp.maximum(ic, 0)
-      k_seg = None if seg is None else jnp.take_along_axis(seg[:, None, :], safe, axis=2)
+      k_seg = None if kv_seg is None else jnp.take_along_axis(kv_seg[:, None, :], safe, axis=2)
       visible = (ic >= 0) & (rows < t)[:, :, None] & element_mask(
-          mask, rows[:, :, None], safe, s_len, None if segc is None else segc[:, :, None], k_seg)  # [B, C, k]
+          mask, pos[:, :, None], safe, s_len, None if segc is None else segc[:, :, None], k_seg)  # [B, C, k]
       kc = gather_rows(k, safe)  # [B, C, k, K, H]
       s_main = jnp.einsum("bckgh,bcjkh->bckgj", qc, kc, preferred_element_type=jnp.float32) * scale
       kic = gather_rows(k_idx, safe).astype(jnp.float32)  # [B, C, k, Di]
@@ -120,4 +134,4 @@ def indexer_kl_loss(q, k, q_idx, k_idx, w, *, mask: Mask = Mask(causal=True), se
   xs = (jnp.arange(nc, dtype=jnp.int32), chunk_rows(q, c, nc), chunk_rows(q_idx, c, nc), chunk_rows(w, c, nc),
         chunk_rows(seg, c, nc), chunk_rows(indices, c, nc))
   total, count = lax.map(one_chunk, xs)
-  return (jnp.sum(total) / jnp.maximum(jnp.sum(count), 1)).astype(jnp.float32)
+  return jnp.sum(total), jnp.sum(count)
