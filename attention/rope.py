@@ -12,7 +12,8 @@ q and k, as Hugging Face does; the logits then scale by its square):
 - dynamic_ntk: the same, with s chosen from the current length L: s' = s*L/L0 - (s-1) when L > L0.
 - yarn:        YaRN (Peng et al., arXiv 2309.00071): "NTK-by-parts": dimensions that turn more than
                beta_fast times over L0 keep their frequency, those turning fewer than beta_slow times are
-               interpolated by s, a linear ramp in between; attention temperature sqrt(1/t) = 0.1 ln(s) + 1.
+               interpolated by s, a linear ramp in between; attention temperature sqrt(1/t) = 0.1 ln(s) + 1,
+               or `attention_factor` when set (Hugging Face's name; 1.0 = YaRN without its temperature).
 - llama3:      Llama 3.1's rule (Meta, "The Llama 3 Herd of Models", arXiv 2407.21783; transformers'
                _compute_llama3_parameters): the same by-parts idea measured in wavelengths: dimensions whose
                wavelength is under L0/high_freq_factor keep their frequency, those over L0/low_freq_factor
@@ -42,6 +43,7 @@ class RopeScaling:
   beta_slow: float = 1.0
   low_freq_factor: float = 1.0
   high_freq_factor: float = 4.0
+  attention_factor: float | None = None  # yarn: the cos/sin scale; None = 0.1 ln(factor) + 1
 
   def __post_init__(self):
     if self.kind not in SCALING_KINDS:
@@ -56,6 +58,9 @@ class RopeScaling:
     if not 0 < self.low_freq_factor < self.high_freq_factor:
       raise ValueError(f"RopeScaling needs 0 < low_freq_factor < high_freq_factor, got {self.low_freq_factor}, "
                        f"{self.high_freq_factor}")
+    if self.attention_factor is not None and (self.kind != "yarn" or not self.attention_factor > 0):
+      raise ValueError(f"RopeScaling.attention_factor applies to kind='yarn' only and must be > 0, got "
+                       f"{self.attention_factor!r} with kind={self.kind!r}")
 
 
 def _yarn_correction_dim(num_rotations: float, dim: int, theta: float, original_max_len: int) -> float:
@@ -107,7 +112,8 @@ def rope_frequencies(dim: int, theta: float = 10000.0, scaling: RopeScaling = Ro
                     0.0, 1.0)
     return (1 - keep) * base_freq / s + keep * base_freq, 1.0
   ramp = yarn_ramp(dim, theta, scaling)  # yarn
-  return base_freq * (1 - ramp) + (base_freq / s) * ramp, 0.1 * math.log(s) + 1.0
+  scale = 0.1 * math.log(s) + 1.0 if scaling.attention_factor is None else scaling.attention_factor
+  return base_freq * (1 - ramp) + (base_freq / s) * ramp, scale
 
 
 def apply_rope(x, positions, inv_freq, attention_scale=1.0, rotary_dim: int | None = None):

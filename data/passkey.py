@@ -5,6 +5,12 @@ Transformers", Sec. 4.2), with their prompt and filler, as used to test context 
 Interpolation (Chen et al., 2023) and YaRN (Peng et al., 2023). Filler is perfectly predictable, so a model
 can only answer by attending back to the key: the depth at which it still answers shows how far its
 attention really reaches.
+
+Two prompts: "landmark" is theirs (254 byte tokens before any filler, so it needs L >= 384); "compact"
+keeps only the needle and the question (the same filler, about 50 byte tokens without filler), so a base
+model trained at L0 = 128-256 sees the task with real filler around it. The compact key has 5 distinct
+digits: with a repeated digit, copying by "the token after the previous one" (what a 2-layer induction
+head does) is ambiguous, a failure of tiny models that has nothing to do with how far attention reaches.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ INTRO = ("There is an important info hidden inside a lot of irrelevant text. Fin
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
 NEEDLE = "The pass key is {key}. Remember it. {key} is the pass key. "
 QUESTION = "\nWhat is the pass key? The pass key is"
+PROMPTS = ("landmark", "compact")
+COMPACT_NEEDLE = "The pass key is {key}. "
+COMPACT_QUESTION = "\nThe pass key is"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,19 +56,24 @@ class PasskeyExample:
     return (self.needle_start - self.haystack_start) / max(self.haystack_len - self.needle_len, 1)
 
 
-def passkey_example(tokenizer, length: int, depth: float, seed: int) -> PasskeyExample:
+def passkey_example(tokenizer, length: int, depth: float, seed: int, prompt: str = "landmark") -> PasskeyExample:
   """A passkey prompt of exactly `length` tokens with the needle at `depth` (0 = start, 1 = end).
 
   Deterministic in `seed` (which picks the key). The needle is placed at a filler sentence boundary, so the
-  realised depth is within one sentence of `depth`.
+  realised depth is within one sentence of `depth`. `prompt` is "landmark" or "compact" (module docstring).
   """
   if not 0.0 <= depth <= 1.0:
     raise ValueError(f"depth must be in [0, 1], got {depth}")
-  key = str(np.random.default_rng(seed).integers(10_000, 100_000))
+  if prompt not in PROMPTS:
+    raise ValueError(f"prompt must be one of {PROMPTS}, got {prompt!r}")
+  rng = np.random.default_rng(seed)
   enc = tokenizer.encode
-  intro = enc(INTRO, bos=True)
-  needle = enc(NEEDLE.format(key=key))
-  question = enc(QUESTION)
+  if prompt == "landmark":
+    key = str(rng.integers(10_000, 100_000))
+    intro, needle, question = enc(INTRO, bos=True), enc(NEEDLE.format(key=key)), enc(QUESTION)
+  else:
+    key = "".join(str(d) for d in rng.permutation(10)[:5])
+    intro, needle, question = enc("", bos=True), enc(COMPACT_NEEDLE.format(key=key)), enc(COMPACT_QUESTION)
   answer = enc(" " + key)
   end = np.array([tokenizer.eos_id], np.int32)
   filler_len = length - (intro.size + needle.size + question.size + answer.size + end.size)
@@ -82,8 +96,8 @@ def passkey_example(tokenizer, length: int, depth: float, seed: int) -> PasskeyE
                         haystack_len=haystack.size, answer_start=answer_start, answer_len=answer.size)
 
 
-def passkey_row(tokenizer, seq_len: int, depth: float, seed: int) -> dict[str, np.ndarray]:
+def passkey_row(tokenizer, seq_len: int, depth: float, seed: int, prompt: str = "landmark") -> dict[str, np.ndarray]:
   """A passkey example laid out as one packed training row (one segment, positions 0..T-1)."""
-  ex = passkey_example(tokenizer, seq_len, depth, seed)
+  ex = passkey_example(tokenizer, seq_len, depth, seed, prompt)
   return {"tokens": ex.tokens, "segment_ids": np.ones(seq_len, np.int32),
           "positions": np.arange(seq_len, dtype=np.int32)}

@@ -1,4 +1,4 @@
-"""Evaluate a train.py checkpoint: python -m eval --workdir=DIR [--step=N] [--tasks=perplexity,passkey,mlm]
+"""Evaluate a train.py checkpoint: python -m eval --workdir=DIR [--step=N] [--tasks=perplexity,passkey,mqar,mlm]
 [--lengths=256,512,...] [--tag=NAME] [--config.KEY=VALUE ...].
 
 The model is rebuilt from the config stored in the checkpoint; --config.KEY=VALUE overrides it for the
@@ -28,6 +28,7 @@ flags.DEFINE_string("tag", "", "Subdirectory of DIR/eval/STEP for these results 
 flags.DEFINE_integer("ppl_documents", 16, "Held-out documents scored at every length by the perplexity task.")
 flags.DEFINE_integer("passkey_samples", 5, "Passkey prompts (keys) per (length, depth) cell.")
 flags.DEFINE_list("passkey_depths", [str(d) for d in passkey.DEPTHS], "Needle depths in [0, 1].")
+flags.DEFINE_integer("mqar_samples", 16, "MQAR rows per length (each holds one query per pair).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -47,7 +48,7 @@ def main(argv):
                      lengths=None if FLAGS.lengths is None else _ints("lengths", FLAGS.lengths),
                      overrides=overrides, tag=FLAGS.tag, ppl_documents=FLAGS.ppl_documents,
                      passkey_samples=FLAGS.passkey_samples,
-                     passkey_depths=[float(d) for d in FLAGS.passkey_depths])
+                     passkey_depths=[float(d) for d in FLAGS.passkey_depths], mqar_samples=FLAGS.mqar_samples)
   print(summary(results))
 
 

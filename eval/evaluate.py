@@ -12,14 +12,15 @@ import sys
 import time
 
 import data as data_lib
-from eval import mlm, passkey, perplexity, plots, restore
+from eval import mlm, mqar, passkey, perplexity, plots, restore
 
-TASKS = ("perplexity", "passkey", "mlm")
+TASKS = ("perplexity", "passkey", "mqar", "mlm")
 
 
 def evaluate(workdir: str, *, step: int | None = None, tasks: list[str] | None = None,
              lengths: list[int] | None = None, overrides: dict | None = None, tag: str = "",
-             ppl_documents: int = 16, passkey_samples: int = 5, passkey_depths=passkey.DEPTHS) -> dict:
+             ppl_documents: int = 16, passkey_samples: int = 5, passkey_depths=passkey.DEPTHS,
+             mqar_samples: int = 16) -> dict:
   """Run `tasks` on a checkpoint and write DIR/eval/STEP[/TAG]/*.json and *.png; returns {task: result}."""
   unknown = sorted(set(tasks or ()) - set(TASKS))
   if unknown:
@@ -45,8 +46,11 @@ def evaluate(workdir: str, *, step: int | None = None, tasks: list[str] | None =
       res["validation_loss"] = perplexity.validation_loss(r.model, cfg, tokenizer)
       plots.perplexity_plot(res, os.path.join(out_dir, "perplexity.png"), train_length=train_length, title=title)
     elif task == "passkey":
-      res = passkey.passkey_grid(r.model, tokenizer, lengths, depths=tuple(passkey_depths), samples=passkey_samples)
+      res = passkey.passkey_grid(r.model, tokenizer, lengths, depths=tuple(passkey_depths), samples=passkey_samples,
+                                 prompt=cfg.data.passkey_prompt)
       plots.passkey_heatmap(res, os.path.join(out_dir, "passkey.png"), title=title)
+    elif task == "mqar":
+      res = mqar.mqar_accuracy(r.model, tokenizer, lengths, samples=mqar_samples)
     else:
       res = mlm.mlm_accuracy(r.model, cfg, tokenizer, lengths)
     res["seconds"] = time.perf_counter() - t
@@ -67,6 +71,9 @@ def summary(results: dict) -> str:
   if "passkey" in results:
     p = results["passkey"]
     lines += [f"passkey @ {n:>6}: {acc:.0%}" for n, acc in zip(p["lengths"], p["accuracy_per_length"])]
+  if "mqar" in results:
+    p = results["mqar"]
+    lines += [f"mqar @ {n:>6}: {acc:.1%}" for n, acc in zip(p["lengths"], p["accuracy"])]
   if "mlm" in results:
     p = results["mlm"]
     lines += [f"mlm accuracy @ {n:>6}: {acc:.3f}" for n, acc in zip(p["lengths"], p["accuracy"])]

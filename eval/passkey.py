@@ -20,9 +20,9 @@ from eval.perplexity import make_scorer
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def min_length(tokenizer) -> int:
+def min_length(tokenizer, prompt: str = "landmark") -> int:
   """The shortest prompt data.passkey_example can build (no filler; every key has 5 digits)."""
-  ex = data_lib.passkey_example(tokenizer, 10_000, 0.0, seed=0)
+  ex = data_lib.passkey_example(tokenizer, 10_000, 0.0, seed=0, prompt=prompt)
   return int(ex.tokens.size - (ex.haystack_len - ex.needle_len))
 
 
@@ -50,13 +50,16 @@ def score_examples(score, examples) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def passkey_grid(model, tokenizer, lengths: list[int], *, depths=DEPTHS, samples: int = 5,
-                 batch_tokens: int = 16384) -> dict:
-  """Exact-match accuracy [len(lengths), len(depths)] (lengths too short for a prompt are skipped)."""
+                 batch_tokens: int = 16384, prompt: str = "landmark") -> dict:
+  """Exact-match accuracy [len(lengths), len(depths)] (lengths too short for a prompt are skipped).
+
+  `prompt` is data.passkey's "landmark" or "compact" (the one the model was trained on).
+  """
   if model.cfg.arch != "decoder":
     raise ValueError("the passkey task needs a decoder checkpoint (arch='decoder')")
   if samples < 1:
     raise ValueError(f"passkey samples must be >= 1, got {samples}")
-  shortest = min_length(tokenizer)
+  shortest = min_length(tokenizer, prompt)
   usable = sorted(n for n in set(lengths) if n >= shortest)
   if not usable:
     raise ValueError(f"every length in {sorted(set(lengths))} is shorter than a passkey prompt ({shortest} tokens)")
@@ -65,7 +68,7 @@ def passkey_grid(model, tokenizer, lengths: list[int], *, depths=DEPTHS, samples
   logprob = np.zeros_like(acc)
   cells = []
   for i, n in enumerate(usable):
-    examples = [data_lib.passkey_example(tokenizer, n, d, seed=sample_seed(n, d, s)) for d in depths
+    examples = [data_lib.passkey_example(tokenizer, n, d, seed=sample_seed(n, d, s), prompt=prompt) for d in depths
                 for s in range(samples)]
     rows = max(1, batch_tokens // n)
     parts = [score_examples(score, examples[j:j + rows]) for j in range(0, len(examples), rows)]
@@ -78,5 +81,5 @@ def passkey_grid(model, tokenizer, lengths: list[int], *, depths=DEPTHS, samples
                     "key": ex.key, "predicted": answers[j].strip(), "correct": bool(correct.flat[j])})
   return {"lengths": usable, "depths": list(depths), "samples": samples, "accuracy": acc.tolist(),
           "accuracy_per_length": acc.mean(axis=1).tolist(), "answer_logprob": logprob.tolist(),
-          "skipped_lengths": sorted(n for n in set(lengths) if n < shortest),
+          "skipped_lengths": sorted(n for n in set(lengths) if n < shortest), "prompt": prompt,
           "scoring": "teacher-forced argmax of every answer token (= greedy exact match)", "examples": cells}

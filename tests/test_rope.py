@@ -97,3 +97,14 @@ def test_half_rotation_layout_and_partial_rotary_dim():
 def test_scaling_validation(kw, match):
   with pytest.raises(ValueError, match=match):
     RopeScaling(**kw)
+
+
+def test_yarn_attention_factor_overrides_the_temperature():
+  s = RopeScaling("yarn", 8.0, original_max_len=128)
+  freq, scale = rope_frequencies(16, 1e4, s)
+  freq1, scale1 = rope_frequencies(16, 1e4, RopeScaling("yarn", 8.0, original_max_len=128,
+                                                        attention_factor=1.0))
+  np.testing.assert_array_equal(freq, freq1)
+  assert scale == pytest.approx(0.1 * np.log(8) + 1) and scale1 == 1.0
+  with pytest.raises(ValueError, match="attention_factor applies to kind='yarn' only"):
+    RopeScaling("linear", 2.0, attention_factor=1.0)

@@ -28,6 +28,8 @@ class DataConfig:
   val_fraction: float = 0.02
   max_documents: int = 0  # 0 = all
   passkey_rate: float = 0.0  # fraction of training rows replaced by passkey examples
+  passkey_prompt: str = "landmark"  # data.passkey.PROMPTS: "landmark" (>= 254 tokens) | "compact"
+  mqar_rate: float = 0.0  # fraction of training rows replaced by MQAR rows (data/mqar.py)
   num_val_batches: int = 4
   mlm_rate: float = 0.3  # encoder only: ModernBERT masks 30% (80% MASK / 10% random / 10% kept)
   loader_threads: int = 2
@@ -110,7 +112,7 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
            num_layers=min(m.num_layers, 3), vocab_size=272, max_len=128, dsa_index_heads=2, dsa_index_dim=16,
            dsa_rope_dim=8, dsa_top_k=16, window=[min(w, 16) for w in m.window])
   c.data.update(corpus=(BUILTIN,), tokenizer_path="", seq_len=32, batch_size=8, max_documents=40,
-                num_val_batches=1, passkey_rate=0.0)
+                num_val_batches=1, passkey_rate=0.0, mqar_rate=0.0)
   c.optim.update(warmup_steps=1, grad_accum_steps=1)
   c.mesh.update(data=-1, fsdp=1, tensor=1, context=1)
   c.update(num_steps=2, log_every=1, eval_every=2)
@@ -185,6 +187,10 @@ def _validate(c: TrainConfig):
   _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")
   _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
   _check(0 <= d.passkey_rate <= 1, "data.passkey_rate", d.passkey_rate, "must be in [0, 1]")
+  _check(d.passkey_prompt in ("landmark", "compact"), "data.passkey_prompt", d.passkey_prompt,
+         "must be 'landmark' or 'compact'")
+  _check(0 <= d.mqar_rate <= 1 - d.passkey_rate, "data.mqar_rate", d.mqar_rate,
+         f"must be in [0, 1 - data.passkey_rate={d.passkey_rate}]")
   _check(0 < d.mlm_rate < 1, "data.mlm_rate", d.mlm_rate, "must be in (0, 1)")
   _check(d.max_documents >= 0, "data.max_documents", d.max_documents, "must be >= 0")
   _check(d.num_val_batches >= 1, "data.num_val_batches", d.num_val_batches, "must be >= 1")

@@ -74,7 +74,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict | TrainConfig, workdir:
   accum = cfg.optim.grad_accum_steps
   local_batch = cfg.data.batch_size // jax.process_count()
   train_ds = data_lib.train_dataset(splits.train, tokenizer, batch_size=local_batch, seed=cfg.seed,
-                                    passkey_rate=cfg.data.passkey_rate, shard_index=jax.process_index(),
+                                    passkey_rate=cfg.data.passkey_rate, passkey_prompt=cfg.data.passkey_prompt,
+                                    mqar_rate=cfg.data.mqar_rate, shard_index=jax.process_index(),
                                     shard_count=jax.process_count())
   data_iter = data_lib.train_iterator(train_ds, num_threads=cfg.data.loader_threads)
   micro = cfg.data.batch_size // accum
