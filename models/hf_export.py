@@ -62,7 +62,8 @@ def _rope_scaling(cfg: ModelConfig) -> tuple[float, dict | None, int]:
     return theta, {"rope_type": "dynamic", "factor": r.factor}, r.original_max_len
   if r.kind == "yarn":
     return theta, {"rope_type": "yarn", "factor": r.factor, "original_max_position_embeddings": r.original_max_len,
-                   "beta_fast": r.beta_fast, "beta_slow": r.beta_slow}, cfg.max_len
+                   "beta_fast": r.beta_fast, "beta_slow": r.beta_slow,
+                   **({} if r.attention_factor is None else {"attention_factor": r.attention_factor})}, cfg.max_len
   return theta, {"rope_type": "llama3", "factor": r.factor, "original_max_position_embeddings": r.original_max_len,
                  "low_freq_factor": r.low_freq_factor, "high_freq_factor": r.high_freq_factor}, cfg.max_len
 
