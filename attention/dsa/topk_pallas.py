@@ -9,7 +9,7 @@ DeepSeek-V3.2-Exp picks each query's top_k keys with a radix-select top-k over i
    chunk's float32 scores [B, C, S] in HBM, O(C * S).
 2. XLA: each score becomes an int32 key whose signed order is the float order (negative floats flip
    their magnitude bits; -0.0 becomes +0.0 first, as the two compare equal); masked keys get INT32_MIN.
-3. threshold kernel, grid (B, C / bq): 8 passes of 4 bits over the row block's tiles. With the high bits
+3. threshold kernel, grid (B, C / 8): 8 passes of 4 bits over the row block's tiles. With the high bits
    of tau fixed, a pass counts the keys >= each of the 15 candidates for the next digit and keeps the
    largest candidate that still has >= K keys above it (K = min(top_k, visible keys)), so tau ends as the
    K-th largest key, with the count of keys > tau on the side: the m = K - count ties at tau that are kept
@@ -167,8 +167,9 @@ def topk_pallas(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_
   q, wt, k, k_scale, precision = _operands(q_idx, k_idx, w, score_dtype, backend.lane)
   sp = -(-kv_len // bk) * bk
   k, k_scale = pad_axis(k, 1, sp), pad_axis(k_scale, 2, sp)
-  # Per query: its scores, keys and a few cumsum / scatter temporaries over S.
-  c = chunk_size or chunk_len(t, 6 * b * sp)
+  # The chunk holds [C, S] scores, keys and cumsum / scatter temporaries (about 6 arrays); the budget counts
+  # two, so chunks stay long enough to give the threshold kernel C / 8 programs.
+  c = chunk_size or chunk_len(t, 2 * b * sp)
   c = -(-min(c, t) // bq) * bq
   nc, nqb = -(-t // c), c // bq
   bm = block_map(mask, t, kv_len, BlockSizes(bq, bk), has_segments=segment_ids is not None, q_offset=q_offset)
@@ -214,9 +215,9 @@ def _score_specs(hi, bq, bk, dp, has_segments, k_block):
 
 
 class _GPU:
-  """Triton: power-of-two tiles of at least 16 for tl.dot; a program per tile / per row block."""
+  """Triton: power-of-two tiles of at least 16 for tl.dot; a program per tile / per row block of 8."""
 
-  block_q, block_k, lane = 32, 64, 16
+  block_q, block_k, lane, threshold_rows = 32, 64, 16, 8
 
   def __init__(self, num_warps: int = 4):
     self.num_warps = num_warps
@@ -241,7 +242,7 @@ class _GPU:
     return lambda ranges, *ops: call(pad_axis(ranges, 0, nr), *ops)
 
   def threshold_call(self, b, c, sp, *, top_k, interpret):
-    bq, bk = self.block_q, self.block_k
+    bq, bk = self.threshold_rows, self.block_k
 
     def kernel(keys_ref, tau_ref, ties_ref):
       load = lambda t: keys_ref[:, pl.ds(pl.multiple_of(t * bk, bk), bk)]  # [bq, bk]
@@ -259,7 +260,7 @@ class _TPU:
   it are not fetched (their index is clamped into the range). The threshold kernel streams key tiles from
   HBM with DMAs, so any S fits."""
 
-  block_q, block_k, lane = 32, 128, 128
+  block_q, block_k, lane, threshold_rows = 32, 128, 128, 8
 
   @staticmethod
   def _interpret(interpret):
@@ -284,7 +285,7 @@ class _TPU:
 
   def threshold_call(self, b, c, sp, *, top_k, interpret):
     from jax.experimental.pallas import tpu as pltpu
-    bq, bk = self.block_q, self.block_k
+    bq, bk = self.threshold_rows, self.block_k
 
     def kernel(keys_hbm, tau_ref, ties_ref, buf, sem):
       row = pl.multiple_of(pl.program_id(1) * bq, bq)
