@@ -63,8 +63,9 @@ def run():
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO
   try:
     app.run(main, flags_parser=_parse_flags)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  except ValueError as e:  # bad input: flags, overrides, a missing or damaged checkpoint (eval/restore.py)
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

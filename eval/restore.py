@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 import models
+from training import checkpoint
 from training.config import TrainConfig, from_config_dict
 
 
@@ -85,54 +86,74 @@ def _shapes(tree) -> dict[str, tuple]:
           for path, leaf in leaves}
 
 
-def _pick_step(mngr: ocp.CheckpointManager, workdir: str, step: int | None) -> int:
-  steps = sorted(mngr.all_steps())
-  if not steps:
-    raise ValueError(f"workdir={workdir!r} has no complete checkpoint in {mngr.directory}")
-  if step is None:
-    return steps[-1]
-  if step not in steps:
-    raise ValueError(f"step={step} is not a checkpoint of workdir={workdir!r}; it has steps {steps}")
-  return step
+def _abstract_model(config: TrainConfig):
+  """(graphdef, abstract params state, rest, pure-dict restore target on the first local device)."""
+  build = lambda: models.build_model(config.model, rngs=nnx.Rngs(0))
+  graphdef, abstract, rest = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
+  on_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_device),
+                        nnx.to_pure_dict(abstract))
+  return graphdef, abstract, rest, target
+
+
+def _diff(have: dict, want: dict) -> str | None:
+  """The first parameter whose shape differs, described, or None."""
+  shape = lambda s: "absent" if s is None else f"of shape {s}"
+  for name in sorted(set(have) | set(want)):
+    if have.get(name) != want.get(name):
+      return f"parameter {name} is {shape(have.get(name))} in the checkpoint but {shape(want.get(name))}"
+  return None
+
+
+def _read_step(mngr: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
+  """(saved config dict, params restored under that config) of `step`: anything failing here is damage
+  to the checkpoint itself, so nothing here involves the user's overrides."""
+  saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+  _, _, _, target = _abstract_model(from_config_dict(copy.deepcopy(saved)))
+  mismatch = _diff(_shapes(mngr.item_metadata(step)["params"]), _shapes(target))
+  if mismatch:
+    raise ValueError(f"params/_METADATA disagrees with the checkpoint's own config: {mismatch}")
+  params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))).params
+  return saved, params
+
+
+def _pick(mngr: ocp.CheckpointManager, step: int | None, read):
+  """(step, read(step)) for `step`, or for the newest step that reads when it is None."""
+  return checkpoint.first_restorable(str(mngr.directory), sorted(mngr.all_steps()), step, read, what="step")
 
 
 def saved_config(workdir: str, step: int | None = None) -> tuple[int, dict]:
-  """(step, the TrainConfig dict stored with it) of checkpoint `step` (default: the latest) in `workdir`."""
+  """(step, the TrainConfig dict stored with it) of checkpoint `step` (default: the newest whose config
+  reads)."""
   with _manager(workdir) as mngr:
-    step = _pick_step(mngr, workdir, step)
-    return step, mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    return _pick(mngr, step, lambda s: mngr.restore(s, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore())).config)
 
 
 def restore(workdir: str, step: int | None = None, overrides: dict[str, object] | None = None, *,
             min_max_len: int = 0) -> Restored:
-  """The model of checkpoint `step` (default: the latest) in `workdir`, with config `overrides` applied.
+  """The model of checkpoint `step` (default: the newest that restores) in `workdir`, with config
+  `overrides` applied.
 
   `min_max_len` raises model.max_len to at least that many tokens unless an override sets it: RoPE models
   have no position table, so max_len is only a bound, and evaluating past the training length is the point.
 
-  Raises ValueError when the workdir has no (complete) checkpoint, the step does not exist, an override
-  names an unknown key or a bad value, or the overrides change a parameter's shape.
+  A damaged newest checkpoint is skipped with a warning naming its step, file and cause; a damaged
+  `step` raises checkpoint.DamagedCheckpointError (a ValueError) naming them. Raises ValueError when the
+  workdir has no (complete) checkpoint, the step does not exist, an override names an unknown key or a
+  bad value, or the overrides change a parameter's shape.
   """
   with _manager(workdir) as mngr:
-    step = _pick_step(mngr, workdir, step)
-    saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-    saved = apply_overrides(saved, overrides or {})
-    if "model.max_len" not in (overrides or {}):
-      saved["model"]["max_len"] = max(saved["model"]["max_len"], min_max_len)
-    config = from_config_dict(saved)
-    build = lambda: models.build_model(config.model, rngs=nnx.Rngs(0))
-    graphdef, abstract, rest = nnx.split(nnx.eval_shape(build), nnx.Param, ...)
-    target = nnx.to_pure_dict(abstract)
-    on_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=on_device), target)
-    have, want = _shapes(mngr.item_metadata(step)["params"]), _shapes(target)
-    for name in sorted(set(have) | set(want)):
-      if have.get(name) != want.get(name):
-        shape = lambda s: "absent" if s is None else f"of shape {s}"
-        raise ValueError(f"the overrides {sorted(overrides or {})} change the model: parameter {name} is "
-                         f"{shape(have.get(name))} in checkpoint {step} of {workdir!r} but "
-                         f"{shape(want.get(name))} in the evaluated model (only shape-preserving overrides "
-                         "are allowed)")
-    params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))).params
+    step, (saved, params) = _pick(mngr, step, lambda s: _read_step(mngr, s))
+  saved = apply_overrides(saved, overrides or {})
+  if "model.max_len" not in (overrides or {}):
+    saved["model"]["max_len"] = max(saved["model"]["max_len"], min_max_len)
+  config = from_config_dict(saved)
+  graphdef, abstract, rest, target = _abstract_model(config)
+  mismatch = _diff(_shapes(params), _shapes(target))
+  if mismatch:
+    raise ValueError(f"the overrides {sorted(overrides or {})} change the model: {mismatch} of step {step} "
+                     f"of {workdir!r} vs the evaluated model (only shape-preserving overrides are allowed)")
+  params = jax.tree.map(lambda p, t: p.astype(t.dtype), params, target)  # e.g. a param_dtype override
   nnx.replace_by_pure_dict(abstract, params)
   return Restored(model=nnx.merge(graphdef, abstract, rest), config=config, step=step, workdir=workdir)

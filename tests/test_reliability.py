@@ -1,7 +1,15 @@
 """Reliability: each test turns one reproduction of issue 11 into a check. A workdir has one owner, resume
 checks what it resumes, damaged checkpoints fall back, and bad input fails early in one line."""
 
+import glob
+import json
+import logging
+import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +19,9 @@ import attention
 from attention import dsa
 from attention_testing import random_qkv
 from data import corpus, pipeline, tokenizer
+from eval import restore
+from test_train import ROOT, compilation_cache_dir, read_metrics, tiny  # noqa: F401  (the cache fixture)
+from training import checkpoint, train_and_evaluate, workdir as workdir_lib
 
 
 def _write_corpus(root, n=12):
@@ -78,3 +89,198 @@ def test_attention_batch_zero_window_overflow_and_segment_dtype_fail_in_one_line
   with pytest.raises(ValueError, match=r"segment_ids must be an int array of shape \(2, 8\), got shape "
                                        r"\(2, 8\) dtype float32"):
     attention.attend(q, k, v, segment_ids=jnp.ones((2, 8), jnp.float32))
+
+
+def _config(folder, **overrides):
+  """decoder_tiny:tiny on the corpus in `folder`, one checkpoint per step."""
+  return tiny(**{"data.corpus": (str(folder),), "checkpoint.every": 1, "num_steps": 2, **overrides})
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+  """(corpus folder, workdir) of a 2-step run on a small on-disk corpus with checkpoints 1 and 2."""
+  root = tmp_path_factory.mktemp("base")
+  _write_corpus(root / "corpus", n=16)
+  train_and_evaluate(_config(root / "corpus"), str(root / "run"))
+  return root / "corpus", root / "run"
+
+
+def _copy_run(base, tmp_path, name="run"):
+  shutil.copytree(base[1], tmp_path / name)
+  return tmp_path / name
+
+
+def _train_py(*args):
+  return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _cli(folder, workdir, *extra):
+  return ["--config=configs/decoder_tiny.py:tiny", f"--workdir={workdir}", "--config.model.attention_impl=reference",
+          "--config.mesh.data=1", "--config.data.batch_size=4", f"--config.data.corpus={folder}",
+          "--config.checkpoint.every=1", *extra]
+
+
+def test_a_second_run_on_a_workdir_refuses_at_once_and_a_stale_lock_is_taken_over(base, tmp_path, caplog):
+  folder, _ = base
+  run = _copy_run(base, tmp_path)
+  first = _train_py(*_cli(folder, run, "--config.num_steps=4"))
+  lock = run / workdir_lib.LOCK_NAME
+  deadline = time.time() + 180
+  while time.time() < deadline and first.poll() is None:
+    if lock.exists() and lock.read_text().strip():
+      break
+    time.sleep(0.05)
+  holder = json.loads(lock.read_text())
+  assert holder["pid"] == first.pid and holder["host"] == socket.gethostname() and holder["start"]
+  with pytest.raises(workdir_lib.WorkdirLockedError, match=f"in use by pid {first.pid} on host"):
+    train_and_evaluate(_config(folder, num_steps=4, **{"optim.learning_rate": 3e-3}), str(run))
+  out, err = first.communicate(timeout=300)
+  assert first.returncode == 0, err[-2000:]
+  steps = [m["step"] for m in read_metrics(run) if "loss" in m]
+  assert steps == [1, 2, 3, 4]  # each step once, all from the one run that held the lock
+  assert not lock.exists()
+  # kill -9 leaves the file but not the flock: the next run takes it over, naming the dead holder.
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  lock.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid, "start": "earlier"}))
+  with caplog.at_level(logging.WARNING, logger="training"):
+    assert train_and_evaluate(_config(folder, num_steps=4), str(run))["step"] == 4
+  assert f"taking over the stale lock of pid {dead.pid}" in caplog.text
+  assert not lock.exists()
+
+
+def test_resume_compares_the_config_and_a_moved_corpus_is_the_same_data(base, tmp_path, caplog):
+  folder, _ = base
+  run = _copy_run(base, tmp_path)
+  with pytest.raises(ValueError, match=r"changes the data order or the model \(seed: 0 -> 1\); pass "
+                                       r"--config.allow_config_change=True"):
+    train_and_evaluate(_config(folder, num_steps=3, seed=1), str(run))
+  with pytest.raises(ValueError, match=r"data.batch_size: 4 -> 8, model.mlp_dim: 128 -> 96, "
+                                       r"optim.learning_rate: 0.003 -> 0.01"):
+    train_and_evaluate(_config(folder, **{"data.batch_size": 8, "model.mlp_dim": 96,
+                                          "optim.learning_rate": 0.01}), str(run))
+  edited = tmp_path / "edited"
+  shutil.copytree(folder, edited)
+  (edited / "doc05.txt").write_text("an edited document " * 20)
+  with pytest.raises(ValueError, match=r"data \(packed rows\).*the corpus content changed"):
+    train_and_evaluate(_config(edited), str(run))
+  moved = tmp_path / "moved" / "corpus"
+  shutil.copytree(folder, moved)
+  with caplog.at_level(logging.INFO, logger="training"):
+    assert train_and_evaluate(_config(moved, num_steps=3), str(run))["step"] == 3
+  assert "config changes data.corpus" in caplog.text and "num_steps: 2 -> 3" in caplog.text
+  train_and_evaluate(_config(moved, num_steps=4, seed=1, allow_config_change=True), str(run))
+  notes = [m["config_changes"] for m in read_metrics(run) if "config_changes" in m]
+  assert notes == [{"seed": [0, 1]}]  # only what needed allow_config_change; num_steps 3 -> 4 is logged
+  assert [m["step"] for m in read_metrics(run) if "loss" in m] == [1, 2, 3, 4]
+
+
+def _damage(step_dir, kind):
+  if kind == "truncated params":
+    f = max(glob.glob(f"{step_dir}/params/ocdbt.process_0/d/*"), key=os.path.getsize)
+    with open(f, "r+b") as fh:
+      fh.truncate(100)
+    return "checkpoints/2/params"
+  if kind == "no params metadata":
+    os.remove(f"{step_dir}/params/_METADATA")
+    return r"checkpoints/2/params/_METADATA: missing"
+  with open(f"{step_dir}/data/metadata", "w") as fh:
+    fh.write("{not json")
+  return r"checkpoints/2/data/metadata: not valid JSON \(Expecting"
+
+
+def test_a_damaged_checkpoint_is_named_and_resume_falls_back_to_the_previous_one(base, tmp_path, caplog):
+  folder, _ = base
+  run = _copy_run(base, tmp_path)
+  where = _damage(run / "checkpoints" / "2", "truncated params")
+  with pytest.raises(ValueError, match="config.resume_step=5 is not a checkpoint of .* it has steps \\[1, 2\\]"):
+    train_and_evaluate(_config(folder, resume_step=5), str(run))
+  with pytest.raises(checkpoint.DamagedCheckpointError, match=f"checkpoint 2 is damaged: .*{where}"):
+    train_and_evaluate(_config(folder, resume_step=2), str(run))
+  with caplog.at_level(logging.WARNING, logger="training"):
+    assert train_and_evaluate(_config(folder), str(run))["step"] == 2
+  assert f"checkpoint 2 is damaged: {run}/{where}" in caplog.text and "falling back" in caplog.text
+  assert os.listdir(run / "set_aside_checkpoints")[0].startswith("2-")  # kept for a post-mortem
+  assert train_and_evaluate(_config(folder, resume_step=2), str(run))["step"] == 2  # the new step 2
+
+
+@pytest.mark.parametrize("kind", ["truncated params", "no params metadata", "bad data json"])
+def test_eval_names_the_damaged_file_and_falls_back(base, tmp_path, kind, caplog):
+  run = _copy_run(base, tmp_path)
+  where = _damage(run / "checkpoints" / "2", kind)
+  if kind != "bad data json":  # eval reads no data item
+    with pytest.raises(checkpoint.DamagedCheckpointError, match=f"checkpoint 2 is damaged: .*{where}") as e:
+      restore.restore(str(run), 2)
+    assert "overrides" not in str(e.value)
+    with caplog.at_level(logging.WARNING, logger="training"):
+      assert restore.restore(str(run)).step == 1
+    assert "checkpoint 2 is damaged" in caplog.text
+  with pytest.raises(checkpoint.DamagedCheckpointError, match=where):
+    train_and_evaluate(_config(base[0], resume_step=2), str(run))
+
+
+def test_eval_cli_reports_a_damaged_checkpoint_in_one_line(base, tmp_path):
+  run = _copy_run(base, tmp_path)
+  _damage(run / "checkpoints" / "2", "no params metadata")
+  out = subprocess.run([sys.executable, "-m", "eval", f"--workdir={run}", "--step=2"], cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
+  errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+  assert out.returncode == 2 and len(errors) == 1 and "Traceback" not in out.stderr
+  assert "checkpoint 2 is damaged" in errors[0] and "params/_METADATA: missing" in errors[0]
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+  """A directory this process cannot write to: chmod for a normal user, a read-only bind mount for root."""
+  path = tmp_path / "ro"
+  path.mkdir()
+  if os.geteuid() != 0:
+    path.chmod(0o500)
+    yield path
+    path.chmod(0o700)
+    return
+  if subprocess.run(["mount", "--bind", "-o", "ro", str(path), str(path)], capture_output=True).returncode:
+    pytest.skip("running as root without the right to mount: no way to make a read-only directory")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", str(path)], check=True)
+
+
+def test_workdir_is_checked_before_anything_slow_and_nothing_is_left_on_a_bad_corpus(tmp_path, read_only_dir,
+                                                                                     monkeypatch):
+  def slow(*args, **kwargs):
+    raise AssertionError("the corpus was read before the workdir was checked")
+
+  monkeypatch.setattr(pipeline, "load_splits", slow)
+  monkeypatch.setattr("data.load_splits", slow)
+  with pytest.raises(ValueError, match=f"workdir='{read_only_dir}' is not writable"):
+    train_and_evaluate(tiny(), str(read_only_dir))
+  with pytest.raises(ValueError, match=f"workdir='{read_only_dir}/run' cannot be created: .* is not writable"):
+    train_and_evaluate(tiny(), str(read_only_dir / "run"))
+  monkeypatch.undo()
+  with pytest.raises(ValueError, match="corpus path does not exist"):
+    train_and_evaluate(tiny(**{"data.corpus": (str(tmp_path / "nope"),)}), str(tmp_path / "new_run"))
+  for i in range(4):
+    (tmp_path / f"e{i}.txt").write_text("")
+  with pytest.raises(ValueError, match="tokens of text"):
+    train_and_evaluate(tiny(**{"data.corpus": (str(tmp_path / "e*.txt"),)}), str(tmp_path / "new_run"))
+  assert not (tmp_path / "new_run").exists()
+
+
+def test_train_py_config_errors_are_one_line_with_exit_status_2(tmp_path):
+  cases = {"--config.optim.lr=3": "--config.optim.lr=3: unknown config key 'optim.lr'; did you mean "
+                                  "'optim.learning_rate'?",
+           "--config.num_steps=abc": "--config.num_steps=abc: invalid literal for int()",
+           "--config=configs/decoder_tinyy.py": "--config=configs/decoder_tinyy.py: no such file; did you mean "
+                                                "'configs/decoder_tiny.py'?",
+           "--config.data.seq_len=4096": "config.data.seq_len=4096: exceeds model.max_len=128"}
+  runs = {arg: _train_py(*([] if arg.startswith("--config=") else ["--config=configs/decoder_tiny.py:tiny"]),
+                         f"--workdir={tmp_path / 'w'}", arg) for arg in cases}
+  for arg, proc in runs.items():
+    _, err = proc.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (arg, err[-3000:])
+    assert cases[arg] in lines[0], lines[0]
+  assert not (tmp_path / "w").exists()

@@ -211,7 +211,7 @@ def test_errors_unknown_override_and_missing_corpus(tmp_path):
   out = subprocess.run([sys.executable, "train.py", "--config=configs/decoder_tiny.py:tiny",
                         f"--workdir={tmp_path}", "--config.optim.lr=3"], cwd=ROOT, env=env,
                        capture_output=True, text=True)
-  assert out.returncode != 0 and "unknown config key 'lr'" in out.stderr
+  assert out.returncode == 2 and "unknown config key 'optim.lr'" in out.stderr
   with pytest.raises(ValueError, match="corpus path does not exist: .*no_such_dir"):
     train_and_evaluate(tiny(**{"data.corpus": (str(tmp_path / "no_such_dir"),)}), str(tmp_path / "run"))
   with pytest.raises(ValueError, match=r"unknown config keys \['optim.lr'\]"):

@@ -10,12 +10,19 @@ checkpoint written on 8 devices loads on 1 and vice versa.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import os
+import re
+import time
 
 import jax
 import orbax.checkpoint as ocp
 
 from training.config import TrainConfig
+
+_log = logging.getLogger(__name__)
 
 ITEMS = ("params", "train_state", "data", "config")
 
@@ -29,13 +36,17 @@ def manager(workdir: str, config: TrainConfig) -> ocp.CheckpointManager:
                                item_names=ITEMS)
 
 
-def save(mngr: ocp.CheckpointManager, state: dict, data_state: dict, config: TrainConfig):
-  """Start an (async) save of `state` at its step; returns once device buffers are copied."""
+def save(mngr: ocp.CheckpointManager, state: dict, data_state: dict, config: TrainConfig, fingerprint: str):
+  """Start an (async) save of `state` at its step; returns once device buffers are copied.
+
+  The data item holds the iterator state and the data fingerprint (a hash of the packed rows), so a resume
+  can tell a moved corpus (same rows) from a changed one."""
   step = int(jax.device_get(state["step"]))
   rest = {k: v for k, v in state.items() if k != "params"}
   mngr.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(state["params"]), train_state=ocp.args.StandardSave(rest),
-      data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config.to_dict())), force=True)
+      data=ocp.args.JsonSave({"iterator": data_state, "fingerprint": fingerprint}),
+      config=ocp.args.JsonSave(config.to_dict())), force=True)
 
 
 def abstract(tree):
@@ -43,14 +54,122 @@ def abstract(tree):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, like_state: dict) -> tuple[dict, dict]:
-  """(state laid out like `like_state`, data iterator state) from checkpoint `step`."""
+@dataclasses.dataclass(frozen=True)
+class Resumed:
+  """What a resume restored from checkpoint `step`."""
+
+  step: int
+  state: dict
+  data_state: dict  # the grain iterator state
+  fingerprint: str | None  # None for checkpoints written before fingerprints were saved
+  config: dict  # the TrainConfig dict the checkpoint was written under
+
+
+class Refused(ValueError):
+  """A checkpoint that restores but must not be resumed as asked (e.g. the config changed): not damage."""
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, like_state: dict, check=None) -> Resumed:
+  """Checkpoint `step` with its state laid out like `like_state`.
+
+  `check(resumed)`, if given, sees the JSON items (config, data) before any array is read, so a refusal
+  (checkpoint.Refused) costs nothing and is not mistaken for damage by a model change's shape mismatch.
+  """
+  meta = mngr.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
+  data = meta.data if "iterator" in meta.data else {"iterator": meta.data}  # older checkpoints: the state alone
+  resumed = Resumed(step, {}, data["iterator"], data.get("fingerprint"), meta.config)
+  if check is not None:
+    check(resumed)
   target = abstract(like_state)
   rest = {k: v for k, v in target.items() if k != "params"}
   out = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(target["params"]), train_state=ocp.args.StandardRestore(rest),
-      data=ocp.args.JsonRestore()))
-  return dict(out.train_state, params=out.params), out.data
+      params=ocp.args.StandardRestore(target["params"]), train_state=ocp.args.StandardRestore(rest)))
+  return dataclasses.replace(resumed, state=dict(out.train_state, params=out.params))
+
+
+class DamagedCheckpointError(ValueError):
+  """A checkpoint step that does not restore: names the step, the file and the cause."""
+
+  def __init__(self, step: int, file: str, cause: str):
+    super().__init__(f"checkpoint {step} is damaged: {file}: {cause}")
+    self.step, self.file, self.cause = step, file, cause
+
+
+def diagnose(step_dir: str, step: int, error: BaseException) -> DamagedCheckpointError:
+  """The file and cause of `error` (raised while restoring `step_dir`), as one line.
+
+  Orbax's own messages rarely name the file (a JSON item's decode error does not, a missing tree metadata
+  file surfaces as a pytree-structure mismatch), so the step's files are checked first; failing that, the
+  path under `step_dir` that the error chain names, else the step directory itself.
+  """
+  for item in ITEMS:
+    item_dir = os.path.join(step_dir, item)
+    # A JSON item's content, or an array tree's metadata (JSON too): the files Orbax's errors do not name.
+    path = os.path.join(item_dir, "metadata" if item in ("data", "config") else "_METADATA")
+    if not os.path.isfile(path):
+      return DamagedCheckpointError(step, item_dir if not os.path.isdir(item_dir) else path, "missing")
+    try:
+      with open(path) as f:
+        json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+      return DamagedCheckpointError(step, path, f"not valid JSON ({e})")
+  chain, e = [], error
+  while e is not None and len(chain) < 10:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for e in reversed(chain):  # innermost first: the closest to the file
+    text = str(e)
+    found = re.search(re.escape(step_dir) + r"[^\s\"',]*", text)
+    if found:
+      line = next(l for l in text.splitlines() if found.group(0) in l)
+      return DamagedCheckpointError(step, found.group(0).rstrip("/"), _short(line))
+  return DamagedCheckpointError(step, step_dir, _short(f"{type(chain[-1]).__name__}: {chain[-1]}"))
+
+
+def _short(text: str, limit: int = 240) -> str:
+  text = " ".join(text.split())
+  return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def first_restorable(directory: str, steps: list[int], requested: int | None, restore_fn, *, what: str):
+  """restore_fn(step) for `requested` (DamagedCheckpointError if it fails) or, when it is None or 0, for
+  the newest of `steps` (the step directories under `directory`) that restores, warning about every
+  damaged newer one. Raises ValueError when `requested` is not among `steps` or when no step restores.
+  Returns (step, restore_fn's result)."""
+  if not steps:
+    raise ValueError(f"no complete checkpoint in {directory}")
+  if requested:
+    if requested not in steps:
+      raise ValueError(f"{what}={requested} is not a checkpoint of {directory}; it has steps {steps}")
+    candidates = [requested]
+  else:
+    candidates = sorted(steps, reverse=True)
+  damaged = []
+  for step in candidates:
+    try:
+      return step, restore_fn(step)
+    except Refused:
+      raise
+    except Exception as e:  # noqa: BLE001  any other failure of a restore is a damaged checkpoint, explained
+      err = diagnose(os.path.join(directory, str(step)), step, e)
+      if requested:
+        raise err from None
+      _log.warning("%s; falling back to the previous checkpoint", err)
+      damaged.append(str(err))
+  raise ValueError(f"no checkpoint restores: {'; '.join(damaged)}")
+
+
+def set_aside(workdir: str, directory: str, steps: list[int]) -> list[str]:
+  """Move checkpoint steps out of the manager's directory into `workdir`/set_aside_checkpoints/ (kept,
+  not deleted), so a run resumed from an earlier step writes its own checkpoints at those steps."""
+  stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+  moved = []
+  for step in steps:
+    target = os.path.join(workdir, "set_aside_checkpoints", f"{step}-{stamp}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.rename(os.path.join(directory, str(step)), target)
+    moved.append(target)
+  return moved
 
 
 def _flat_shapes(tree) -> dict[str, tuple]:

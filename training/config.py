@@ -83,6 +83,8 @@ class TrainConfig:
   profile_start_step: int = -1  # jax.profiler trace of profile_num_steps steps from here; -1 = off
   profile_num_steps: int = 5
   peak_tflops_per_device: float = 0.0  # 0 = look up the device kind (MFU is null where unknown)
+  resume_step: int = 0  # resume from this checkpoint step (0 = the newest one that restores completely)
+  allow_config_change: bool = False  # resume even if the config changes the data order or the model
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -178,10 +180,13 @@ def _validate(c: TrainConfig):
   for k in ("log_every", "eval_every"):
     _check(getattr(c, k) >= 1, k, getattr(c, k), "must be >= 1")
   _check(c.max_steps_per_run >= 0, "max_steps_per_run", c.max_steps_per_run, "must be >= 0")
+  _check(c.resume_step >= 0, "resume_step", c.resume_step, "must be >= 0 (0 = the newest checkpoint)")
   _check(c.max_consecutive_skips >= 1, "max_consecutive_skips", c.max_consecutive_skips, "must be >= 1")
   _check(all(isinstance(s, int) for s in c.inject_nan_steps), "inject_nan_steps", c.inject_nan_steps,
          "must be a tuple of ints")
   _check(len(d.corpus) >= 1, "data.corpus", d.corpus, "must name at least one source")
+  _check(all(isinstance(x, str) for x in d.corpus), "data.corpus", d.corpus,
+         "must be paths, directories, globs or 'builtin:stdlib' (strings)")
   _check(d.seq_len >= 2, "data.seq_len", d.seq_len, "must be >= 2")
   _check(d.seq_len <= c.model.max_len, "data.seq_len", d.seq_len, f"exceeds model.max_len={c.model.max_len}")
   _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")

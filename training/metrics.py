@@ -92,6 +92,12 @@ class MetricsWriter:
       parts.append(f"skipped {record['skipped_steps']}")
     _log.info("%s | ETA %s", " | ".join(parts), _hms(eta))
 
+  def note(self, step: int, event: dict):
+    """Append a non-metric record (e.g. the config changes of a resume) to metrics.jsonl only."""
+    if self.primary:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"step": step, **event}) + "\n")
+
   def close(self):
     if self._tb is not None:
       self._tb.close()
