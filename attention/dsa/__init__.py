@@ -13,6 +13,7 @@ does not pick them.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -97,6 +98,9 @@ def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True),
   q_offset = _check_q_offset(q_offset, b)
   segment_ids, kv_segment_ids = _check_segments(segment_ids, kv_segment_ids, b, t, k_idx.shape[1])
   name, interpret = resolve_impl(impl, interpret, registry=_auto_view(TOPK_REGISTRY, impl), op="topk_indices")
+  # Indices are integers: no gradient flows through the selection, and stopping it here keeps autodiff
+  # out of the Pallas selection kernels (a pallas_call has no JVP rule for its program ids).
+  q_idx, k_idx, w = (jax.lax.stop_gradient(x) for x in (q_idx, k_idx, w))
   return TOPK_REGISTRY[name].fn(q_idx, k_idx, w, top_k=int(top_k), mask=mask, segment_ids=segment_ids,
                                 kv_segment_ids=kv_segment_ids, q_offset=q_offset, score_dtype=score_dtype,
                                 chunk_size=chunk_size, interpret=interpret)
