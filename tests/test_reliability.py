@@ -21,7 +21,7 @@ from attention_testing import random_qkv
 from data import corpus, pipeline, tokenizer
 from eval import restore
 from test_train import ROOT, compilation_cache_dir, read_metrics, tiny  # noqa: F401  (the cache fixture)
-from training import checkpoint, train_and_evaluate, workdir as workdir_lib
+from training import checkpoint, from_config_dict, loop, sharding, train_and_evaluate, workdir as workdir_lib
 
 
 def _write_corpus(root, n=12):
@@ -153,13 +153,11 @@ def test_a_second_run_on_a_workdir_refuses_at_once_and_a_stale_lock_is_taken_ove
 def test_resume_compares_the_config_and_a_moved_corpus_is_the_same_data(base, tmp_path, caplog):
   folder, _ = base
   run = _copy_run(base, tmp_path)
-  with pytest.raises(ValueError, match=r"changes the data order or the model \(seed: 0 -> 1\); pass "
-                                       r"--config.allow_config_change=True"):
-    train_and_evaluate(_config(folder, num_steps=3, seed=1), str(run))
-  with pytest.raises(ValueError, match=r"data.batch_size: 4 -> 8, model.mlp_dim: 128 -> 96, "
-                                       r"optim.learning_rate: 0.003 -> 0.01"):
-    train_and_evaluate(_config(folder, **{"data.batch_size": 8, "model.mlp_dim": 96,
-                                          "optim.learning_rate": 0.01}), str(run))
+  with pytest.raises(ValueError, match=r"changes the data order or the model \(data.batch_size: 4 -> 8, "
+                                       r"model.mlp_dim: 128 -> 96, optim.learning_rate: 0.003 -> 0.01, "
+                                       r"seed: 0 -> 1\); pass --config.allow_config_change=True"):
+    train_and_evaluate(_config(folder, num_steps=3, seed=1, **{"data.batch_size": 8, "model.mlp_dim": 96,
+                                                               "optim.learning_rate": 0.01}), str(run))
   edited = tmp_path / "edited"
   shutil.copytree(folder, edited)
   (edited / "doc05.txt").write_text("an edited document " * 20)
@@ -284,3 +282,9 @@ def test_train_py_config_errors_are_one_line_with_exit_status_2(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (arg, err[-3000:])
     assert cases[arg] in lines[0], lines[0]
   assert not (tmp_path / "w").exists()
+
+
+def test_aux_loss_is_logged_exactly_when_the_model_returns_one(base):
+  assert all("aux_loss" not in m for m in read_metrics(base[1]))  # a dense model has no auxiliary loss
+  cfg = from_config_dict(tiny(**{"model.attention_pattern": "GD"}))
+  assert loop._setup_model(cfg, sharding.make_mesh(cfg.mesh)).has_aux  # DSA's indexer loss
