@@ -196,6 +196,10 @@ def block_map(mask: Mask, q_len: int, kv_len: int, block_sizes: BlockSizes, *, h
   code = (((j >= kv_start[:, None]) & (j < kv_end[:, None])).astype(xp.int32) +
           ((j >= full_start[:, None]) & (j < full_end[:, None])).astype(xp.int32))
   q_start, q_end, q_full_start, q_full_end = _ranges_from_dense(code, xp)
+  # A kv block with no fully visible q block gets (0, 0); clipped into [q_start, q_end] like the forward
+  # map, so that a walk's masked tail starts at q_start rather than at q block 0.
+  q_full_start = xp.clip(q_full_start, q_start, q_end)
+  q_full_end = xp.clip(q_full_end, q_full_start, q_end)
   cast = (lambda a: a.astype(np.int32))
   return BlockMap(bq, bk, nq, nk, *map(cast, (kv_start, kv_end, full_start, full_end, q_start, q_end,
                                               q_full_start, q_full_end)))

@@ -56,7 +56,9 @@ class Configs:
 # (padded head dim, 2-byte dtype?) -> Configs. Register pressure decides: a program holds a [block, H]
 # float32 accumulator (two of them in dK/dV), so large head dims and float32 inputs get smaller tiles.
 # The bf16 head-dim-128 row was swept on an H200 (benchmarks/gpu_check.py --sweep, causal L=16K): forward
-# 128x128 tiles 425 TFLOP/s vs 378 for 128x64; the backward settings tried all gave 293-297 TFLOP/s.
+# 128x128 tiles 425 TFLOP/s vs 378 for 128x64. That sweep's backward numbers (293-297 TFLOP/s for every
+# setting) were an artefact: its backward jit was traced once, before the table changed, so it timed one
+# program; the backward rows here are untuned until a sweep with explicit configs reruns on a GPU.
 _DEFAULTS = {
     (64, True): Configs(KernelConfig(128, 64, 4, 3), KernelConfig(64, 128, 8, 2), KernelConfig(128, 64, 8, 2)),
     (128, True): Configs(KernelConfig(128, 128, 8, 3), KernelConfig(64, 128, 8, 2), KernelConfig(128, 64, 8, 2)),
