@@ -1,7 +1,7 @@
 """Masked-token accuracy of an encoder on held-out rows at each evaluation length.
 
 ModernBERT's masking (Warner et al., arXiv 2412.13663: 30% of tokens, 80% MASK / 10% random / 10% kept),
-applied with a fixed key by the trainer's own rule (training.step.mlm_targets), to the packed validation
+applied with a fixed key by the trainer's own rule (training.targets.mlm_targets), to the packed validation
 rows built at each length: accuracy is the argmax hitting the original token on the selected positions.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import data as data_lib
 from eval.perplexity import make_scorer
 from training.config import TrainConfig
-from training.step import mlm_targets
+from training.targets import mlm_targets
 
 
 def mlm_accuracy(model, config: TrainConfig, tokenizer, lengths: list[int], *, max_rows: int = 16,

@@ -18,14 +18,14 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 import data as data_lib
 from data import corpus as corpus_lib
 from data.tokenizer import NUM_BYTES, SPECIAL_TOKENS
+from training import loss as loss_lib
 from training.config import TrainConfig
-from training.step import lm_targets
+from training.targets import lm_targets
 
 
 def token_bytes(tokenizer) -> np.ndarray:
@@ -37,15 +37,20 @@ def token_bytes(tokenizer) -> np.ndarray:
   return out
 
 
-def make_scorer(model):
-  """jit(tokens, positions, segment_ids, targets [B, T], weights [B, T]) -> (CE [B, T], argmax [B, T])."""
+def make_scorer(model, *, chunk_tokens: int = 8192):
+  """jit(tokens, positions, segment_ids, targets [B, T], weights [B, T]) -> (CE [B, T], argmax [B, T]).
+
+  The trainer's cross-entropy (training.loss), `chunk_tokens` tokens at a time: no [B, T, V] logits, so
+  scoring at 128K tokens needs only [chunk_tokens, V] of them (the value does not depend on the chunk).
+  """
   graphdef, state = nnx.split(model)
 
   @jax.jit
   def score(state, tokens, positions, segment_ids, targets, weights):
-    logits = nnx.merge(graphdef, state)(tokens, positions=positions, segment_ids=segment_ids)  # [B, T, V]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets) * weights
-    return ce, jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    model = nnx.merge(graphdef, state)
+    x, _ = model.features(tokens, positions=positions, segment_ids=segment_ids)  # [B, T, D]
+    w, bias = model.head()
+    return loss_lib.cross_entropy(x, w, bias, targets, weights, chunk_tokens=chunk_tokens, with_argmax=True)
 
   return lambda *args: jax.device_get(score(state, *args))
 
@@ -67,11 +72,8 @@ def validation_loss(model, config: TrainConfig, tokenizer) -> float:
 
 def heldout_documents(config: TrainConfig, tokenizer, min_tokens: int, max_docs: int) -> list[np.ndarray]:
   """Up to `max_docs` validation documents (BOS + text + EOS) of at least `min_tokens` tokens, cut to it."""
-  docs = corpus_lib.load_documents(config.data.corpus, text_field=config.data.text_field)
-  if config.data.max_documents:  # the same subset as data.load_splits
-    docs = sorted(docs, key=lambda d: corpus_lib.name_hash("subset:" + d.name))[:config.data.max_documents]
-    docs.sort(key=lambda d: d.name)
-  _, val = corpus_lib.split_documents(docs, config.data.val_fraction)
+  _, val = corpus_lib.split_documents(corpus_lib.load_documents(config.data.corpus, config.data.max_documents, config.data.text_field),
+                                      config.data.val_fraction)  # train.py's validation documents
   out = []
   for d in val:
     tokens = tokenizer.encode(d.text, bos=True, eos=True)
@@ -110,10 +112,9 @@ def perplexity_vs_length(model, config: TrainConfig, tokenizer, lengths: list[in
     ce_pos, count_pos = np.zeros(n), np.zeros(n)  # [n]: summed over windows, per position in the window
     for i in range(0, len(windows), rows):
       w = windows[i:i + rows]
-      # Position t predicts token t + 1 of the same window.
-      targets = np.concatenate([w[:, 1:], np.zeros_like(w[:, :1])], axis=1)
-      weights = np.ones(w.shape, np.float32)
-      weights[:, -1] = 0.0
+      # The trainer's LM rule on one-document windows: position t predicts t + 1, the last has no target.
+      _, targets, weights = lm_targets({"tokens": w, "segment_ids": np.ones_like(w)})
+      targets, weights = np.asarray(targets), np.asarray(weights)
       byte_count += int(nbytes[w[:, 1:]].sum())
       if len(w) < rows:  # pad the last batch with unweighted rows: one compiled shape per length
         pad = rows - len(w)

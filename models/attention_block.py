@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 import attention
 from attention import Mask, dsa, ring
@@ -113,6 +114,7 @@ class Attention(nnx.Module):
       out = ring.context_parallel_attend(q, k, v, mask=self.mask, segment_ids=segment_ids,
                                          impl=self.cfg.attention_impl)
       aux = {}
+    out = checkpoint_name(out, "attention_out")  # [B, T, N, H]: what model.remat="attention_out" keeps
     return self.o(out), aux
 
   def prefill(self, x, lengths, cache_len: int):

@@ -1,11 +1,14 @@
-"""One pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x)).
+"""One pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x)), and the stack of them.
 
 ModernBERT (arXiv 2412.13663) skips the attention pre-norm of its first layer, because the embeddings
-are already normalised; `attn_norm=False` reproduces that.
+are already normalised; `attn_norm=False` reproduces that. `run_blocks` applies cfg.remat per block with
+nnx.remat (activation checkpointing, Chen et al., arXiv 1604.06174; the per-layer "full" and selective
+policies of Korthikanti et al., arXiv 2205.05198).
 """
 
 from __future__ import annotations
 
+import jax
 from flax import nnx
 
 from models.attention_block import Attention
@@ -44,3 +47,30 @@ class Block(nnx.Module):
     y, cache = self.attn.decode(self._pre(x), pos, cache)
     x = x + y
     return x + self.mlp(self.mlp_norm(x)), cache
+
+
+# model.remat -> the jax.checkpoint policy (None: save nothing but the block's inputs).
+_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
+}
+
+
+def _call_block(block: Block, x, positions, segment_ids, with_aux: bool):
+  return block(x, positions, segment_ids, with_aux=with_aux)
+
+
+def run_blocks(blocks, x, positions, segment_ids, *, remat: str, with_aux: bool = False):
+  """x [B, T, D] through every block -> ([B, T, D], aux losses summed over the layers).
+
+  With remat != "none" each block is one nnx.remat region: the backward pass keeps the block's input (and
+  what the policy saves) and recomputes the rest, so stored activations grow with layers x tokens x D.
+  """
+  call = _call_block if remat == "none" else nnx.remat(_call_block, policy=_POLICIES[remat], static_argnums=(4,))
+  aux = {}
+  for block in blocks:
+    x, layer_aux = call(block, x, positions, segment_ids, with_aux)
+    for name, value in layer_aux.items():  # each DSA layer trains its own indexer: the losses add up
+      aux[name] = aux.get(name, 0.0) + value
+  return x, aux

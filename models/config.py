@@ -36,6 +36,11 @@ def parse_pattern(pattern, num_layers: int) -> tuple[AttentionType, ...]:
 
 
 _DTYPES = ("float32", "bfloat16")
+# Activation rematerialisation per block (MaxText's remat_policy): "none" keeps every activation for the
+# backward pass, "full" keeps only each block's input and recomputes the rest, "dots" also keeps the
+# outputs of the projection/MLP matmuls (jax.checkpoint_policies.dots_with_no_batch_dims_saveable),
+# "attention_out" keeps each layer's attention output so the backward pass does not rerun attention.
+REMAT_POLICIES = ("none", "full", "dots", "attention_out")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +85,7 @@ class ModelConfig:
   tie_embeddings: bool = True
   attention_impl: str = "auto"
   init_std: float = 0.02
+  remat: str = "none"  # one of REMAT_POLICIES
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -124,6 +130,8 @@ class ModelConfig:
     for name in ("param_dtype", "dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
     if not isinstance(self.attention_impl, str):
       raise ValueError(f"attention_impl must be a string, got {self.attention_impl!r}")
 

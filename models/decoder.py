@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import nnx
 
-from models.block import Block
+from models.block import Block, run_blocks
 from models.config import ModelConfig
 from models.inputs import prepare
 from models.layers import Dense, Embed, Norm
@@ -31,9 +31,27 @@ class DecoderLM(nnx.Module):
         (cfg.d_model,), (cfg.vocab_size,), names=("embed", "vocab"), rngs=rngs, param_dtype=cfg.param_dtype,
         dtype=jnp.float32, std=cfg.init_std)
 
+  def head(self):
+    """The output projection as (w [D, V] float32, bias None): logits = final features @ w."""
+    w = self.embed.embedding[...].T if self.lm_head is None else self.lm_head.kernel[...]
+    return w.astype(jnp.float32), None
+
+  def _project(self, x):
+    """Final features [B, T, D] -> logits [B, T, V] float32."""
+    return jnp.einsum("btd,dv->btv", x.astype(jnp.float32), self.head()[0])
+
   def _logits(self, x):
-    x = self.final_norm(x)
-    return self.embed.attend(x) if self.lm_head is None else self.lm_head(x.astype(jnp.float32))
+    return self._project(self.final_norm(x))
+
+  def features(self, tokens, positions=None, segment_ids=None, *, return_aux: bool = False):
+    """The final-norm features [B, T, D] that head() projects to logits, and the aux dict.
+
+    training.loss projects them chunk by chunk, so no [B, T, V] array exists at long lengths.
+    """
+    positions, segment_ids = prepare(tokens, positions, segment_ids, self.cfg.max_len)
+    x = self.embed(tokens)  # [B, T, D]
+    x, aux = run_blocks(self.blocks, x, positions, segment_ids, remat=self.cfg.remat, with_aux=return_aux)
+    return self.final_norm(x), aux
 
   def __call__(self, tokens, positions=None, segment_ids=None, *, return_aux: bool = False):
     """Causal LM forward.
@@ -47,14 +65,8 @@ class DecoderLM(nnx.Module):
     Returns:
       logits [B, T, V] float32, and the aux dict when return_aux.
     """
-    positions, segment_ids = prepare(tokens, positions, segment_ids, self.cfg.max_len)
-    x = self.embed(tokens)  # [B, T, D]
-    aux = {}
-    for block in self.blocks:
-      x, layer_aux = block(x, positions, segment_ids, with_aux=return_aux)
-      for name, value in layer_aux.items():  # each DSA layer trains its own indexer: the losses add up
-        aux[name] = aux.get(name, 0.0) + value
-    logits = self._logits(x)
+    x, aux = self.features(tokens, positions, segment_ids, return_aux=return_aux)
+    logits = self._project(x)
     return (logits, aux) if return_aux else logits
 
   def prefill(self, tokens, lengths, cache_len: int):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.block import Block
+from models.block import Block, run_blocks
 from models.config import ModelConfig
 from models.inputs import prepare
 from models.layers import Dense, Embed, Norm, param
@@ -37,6 +37,22 @@ class Encoder(nnx.Module):
     self.head_norm = norm()
     self.decoder_bias = param(rngs, nnx.initializers.zeros, (cfg.vocab_size,), cfg.param_dtype, ("vocab",))
 
+  def head(self):
+    """The MLM decoder as (w [D, V] float32, bias [V] float32), tied to the embeddings."""
+    return self.embed.embedding[...].T.astype(jnp.float32), self.decoder_bias[...].astype(jnp.float32)
+
+  def features(self, tokens, positions=None, segment_ids=None, *, return_aux: bool = False):
+    """The MLM head's features [B, T, D] (after dense -> gelu -> norm) that head() projects, and {}.
+
+    training.loss projects them chunk by chunk, so no [B, T, V] array exists at long lengths.
+    """
+    del return_aux  # the encoder has no auxiliary loss
+    positions, segment_ids = prepare(tokens, positions, segment_ids, self.cfg.max_len)
+    x = self.embed_norm(self.embed(tokens))  # [B, T, D]
+    x, _ = run_blocks(self.blocks, x, positions, segment_ids, remat=self.cfg.remat)
+    x = self.final_norm(x)
+    return self.head_norm(jax.nn.gelu(self.head_dense(x), approximate=False)), {}
+
   def __call__(self, tokens, positions=None, segment_ids=None, *, return_aux: bool = False):
     """Bidirectional MLM forward.
 
@@ -48,11 +64,7 @@ class Encoder(nnx.Module):
     Returns:
       logits [B, T, V] float32, and {} when return_aux.
     """
-    positions, segment_ids = prepare(tokens, positions, segment_ids, self.cfg.max_len)
-    x = self.embed_norm(self.embed(tokens))  # [B, T, D]
-    for block in self.blocks:
-      x, _ = block(x, positions, segment_ids)
-    x = self.final_norm(x)
-    x = self.head_norm(jax.nn.gelu(self.head_dense(x), approximate=False))
-    logits = self.embed.attend(x) + self.decoder_bias[...].astype(jnp.float32)
-    return (logits, {}) if return_aux else logits
+    x, aux = self.features(tokens, positions, segment_ids)
+    w, bias = self.head()
+    logits = jnp.einsum("btd,dv->btv", x.astype(jnp.float32), w) + bias
+    return (logits, aux) if return_aux else logits

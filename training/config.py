@@ -85,6 +85,7 @@ class TrainConfig:
   peak_tflops_per_device: float = 0.0  # 0 = look up the device kind (MFU is null where unknown)
   resume_step: int = 0  # resume from this checkpoint step (0 = the newest one that restores completely)
   allow_config_change: bool = False  # resume even if the config changes the data order or the model
+  loss_chunk_tokens: int = 0  # output projection + cross-entropy this many tokens at a time; 0 = one chunk
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -179,6 +180,7 @@ def _validate(c: TrainConfig):
   _check(c.num_steps >= 1, "num_steps", c.num_steps, "must be >= 1")
   for k in ("log_every", "eval_every"):
     _check(getattr(c, k) >= 1, k, getattr(c, k), "must be >= 1")
+  _check(c.loss_chunk_tokens >= 0, "loss_chunk_tokens", c.loss_chunk_tokens, "must be >= 0 (0 = one chunk)")
   _check(c.max_steps_per_run >= 0, "max_steps_per_run", c.max_steps_per_run, "must be >= 0")
   _check(c.resume_step >= 0, "resume_step", c.resume_step, "must be >= 0 (0 = the newest checkpoint)")
   _check(c.max_consecutive_skips >= 1, "max_consecutive_skips", c.max_consecutive_skips, "must be >= 1")

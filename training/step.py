@@ -1,8 +1,7 @@
 """Objectives and the jitted train / eval steps (functional: params and optimizer state are pytrees).
 
-Causal LM for the decoder; masked LM for the encoder with ModernBERT's recipe (Warner et al., 2024,
-arXiv 2412.13663: 30% of tokens selected, of which 80% become MASK, 10% a random token, 10% stay), the
-80/10/10 split of BERT (Devlin et al., 2019). Losses are token sums divided by the token count of the whole
+Causal LM for the decoder, masked LM for the encoder (the target rules of training.targets), with the
+cross-entropy of training.loss (config.loss_chunk_tokens tokens at a time). Losses are token sums divided by the token count of the whole
 optimizer step, so accumulating gradients over microbatches gives the same update as one large batch.
 The NaN/Inf guard keeps params and optimizer moments untouched on a bad step and counts it.
 """
@@ -16,49 +15,26 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from training import loss as loss_lib
 from training.config import TrainConfig
+from training.targets import lm_targets, mlm_targets
 
 
 def make_apply(graphdef, abstract_params: nnx.State) -> Callable:
-  """(params pure dict, batch) -> (logits [B, T, V] float32, aux dict): the model as a function."""
+  """(params pure dict, batch) -> (features [B, T, D], head (w [D, V], bias [V] | None), aux dict).
+
+  The model stops before its output projection: training.loss applies it chunk by chunk.
+  """
 
   def apply(params, batch):
     state = jax.tree.map(lambda v: v, abstract_params)  # a fresh State to fill; the template stays abstract
     nnx.replace_by_pure_dict(state, params)
     model = nnx.merge(graphdef, state)
-    return model(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"],
-                 return_aux=True)
+    x, aux = model.features(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+                            return_aux=True)
+    return x, model.head(), aux
 
   return apply
-
-
-def lm_targets(batch):
-  """Next-token targets for a packed batch: (inputs, targets [B, T], weights [B, T]).
-
-  Position t predicts token t + 1 only inside the same document (segment id > 0 on both): the last token
-  of a piece has no target, so nothing is learned across document boundaries.
-  """
-  tokens, seg = batch["tokens"], batch["segment_ids"]
-  targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
-  same = jnp.concatenate([(seg[:, 1:] == seg[:, :-1]) & (seg[:, :-1] > 0),
-                          jnp.zeros_like(seg[:, :1], dtype=bool)], axis=1)
-  return batch, targets, same.astype(jnp.float32)
-
-
-def mlm_targets(batch, rng, *, rate: float, mask_id: int, num_regular: int):
-  """BERT/ModernBERT masking: (corrupted batch, targets = original tokens, weights on the selected tokens).
-
-  Only ordinary tokens (ids < num_regular, not padding, BOS or EOS) can be selected.
-  """
-  tokens, seg = batch["tokens"], batch["segment_ids"]
-  k_sel, k_kind, k_rand = jax.random.split(rng, 3)
-  eligible = (seg > 0) & (tokens < num_regular)
-  selected = eligible & (jax.random.uniform(k_sel, tokens.shape) < rate)
-  kind = jax.random.uniform(k_kind, tokens.shape)
-  random_tokens = jax.random.randint(k_rand, tokens.shape, 0, num_regular, dtype=tokens.dtype)
-  corrupted = jnp.where(selected & (kind < 0.8), mask_id,
-                        jnp.where(selected & (kind < 0.9), random_tokens, tokens))
-  return dict(batch, tokens=corrupted), tokens, selected.astype(jnp.float32)
 
 
 def make_objective(config: TrainConfig, apply: Callable, tokenizer) -> Callable:
@@ -71,9 +47,9 @@ def make_objective(config: TrainConfig, apply: Callable, tokenizer) -> Callable:
                                              num_regular=tokenizer.num_regular_tokens)
     else:
       inputs, targets, weights = lm_targets(batch)
-    logits, aux = apply(params, inputs)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)  # [B, T]
-    ce_sum = jnp.sum(ce * weights) * nan_scale
+    x, (w, bias), aux = apply(params, inputs)
+    ce, _ = loss_lib.cross_entropy(x, w, bias, targets, weights, chunk_tokens=config.loss_chunk_tokens)  # [B, T]
+    ce_sum = jnp.sum(ce) * nan_scale
     count = jnp.sum(weights)
     aux_sum = sum(aux.values()) if aux else jnp.zeros((), jnp.float32)
     # Aux losses are per-batch means; weighting them by the token count keeps them means after division.
