@@ -1,14 +1,15 @@
 """One pre-norm transformer layer: x + attn(norm(x)), then x + mlp(norm(x)), and the stack of them.
 
 ModernBERT (arXiv 2412.13663) skips the attention pre-norm of its first layer, because the embeddings
-are already normalised; `attn_norm=False` reproduces that. `run_blocks` applies cfg.remat per block with
-nnx.remat (activation checkpointing, Chen et al., arXiv 1604.06174; the per-layer "full" and selective
+are already normalised; `attn_norm=False` reproduces that. `run_blocks` applies cfg.remat per block
+(activation checkpointing, Chen et al., arXiv 1604.06174; the per-layer "full" and selective
 policies of Korthikanti et al., arXiv 2205.05198).
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from models.attention_block import Attention
@@ -57,20 +58,47 @@ _POLICIES = {
 }
 
 
-def _call_block(block: Block, x, positions, segment_ids, with_aux: bool):
-  return block(x, positions, segment_ids, with_aux=with_aux)
+def _remat(fn, policy):
+  """jax.checkpoint(fn, policy) whose backward pass recomputes inside a lax.cond.
+
+  XLA:CPU strips jax.checkpoint's optimization barriers and then CSEs the recomputation with the forward
+  pass, so plain remat saves nothing there (jax-ml/jax#19822; measured: the same bytes per layer with and
+  without it). A conditional is a computation of its own that CSE cannot merge, so running the backward's
+  recomputation inside one (both branches identical, the predicate read from the cotangent so it cannot
+  be folded) keeps the policy's saving on every backend, the CPU compiler's memory analysis included.
+  """
+  checkpointed = jax.checkpoint(fn, policy=policy)
+
+  @jax.custom_vjp
+  def call(*args):
+    return fn(*args)
+
+  def fwd(*args):
+    return jax.vjp(checkpointed, *args)  # (out, vjp): vjp holds the inputs and what the policy saves
+
+  def bwd(vjp, ct):
+    pred = jnp.isfinite(jax.tree.leaves(ct)[0].reshape(-1)[0])
+    return jax.lax.cond(pred, lambda v, c: v(c), lambda v, c: v(c), vjp, ct)
+
+  call.defvjp(fwd, bwd)
+  return call
 
 
 def run_blocks(blocks, x, positions, segment_ids, *, remat: str, with_aux: bool = False):
   """x [B, T, D] through every block -> ([B, T, D], aux losses summed over the layers).
 
-  With remat != "none" each block is one nnx.remat region: the backward pass keeps the block's input (and
+  With remat != "none" each block is one remat region: the backward pass keeps the block's input (and
   what the policy saves) and recomputes the rest, so stored activations grow with layers x tokens x D.
   """
-  call = _call_block if remat == "none" else nnx.remat(_call_block, policy=_POLICIES[remat], static_argnums=(4,))
   aux = {}
   for block in blocks:
-    x, layer_aux = call(block, x, positions, segment_ids, with_aux)
+    if remat == "none":
+      x, layer_aux = block(x, positions, segment_ids, with_aux=with_aux)
+    else:
+      graphdef, state = nnx.split(block)
+      # positions / segment_ids are integer inputs, never differentiated: closed over, not arguments.
+      apply = lambda state, x: nnx.merge(graphdef, state)(x, positions, segment_ids, with_aux=with_aux)
+      x, layer_aux = _remat(apply, _POLICIES[remat])(state, x)
     for name, value in layer_aux.items():  # each DSA layer trains its own indexer: the losses add up
       aux[name] = aux.get(name, 0.0) + value
   return x, aux
