@@ -72,8 +72,8 @@ def validation_loss(model, config: TrainConfig, tokenizer) -> float:
 
 def heldout_documents(config: TrainConfig, tokenizer, min_tokens: int, max_docs: int) -> list[np.ndarray]:
   """Up to `max_docs` validation documents (BOS + text + EOS) of at least `min_tokens` tokens, cut to it."""
-  _, val = corpus_lib.split_documents(corpus_lib.load_documents(config.data.corpus, config.data.max_documents, config.data.text_field),
-                                      config.data.val_fraction)  # train.py's validation documents
+  docs = corpus_lib.load_documents(config.data.corpus, config.data.max_documents, config.data.text_field)
+  _, val = corpus_lib.split_documents(docs, config.data.val_fraction)  # train.py's validation documents
   out = []
   for d in val:
     tokens = tokenizer.encode(d.text, bos=True, eos=True)
