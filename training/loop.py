@@ -136,7 +136,7 @@ def _setup_model(cfg: TrainConfig, mesh) -> _Model:
   # Whether the model returns auxiliary losses: traced once, abstractly, under the mesh (ring attention).
   rows = jax.ShapeDtypeStruct((mesh.shape["data"] * mesh.shape["fsdp"], cfg.data.seq_len), np.int32)
   with jax.set_mesh(mesh):
-    _, aux = jax.eval_shape(step_lib.make_apply(graphdef, abstract_params), nnx.to_pure_dict(abstract_params),
+    *_, aux = jax.eval_shape(step_lib.make_apply(graphdef, abstract_params), nnx.to_pure_dict(abstract_params),
                             {k: rows for k in pipeline.ROW_KEYS})
   return _Model(graphdef, abstract_params, state, p_shard, s_shard, tx, schedule, bool(aux))
 
