@@ -1,23 +1,29 @@
-"""The context-extension experiment, end to end: base model at L0, then 8x with each RoPE scaling rule,
-with and without a short fine-tune; perplexity vs length and passkey accuracy vs length; plots and table.
+"""The context-extension experiment on retrieval, end to end: the base model of configs/retrieval_base.py at
+L0, then 8x with each RoPE scaling rule, zero-shot and after a short fine-tune; passkey exact match by
+length and depth, MQAR exact match by length and gap, perplexity by length; docs/extension_results.json.
 
 python -m benchmarks.extension_experiment --root=runs/extension [--stages=base,zero_shot,finetune,report]
 
 Stages (each skips work whose results already exist, so a rerun resumes):
-  base       train.py --config=configs/extend.py:base                      -> ROOT/base
+  base       train.py --config=configs/extend.py:base                         -> ROOT/base
   zero_shot  python -m eval on the base checkpoint with each rule as an override -> ROOT/base/eval/STEP/RULE
   finetune   train.py --config=configs/extend.py:RULE --config.init_from=ROOT/base -> ROOT/RULE, then eval
-  report     docs/extension_*.png and docs/extension_results.md from the JSON results
+  report     docs/extension_results.json (the schema of the issue, plus per-depth / per-gap detail and the
+             wall and CPU seconds of every stage), docs/extension_results.md's table, and the plots
+Variants (--variant=local|dsa) train their own base and rules under ROOT/VARIANT and land under "variants".
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import resource
 import subprocess
 import sys
 import time
 
+import numpy as np
 from absl import app, flags
 
 from configs import extend
@@ -26,27 +32,36 @@ from eval import plots
 FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/extension", "Directory holding the base run and one run per rule.")
 flags.DEFINE_list("stages", ["base", "zero_shot", "finetune", "report"], "Stages to run, in order.")
-flags.DEFINE_list("rules", ["none", "linear", "ntk", "yarn"], "RoPE scaling rules (attention.rope.SCALING_KINDS).")
-flags.DEFINE_list("lengths", [str(extend.L0 * f) for f in (1, 2, 4, 8)] + [str(extend.L0 // 2)],
-                  "Evaluation lengths.")
+flags.DEFINE_list("rules", list(extend.ZERO_SHOT_RULES), "Rules measured zero-shot (configs/extend.py).")
+flags.DEFINE_list("finetune_rules", list(extend.RULES), "Rules fine-tuned at 8x (dynamic_ntk has none).")
+flags.DEFINE_list("lengths", [str(extend.L0 * f) for f in (1, 2, 4, 8)], "Evaluation lengths.")
 flags.DEFINE_integer("ppl_documents", 8, "Held-out documents per length.")
 flags.DEFINE_integer("passkey_samples", 4, "Passkey keys per (length, depth) cell.")
-flags.DEFINE_string("docs", "docs", "Where the report stage writes its plots and Markdown.")
+flags.DEFINE_integer("mqar_samples", 16, "MQAR rows per length.")
+flags.DEFINE_string("variant", "", "'' (all-global base), 'local' or 'dsa' (configs/extend.py).")
+flags.DEFINE_string("docs", "docs", "Where the report stage writes its JSON, plots and table.")
 flags.DEFINE_bool("tiny", False, "Smoke run: the configs' `tiny` variants (set --lengths to e.g. 32,64,128,256).")
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAMES = {"none": "no scaling", "linear": "PI (linear)", "ntk": "NTK-aware", "yarn": "YaRN",
-         "dynamic_ntk": "dynamic NTK"}
+NAMES = {"none": "no scaling", "linear": "PI (linear)", "ntk": "NTK-aware", "dynamic_ntk": "dynamic NTK",
+         "yarn": "YaRN", "yarn_notemp": "YaRN, no temperature"}
+TASKS = ("perplexity", "passkey", "mqar")
 
 
-def _run(argv: list[str], log: str):
+def _cpu_children() -> float:
+  r = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return r.ru_utime + r.ru_stime
+
+
+def _run(argv: list[str], log: str, timing: dict, name: str):
   print("+", " ".join(argv), f"> {log}", flush=True)
-  t = time.time()
+  t, c = time.time(), _cpu_children()
   with open(log, "a") as f:
     rc = subprocess.call(argv, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT_DIR)
   if rc:
     sys.exit(f"failed with exit status {rc} after {time.time() - t:.0f}s; see {log}")
-  print(f"  done in {time.time() - t:.0f}s", flush=True)
+  timing[name] = {"wall_s": round(time.time() - t, 1), "cpu_s": round(_cpu_children() - c, 1)}
+  print(f"  done in {timing[name]['wall_s']:.0f}s wall, {timing[name]['cpu_s']:.0f}s CPU", flush=True)
 
 
 def _latest_step(workdir: str) -> int | None:
@@ -55,68 +70,130 @@ def _latest_step(workdir: str) -> int | None:
   return max(steps) if steps else None
 
 
-def _eval(workdir: str, tag: str, overrides: list[str]):
-  step = _latest_step(workdir)
-  out = os.path.join(workdir, "eval", str(step), tag)
-  if os.path.isfile(os.path.join(out, "passkey.json")):
+def _suffix() -> str:
+  return (f",{FLAGS.variant}" if FLAGS.variant else "") + (",tiny" if FLAGS.tiny else "")
+
+
+def _eval(workdir: str, tag: str, overrides: list[str], timing: dict, name: str):
+  out = os.path.join(workdir, "eval", str(_latest_step(workdir)), tag)
+  if os.path.isfile(os.path.join(out, "mqar.json")):
     return
   _run([sys.executable, "-m", "eval", f"--workdir={workdir}", f"--lengths={','.join(FLAGS.lengths)}",
-        f"--tag={tag}", f"--ppl_documents={FLAGS.ppl_documents}", f"--passkey_samples={FLAGS.passkey_samples}",
-        *overrides], os.path.join(FLAGS.root, f"eval_{os.path.basename(workdir)}_{tag or 'ft'}.log"))
+        f"--tasks={','.join(TASKS)}", f"--tag={tag}", f"--ppl_documents={FLAGS.ppl_documents}",
+        f"--passkey_samples={FLAGS.passkey_samples}", f"--mqar_samples={FLAGS.mqar_samples}", *overrides],
+       os.path.join(os.path.dirname(workdir), f"eval_{os.path.basename(workdir)}_{tag or 'ft'}.log"), timing, name)
 
 
-def _train(config_arg: str, workdir: str, *overrides: str):
-  config_arg += ",tiny" if FLAGS.tiny else ""
+def _train(stage: str, workdir: str, timing: dict, *overrides: str):
+  config_arg = stage + _suffix()
   if _latest_step(workdir) == extend.get_config(config_arg).num_steps:
     return
   _run([sys.executable, "train.py", f"--config=configs/extend.py:{config_arg}", f"--workdir={workdir}",
-        *overrides], workdir + ".log")
+        *overrides], workdir + ".log", timing, f"train_{stage}")
 
 
 def _scaling_overrides(rule: str) -> list[str]:
-  c = extend.get_config(rule + (",tiny" if FLAGS.tiny else "")).model.rope_scaling
-  return [f"--config.model.rope_scaling.kind={c.kind}", f"--config.model.rope_scaling.factor={c.factor}",
-          f"--config.model.rope_scaling.original_max_len={c.original_max_len}"]
+  l0 = extend.get_config("base" + _suffix()).data.seq_len
+  return [f"--config.model.rope_scaling.{k}={v}" for k, v in extend.scaling(rule, l0).items()]
 
 
-def _load(workdir: str, tag: str, task: str) -> dict:
-  with open(os.path.join(workdir, "eval", str(_latest_step(workdir)), tag, f"{task}.json")) as f:
-    return json.load(f)
+def _load(workdir: str, tag: str) -> dict:
+  out = os.path.join(workdir, "eval", str(_latest_step(workdir)), tag)
+  res = {}
+  for task in TASKS:
+    with open(os.path.join(out, f"{task}.json")) as f:
+      res[task] = json.load(f)
+  return res
 
 
-def report(root: str, rules: list[str], docs: str):
-  """Comparison plots and the Markdown table of every (rule, fine-tuned?) pair."""
+def _summary(r: dict) -> dict:
+  """The issue's per-run keys: {"passkey": {len: acc}, "mqar": {len: acc}, "ppl": {len: perplexity}}."""
+  return {"passkey": {str(n): a for n, a in zip(r["passkey"]["lengths"], r["passkey"]["accuracy_per_length"])},
+          "mqar": {str(n): a for n, a in zip(r["mqar"]["lengths"], r["mqar"]["accuracy"])},
+          "ppl": {str(n): p for n, p in zip(r["perplexity"]["lengths"], r["perplexity"]["perplexity"])}}
+
+
+def _detail(r: dict) -> dict:
+  return {"passkey_by_depth": {str(n): dict(zip(map(str, r["passkey"]["depths"]), row))
+                               for n, row in zip(r["passkey"]["lengths"], r["passkey"]["accuracy"])},
+          "mqar_by_gap": {str(n): {"edges": e, "accuracy": a}
+                          for n, e, a in zip(r["mqar"]["lengths"], r["mqar"]["gap_edges"], r["mqar"]["by_gap"])},
+          "validation_loss": r["perplexity"]["validation_loss"], "step": r["perplexity"]["meta"]["step"]}
+
+
+def frequency_bands(rule: str, head_dim: int, theta: float, l0: int) -> dict:
+  """How many rotary frequencies reach, at 8 L0, a phase beyond any the base saw in training.
+
+  Base frequency w_i turns L0 w_i radians over L0; a dimension with L0 w_i < 2 pi never completed a turn, so
+  phases above L0 w_i are new to the model. After scaling, w'_i * 8 L0 is the largest phase at 8x.
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from attention.rope import RopeScaling, rope_frequencies  # pylint: disable=g-import-not-at-top
+  base, _ = rope_frequencies(head_dim, theta)
+  args = extend.scaling(rule, l0)
+  seq = extend.FACTOR * l0
+  scaled, scale = rope_frequencies(head_dim, theta, RopeScaling(**args), seq_len=seq)
+  base, scaled = np.asarray(base), np.asarray(scaled)
+  partial = base * l0 < 2 * math.pi
+  beyond = partial & (scaled * seq > base * l0 * 1.0001)
+  return {"dims": int(base.size), "partial_turn_in_L0": int(partial.sum()), "beyond_trained_phase": int(beyond.sum()),
+          "attention_scale_squared": float(scale) ** 2, "inv_freq": jnp.asarray(scaled).tolist()}
+
+
+def report(root: str, docs: str, timing: dict):
+  """docs/extension_results.json, the Markdown table and the plots."""
   base = os.path.join(root, "base")
-  runs = {}
-  for rule in rules:
-    runs[rule] = {t: _load(base, rule, t) for t in ("perplexity", "passkey")}
-    runs[rule + "+ft"] = {t: _load(os.path.join(root, rule), "", t) for t in ("perplexity", "passkey")}
+  cfg = extend.get_config("base" + _suffix())
+  l0 = cfg.data.seq_len
+  runs, out = {}, {"L0": l0, "factor": extend.FACTOR, "rules": {}, "variants": {}, "details": {}}
+  runs["base"] = _load(base, "none")
+  out["base"] = _summary(runs["base"])
+  out["details"]["base"] = _detail(runs["base"])
+  for rule in FLAGS.rules:
+    zs = _load(base, rule)
+    entry = {"zero_shot": _summary(zs)}
+    out["details"][rule] = {"zero_shot": _detail(zs), "bands": frequency_bands(rule, cfg.model.head_dim,
+                                                                                cfg.model.rope_theta, l0)}
+    runs[rule] = zs
+    ft_dir = os.path.join(root, rule)
+    if rule in FLAGS.finetune_rules and _latest_step(ft_dir) is not None:
+      ft = _load(ft_dir, "")
+      entry["finetune"] = _summary(ft)
+      out["details"][rule]["finetune"] = _detail(ft)
+      runs[rule + "+ft"] = ft
+    out["rules"][rule] = entry
+  out["timing"] = timing
+  out["machine"] = f"{os.cpu_count()}-core CPU shared with other jobs (wall inflated; cpu_s is user+sys)"
   os.makedirs(docs, exist_ok=True)
-  l0 = runs[rules[0]]["perplexity"]["meta"]["train_length"]
-  plots.compare_plot({k: v["perplexity"] for k, v in runs.items()}, "perplexity",
+  name = "extension_results" + (f"_{FLAGS.variant}" if FLAGS.variant else "")
+  with open(os.path.join(docs, name + ".json"), "w") as f:
+    json.dump(out, f, indent=1)
+  labelled = {NAMES.get(k.removesuffix("+ft"), k) + ("+ft" if k.endswith("+ft") else ""): v
+              for k, v in runs.items() if k != "base"}
+  plots.compare_plot({k: v["perplexity"] for k, v in labelled.items()}, "perplexity",
                      os.path.join(docs, "extension_perplexity.png"), ylabel="held-out perplexity", log_y=True,
                      train_length=l0, title=f"Perplexity vs length, base trained at {l0} (dashed: no fine-tune)")
-  plots.compare_plot({k: dict(v["passkey"], acc=v["passkey"]["accuracy_per_length"]) for k, v in runs.items()},
-                     "acc", os.path.join(docs, "extension_passkey.png"), ylabel="passkey accuracy",
+  plots.compare_plot({k: dict(v["passkey"], acc=v["passkey"]["accuracy_per_length"]) for k, v in labelled.items()},
+                     "acc", os.path.join(docs, "extension_passkey.png"), ylabel="passkey exact match",
                      train_length=l0, title="Passkey accuracy vs length (mean over depths)")
-  plots.compare_plot({k: v["perplexity"]["position_loss"] for k, v in runs.items()}, "loss",
-                     os.path.join(docs, "extension_position_loss.png"), ylabel="loss (nats/token)", x_key="start",
-                     xlabel="position in the window (bucket start)", train_length=l0,
-                     title=f"Loss by position at length {runs[rules[0]]['perplexity']['lengths'][-1]}")
-  plots.passkey_heatmaps({k: v["passkey"] for k, v in runs.items()}, os.path.join(docs, "extension_heatmaps.png"))
-  ppl_lengths = runs[rules[0]]["perplexity"]["lengths"]
-  pk_lengths = runs[rules[0]]["passkey"]["lengths"]
-  head = (["rule", "fine-tune"] + [f"ppl@{n}" for n in ppl_lengths] + [f"passkey@{n}" for n in pk_lengths])
+  plots.compare_plot({k: v["mqar"] for k, v in labelled.items()}, "accuracy",
+                     os.path.join(docs, "extension_mqar.png"), ylabel="MQAR exact match", train_length=l0,
+                     title="MQAR accuracy vs length")
+  plots.passkey_heatmaps({k: v["passkey"] for k, v in labelled.items()}, os.path.join(docs, "extension_heatmaps.png"))
+  lengths = FLAGS.lengths
+  head = ["rule", "fine-tune"] + [f"passkey@{n}" for n in lengths] + [f"mqar@{n}" for n in lengths] + \
+         [f"ppl@{n}" for n in lengths]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for key, r in runs.items():
-    rule, ft = key.removesuffix("+ft"), key.endswith("+ft")
-    steps = r["perplexity"]["meta"]["step"] if ft else 0
-    cells = [NAMES.get(rule, rule), f"{steps} steps" if ft else "none"]
-    cells += [f"{p:.2f}" for p in r["perplexity"]["perplexity"]]
-    cells += [f"{a:.0%}" for a in r["passkey"]["accuracy_per_length"]]
-    lines.append("| " + " | ".join(cells) + " |")
+  for rule, entry in out["rules"].items():
+    for kind, s in entry.items():
+      steps = out["details"][rule][kind]["step"] if kind == "finetune" else 0
+      cells = [NAMES.get(rule, rule), f"{steps} steps" if kind == "finetune" else "none"]
+      cells += [f"{s['passkey'][n]:.0%}" if n in s['passkey'] else "-" for n in lengths]
+      cells += [f"{s['mqar'].get(n, float('nan')):.0%}" for n in lengths]
+      cells += [f"{s['ppl'].get(n, float('nan')):.2f}" for n in lengths]
+      lines.append("| " + " | ".join(cells) + " |")
   table = "\n".join(lines)
-  with open(os.path.join(docs, "extension_table.md"), "w") as f:
+  with open(os.path.join(docs, name.replace("results", "table") + ".md"), "w") as f:
     f.write(table + "\n")
   print(table)
 
@@ -124,23 +201,28 @@ def report(root: str, rules: list[str], docs: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  os.makedirs(FLAGS.root, exist_ok=True)
-  base = os.path.join(FLAGS.root, "base")
+  root = os.path.join(FLAGS.root, FLAGS.variant) if FLAGS.variant else FLAGS.root
+  os.makedirs(root, exist_ok=True)
+  base = os.path.join(root, "base")
+  timing_path = os.path.join(root, "timing.json")
+  timing = json.load(open(timing_path)) if os.path.isfile(timing_path) else {}
   t = time.time()
   for stage in FLAGS.stages:
     if stage == "base":
-      _train("base", base)
+      _train("base", base, timing)
     elif stage == "zero_shot":
       for rule in FLAGS.rules:
-        _eval(base, rule, _scaling_overrides(rule))
+        _eval(base, rule, _scaling_overrides(rule), timing, f"eval_zero_shot_{rule}")
     elif stage == "finetune":
-      for rule in FLAGS.rules:
-        _train(rule, os.path.join(FLAGS.root, rule), f"--config.init_from={base}")
-        _eval(os.path.join(FLAGS.root, rule), "", [])
+      for rule in FLAGS.finetune_rules:
+        _train(rule, os.path.join(root, rule), timing, f"--config.init_from={base}")
+        _eval(os.path.join(root, rule), "", [], timing, f"eval_finetune_{rule}")
     elif stage == "report":
-      report(FLAGS.root, FLAGS.rules, FLAGS.docs)
+      report(root, FLAGS.docs, timing)
     else:
       raise app.UsageError(f"unknown stage {stage!r}; use base, zero_shot, finetune, report")
+    with open(timing_path, "w") as f:
+      json.dump(timing, f, indent=1)
   print(f"stages {FLAGS.stages} took {time.time() - t:.0f}s")
 
 

@@ -1,68 +1,78 @@
-"""Context extension by RoPE scaling: a base decoder trained at L0, then extended s = 8x with a short
-continued training run (Position Interpolation, Chen et al., arXiv 2306.15595; NTK-aware scaling; YaRN,
-Peng et al., arXiv 2309.00071).
+"""Context extension by RoPE scaling, measured on retrieval: the base decoder of configs/retrieval_base.py
+(L0 = 128, compact passkey + MQAR + text), extended s = 8x with a short continued training run (Position
+Interpolation, Chen et al., arXiv 2306.15595; NTK-aware scaling; YaRN, Peng et al., arXiv 2309.00071).
 
-The argument picks the stage, optionally followed by ",tiny" for a CPU smoke run:
+The argument is STAGE[,VARIANT][,tiny]:
 
-  base                    train the base decoder at L0 = 384 tokens, no RoPE scaling (1200 steps of
-                          8 rows, half of them passkey prompts)
-  none|linear|ntk|yarn    restore the base params (config.init_from, by default runs/extension/base),
-                          switch RoPE scaling to that rule with factor 8, and train s * L0 = 3072 tokens
-                          per row for num_steps = 30 steps of 2 rows (--config.num_steps=N for more)
+  base                       the base run (configs/retrieval_base.py)
+  none|linear|ntk|yarn|yarn_notemp
+                             restore the base params (config.init_from, by default runs/extension/base),
+                             switch RoPE scaling to that rule with factor 8 (yarn_notemp: YaRN with its
+                             attention temperature set to 1) and train 8 * L0 = 1024 tokens per row for
+                             100 steps of 4 rows, constant learning rate after a 10-step warm-up.
+  VARIANT local              every other layer a sliding window of 32 < L0 (pattern "LG"; local layers keep
+                             unscaled RoPE, as in Gemma)
+  VARIANT dsa                the first layer DSA with top_k = 32 < L0 (pattern "DG"): does the lightning
+                             indexer still select the key at 8x?
 
 python train.py --config=configs/extend.py:base --workdir=runs/extension/base
 python train.py --config=configs/extend.py:yarn --workdir=runs/extension/yarn --config.init_from=runs/extension/base
 
-L0 = 384 rather than 256: the byte-level passkey prompt (data/passkey.py) needs 254 tokens before any
-filler, so 384 is the shortest L0 at which the base model can be trained and tested on passkey retrieval
-at several depths. Every layer is global: the experiment is about how RoPE scaling reaches past L0, and
-a sliding-window layer never sees a distance longer than its window. `--config.model.attention_pattern=LG`
-extends the demo's local/global pattern the same way (local layers keep unscaled RoPE, as in Gemma).
+dynamic_ntk has no fine-tune stage: its frequencies depend on the current length, so a fine-tune at a fixed
+8 * L0 is a static NTK fine-tune; it is measured zero-shot (an eval override) only.
 """
 
-from attention.rope import SCALING_KINDS
-from training.config import default_config, shrink_for_cpu
+from configs import retrieval_base
+from training.config import shrink_for_cpu
 
-L0 = 384
+L0 = retrieval_base.L0
 FACTOR = 8
 BASE_WORKDIR = "runs/extension/base"
+RULES = ("none", "linear", "ntk", "yarn", "yarn_notemp")  # the stages that fine-tune
+ZERO_SHOT_RULES = RULES + ("dynamic_ntk",)
+VARIANTS = ("local", "dsa")
 
 
-def _base():
-  c = default_config("decoder_tiny")
-  c.model.update(vocab_size=272, d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-                 mlp_dim=384, max_len=L0, attention_pattern="G")
-  c.data.update(seq_len=L0, batch_size=8, val_fraction=0.02, num_val_batches=4, passkey_rate=0.5)
-  c.optim.update(learning_rate=3e-3, warmup_steps=30, weight_decay=0.1)
-  c.update(num_steps=1200, log_every=20, eval_every=200)
-  c.checkpoint.every = 200
-  return c
+def scaling(rule: str, l0: int) -> dict:
+  """model.rope_scaling of `rule` (ZERO_SHOT_RULES) at FACTOR x `l0`."""
+  if rule not in ZERO_SHOT_RULES:
+    raise ValueError(f"configs/extend.py: unknown rule {rule!r}; use one of {ZERO_SHOT_RULES}")
+  kind = "yarn" if rule == "yarn_notemp" else rule
+  return dict(kind=kind, factor=float(FACTOR), original_max_len=l0,
+              attention_factor=1.0 if rule == "yarn_notemp" else None)
+
+
+def _variant(c, variant: str):
+  if variant == "local":
+    c.model.update(attention_pattern="LG", window=[32, 0])
+  elif variant == "dsa":
+    c.model.update(attention_pattern="DG", dsa_top_k=32, dsa_index_heads=2, dsa_index_dim=16, dsa_rope_dim=8)
 
 
 def get_config(arg: str = "base"):
   stage, *rest = arg.split(",") if arg else ["base"]
-  if rest not in ([], ["tiny"]) or stage not in ("base",) + SCALING_KINDS:
-    raise ValueError(f"configs/extend.py: bad argument {arg!r}; use base|{'|'.join(SCALING_KINDS)}[,tiny]")
-  tiny = rest == ["tiny"]
-  c = _base()
-  if tiny:
-    c = shrink_for_cpu(c)
-    c.model.max_len = 32
-    c.data.passkey_rate = 0.0  # a passkey prompt needs >= 254 tokens
+  tiny = rest[-1:] == ["tiny"]
+  variant = rest[:-1] if tiny else rest
+  if stage not in ("base",) + RULES or variant not in ([], ["local"], ["dsa"]):
+    raise ValueError(f"configs/extend.py: bad argument {arg!r}; use base|{'|'.join(RULES)}[,local|,dsa][,tiny]")
+  c = retrieval_base.get_config("tiny" if tiny else "")
+  if variant:
+    _variant(c, variant[0])
+    if tiny:
+      c.model.update(window=[8, 0], dsa_top_k=8)
   if stage == "base":
     return c
   l0 = c.data.seq_len
   c.model.max_len = FACTOR * l0
-  c.model.rope_scaling.update(kind=stage, factor=float(FACTOR), original_max_len=l0)
+  c.model.rope_scaling = scaling(stage, l0)
   c.data.seq_len = FACTOR * l0
   c.init_from = BASE_WORKDIR
   if tiny:
-    c.data.batch_size = 2
+    c.data.update(batch_size=2, episode_min_len=l0)
     return c
-  # A short continued run: constant learning rate after a brief warm-up, PI's recipe in miniature.
-  # Fewer passkey rows than the base: the short run is mostly for long natural documents.
-  c.data.update(batch_size=2, num_val_batches=2, passkey_rate=0.2)
-  c.optim.update(learning_rate=1e-3, schedule="constant", warmup_steps=5)
-  c.update(num_steps=30, log_every=5, eval_every=30)
-  c.checkpoint.every = 30
+  # A short continued run, PI's recipe in miniature; episodes of L0 .. 8 L0 so every distance is trained.
+  c.data.update(batch_size=4, num_val_batches=2, episode_min_len=l0)
+  c.optim.update(learning_rate=1e-3, schedule="constant", warmup_steps=10)
+  c.update(num_steps=100, log_every=10, eval_every=100)
+  c.checkpoint.every = 100
   return c

@@ -96,6 +96,12 @@ def passkey_example(tokenizer, length: int, depth: float, seed: int, prompt: str
                         haystack_len=haystack.size, answer_start=answer_start, answer_len=answer.size)
 
 
+def min_length(tokenizer, prompt: str = "landmark") -> int:
+  """The shortest prompt passkey_example can build (no filler; every key has 5 digits)."""
+  ex = passkey_example(tokenizer, 10_000, 0.0, seed=0, prompt=prompt)
+  return int(ex.tokens.size - (ex.haystack_len - ex.needle_len))
+
+
 def passkey_row(tokenizer, seq_len: int, depth: float, seed: int, prompt: str = "landmark") -> dict[str, np.ndarray]:
   """A passkey example laid out as one packed training row (one segment, positions 0..T-1)."""
   ex = passkey_example(tokenizer, seq_len, depth, seed, prompt)

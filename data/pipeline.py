@@ -14,7 +14,7 @@ import grain
 import numpy as np
 
 from data import corpus as corpus_lib
-from data import mqar, packing, passkey
+from data import mqar, packing, passkey, retrieval
 
 ROW_KEYS = ("tokens", "segment_ids", "positions")
 
@@ -72,25 +72,39 @@ class _Rows:
 
 def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, seed: int,
                   passkey_rate: float = 0.0, passkey_prompt: str = "landmark", mqar_rate: float = 0.0,
-                  shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+                  episode_min_len: int = 0, shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
   """An infinite MapDataset of batches {tokens, segment_ids, positions}: int32 [batch_size, T].
 
   Rows are shuffled per epoch; decided per row index (deterministically), a row is replaced with
   probability `passkey_rate` by a passkey example (prompt `passkey_prompt`) at a uniformly random depth,
-  and with probability `mqar_rate` by an MQAR row (data/mqar.py). `shard_index`/`shard_count` give
+  and with probability `mqar_rate` by an MQAR row (data/mqar.py). `episode_min_len` > 0 makes those rows
+  packs of episodes of mixed lengths from episode_min_len up (data/retrieval.py; passkey episodes start at
+  the first doubling that holds a prompt). `shard_index`/`shard_count` give
   this host its share of every global batch (batch_size is the per-host batch).
   """
   if not (0.0 <= passkey_rate <= 1.0 and 0.0 <= mqar_rate <= 1.0 - passkey_rate):
     raise ValueError(f"passkey_rate and mqar_rate must be in [0, 1] with a sum <= 1, got {passkey_rate}, "
                      f"{mqar_rate}")
   seq_len = rows["tokens"].shape[1]
+  passkey_min = episode_min_len
+  while episode_min_len and passkey_min < passkey.min_length(tokenizer, passkey_prompt):
+    passkey_min *= 2
+
+  def passkey_tokens(n, s):
+    depth = float(np.random.default_rng([s, 1]).random())
+    return passkey.passkey_example(tokenizer, n, depth, s, passkey_prompt).tokens
 
   def mix(index, row):
     rng = np.random.default_rng([seed, index, 0x9A55])
     u = rng.random() if passkey_rate or mqar_rate else 1.0
+    if u < passkey_rate and episode_min_len:
+      return retrieval.episodes_row(passkey_tokens, tokenizer, seq_len, int(rng.integers(2**31)), passkey_min)
     if u < passkey_rate:
       return passkey.passkey_row(tokenizer, seq_len, depth=float(rng.random()),
                                  seed=int(rng.integers(2**31)), prompt=passkey_prompt)
+    if u < passkey_rate + mqar_rate and episode_min_len:
+      return retrieval.episodes_row(lambda n, s: mqar.mqar_example(tokenizer, n, s).tokens, tokenizer, seq_len,
+                                    int(rng.integers(2**31)), episode_min_len)
     if u < passkey_rate + mqar_rate:
       return mqar.mqar_row(tokenizer, seq_len, seed=int(rng.integers(2**31)))
     return row

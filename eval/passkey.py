@@ -22,8 +22,7 @@ DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 def min_length(tokenizer, prompt: str = "landmark") -> int:
   """The shortest prompt data.passkey_example can build (no filler; every key has 5 digits)."""
-  ex = data_lib.passkey_example(tokenizer, 10_000, 0.0, seed=0, prompt=prompt)
-  return int(ex.tokens.size - (ex.haystack_len - ex.needle_len))
+  return data_lib.passkey.min_length(tokenizer, prompt)
 
 
 def sample_seed(length: int, depth: float, sample: int) -> int:

@@ -1,5 +1,6 @@
-"""Tests for configs/extend.py: the extension stages restore the base run's params from another workdir,
-switch RoPE scaling and train at 8x the length; mismatched shapes are refused with a clear message."""
+"""Tests for configs/extend.py and configs/extend_gpu.py: the extension stages restore the base run's params
+from another workdir, switch RoPE scaling and train at 8x the length; mismatched shapes are refused with a
+clear message; every stage of the GPU recipe runs (at toy size) on the CPU."""
 
 import os
 
@@ -8,7 +9,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import extend
+from configs import extend, extend_gpu
 from eval import restore
 from training import train_and_evaluate
 
@@ -31,15 +32,40 @@ def _params(workdir, step):
 def test_config_stages():
   base = extend.get_config("base")
   assert base.data.seq_len == base.model.max_len == extend.L0 and base.model.rope_scaling.kind == "none"
-  for rule in ("none", "linear", "ntk", "yarn"):
+  assert base.data.mqar_rate > 0 and base.data.passkey_prompt == "compact"
+  for rule in extend.RULES:
     c = extend.get_config(rule)
     assert c.data.seq_len == c.model.max_len == extend.FACTOR * extend.L0
-    assert (c.model.rope_scaling.kind, c.model.rope_scaling.factor) == (rule, float(extend.FACTOR))
+    kind = "yarn" if rule == "yarn_notemp" else rule
+    assert (c.model.rope_scaling.kind, c.model.rope_scaling.factor) == (kind, float(extend.FACTOR))
     assert c.model.rope_scaling.original_max_len == extend.L0 and c.init_from == extend.BASE_WORKDIR
+    assert c.model.rope_scaling.attention_factor == (1.0 if rule == "yarn_notemp" else None)
+  assert extend.get_config("yarn,local").model.attention_pattern == "LG"
+  assert extend.get_config("yarn,dsa").model.dsa_top_k < extend.L0
   with pytest.raises(ValueError, match="bad argument 'cubic'"):
     extend.get_config("cubic")
   with pytest.raises(ValueError, match="bad argument 'yarn,huge'"):
     extend.get_config("yarn,huge")
+  with pytest.raises(ValueError, match="bad argument 'dynamic_ntk'"):
+    extend.get_config("dynamic_ntk")  # zero-shot only
+
+
+def test_gpu_recipe_stages_dry_run(tmp_path):
+  full = {s: extend_gpu.get_config(s) for s in extend_gpu.STAGES}
+  assert [full[s].data.seq_len for s in ("base", "yarn16k", "yarn32k")] == [2048, 16384, 32768]
+  assert full["yarn32k"].model.rope_scaling.factor == 16.0 and full["yarn16k"].model.rope_scaling.kind == "yarn"
+  assert all(c.num_steps > 100 for c in full.values())
+  base = str(tmp_path / "base")
+  for stage in extend_gpu.STAGES:
+    c = extend_gpu.get_config(stage + ",tiny")
+    c.model.attention_impl = "reference"
+    c.mesh.data = 1
+    c.update(num_steps=1, eval_every=1)
+    c.optim.warmup_steps = 0
+    c.checkpoint.every = 1
+    if stage != "base":
+      c.init_from = base
+    assert train_and_evaluate(c, base if stage == "base" else str(tmp_path / stage))["step"] == 1
 
 
 def test_extension_restores_base_params_and_refuses_other_shapes(tmp_path):

@@ -30,6 +30,7 @@ class DataConfig:
   passkey_rate: float = 0.0  # fraction of training rows replaced by passkey examples
   passkey_prompt: str = "landmark"  # data.passkey.PROMPTS: "landmark" (>= 254 tokens) | "compact"
   mqar_rate: float = 0.0  # fraction of training rows replaced by MQAR rows (data/mqar.py)
+  episode_min_len: int = 0  # > 0: passkey/MQAR rows are packs of episodes this long and up (data/retrieval.py)
   num_val_batches: int = 4
   mlm_rate: float = 0.3  # encoder only: ModernBERT masks 30% (80% MASK / 10% random / 10% kept)
   loader_threads: int = 2
@@ -196,6 +197,8 @@ def _validate(c: TrainConfig):
   _check(0 <= d.passkey_rate <= 1, "data.passkey_rate", d.passkey_rate, "must be in [0, 1]")
   _check(d.passkey_prompt in ("landmark", "compact"), "data.passkey_prompt", d.passkey_prompt,
          "must be 'landmark' or 'compact'")
+  _check(d.episode_min_len == 0 or 2 <= d.episode_min_len <= d.seq_len, "data.episode_min_len",
+         d.episode_min_len, f"must be 0 or in [2, data.seq_len={d.seq_len}]")
   _check(0 <= d.mqar_rate <= 1 - d.passkey_rate, "data.mqar_rate", d.mqar_rate,
          f"must be in [0, 1 - data.passkey_rate={d.passkey_rate}]")
   _check(0 < d.mlm_rate < 1, "data.mlm_rate", d.mlm_rate, "must be in (0, 1)")
