@@ -90,6 +90,15 @@ def test_mixing_mqar_and_passkey_rows_into_training_batches():
   is_passkey = ~is_text & ~is_mqar
   assert all(tok.decode(r).startswith("") and "The pass key is" in tok.decode(r) for r in flat[is_passkey])
   assert 4 <= is_mqar.sum() <= 28 and 1 <= is_passkey.sum() and 1 <= is_text.sum()
+  # With episodes, retrieval rows hold several segments; passkey episodes are long enough for a prompt.
+  ds = pipeline.train_dataset(rows, tok, batch_size=8, seed=0, passkey_rate=0.25, passkey_prompt="compact",
+                              mqar_rate=0.5, episode_min_len=16)
+  batch = ds[0]
+  segments = batch["segment_ids"].max(axis=1)
+  assert segments.max() > 1 and np.all(batch["segment_ids"] > 0)
+  for r, seg in zip(batch["tokens"], batch["segment_ids"]):
+    if "pass key" in tok.decode(r):
+      assert np.bincount(seg)[1:].min() >= passkey.min_length(tok, "compact")
   with pytest.raises(ValueError, match="sum <= 1"):
     pipeline.train_dataset(rows, tok, batch_size=8, seed=0, passkey_rate=0.6, mqar_rate=0.6)
 
