@@ -221,6 +221,9 @@ def main(argv):
       report(root, FLAGS.docs, timing)
     else:
       raise app.UsageError(f"unknown stage {stage!r}; use base, zero_shot, finetune, report")
+    # Two invocations may run side by side (--stages=zero_shot and --stages=finetune): merge, do not clobber.
+    on_disk = json.load(open(timing_path)) if os.path.isfile(timing_path) else {}
+    timing = {**on_disk, **timing}
     with open(timing_path, "w") as f:
       json.dump(timing, f, indent=1)
   print(f"stages {FLAGS.stages} took {time.time() - t:.0f}s")

@@ -9,14 +9,14 @@ Choices, and the evidence behind them (docs/extension_results.md has the runs):
   - L0 = 128: the compact passkey prompt needs ~47 tokens, so 128 leaves real filler; 8x is 1024, where a
     fine-tune step still fits the CPU budget.
   - d_model 64, 2 layers, 4 heads of dim 16: two layers are the minimum for an induction head (previous-token
-    head, then matching head). On this CPU a d128 model with 4 heads of 32 learned no faster per step
-    (same MQAR accuracy at step 1000) at 2x the cost. Head dim 16 with theta 1e4: the 8 frequencies have
-    wavelengths 6.3 ... 2*pi*10^(4*7/8) ~ 20,000 tokens; the lowest 3 (wavelength > 128) never complete a
-    turn within L0, the regime where PI, NTK and YaRN treat dimensions differently.
+    head, then matching head). In the search runs a d128 model with 4 heads of 32 was no better at step
+    1000 (MQAR 1.8% against 2.0%, passkey 0 for both) at about 2x the CPU time per step. Head dim 16 with
+    theta 1e4: the 8 frequencies have wavelengths 6.3, 20, 63, 199, 628, ... 19,869 tokens; 5 of the 8 never
+    complete a turn within L0 = 128, the regime where PI, NTK and YaRN treat dimensions differently.
   - Retrieval rows are packs of episodes of 16, 32, 64 and 128 tokens (data.episode_min_len = 16): the
     gradient that turns a head toward the right key shrinks with the number of keys it spreads over, so
-    short episodes make the heads form; long ones teach every distance up to L0. With whole 128-token rows
-    and the same steps, passkey stayed at 0 and MQAR at chance (runs in docs/extension_results.md).
+    short episodes make the heads form; long ones teach every distance up to L0. (Earlier whole-row runs did
+    not learn variable-offset induction in 1500-2000 steps; see docs/extension_results.md.)
   - 25% natural text, so perplexity is measured on text the model knows.
 """
 
