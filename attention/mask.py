@@ -62,6 +62,11 @@ class BlockSizes:
         raise ValueError(f"BlockSizes.{name} must be a positive int, got {v!r}")
 
 
+def default_kv_segment_ids(segment_ids, kv_segment_ids):
+  """The kv segment ids to use: kv_segment_ids, defaulting to segment_ids (one packed sequence)."""
+  return segment_ids if kv_segment_ids is None else kv_segment_ids
+
+
 def element_mask(mask: Mask, q_pos, k_pos, num_keys: int, q_seg=None, k_seg=None):
   """Boolean visibility of keys to queries; the one element-wise rule every implementation uses.
 
@@ -229,5 +234,5 @@ def segment_block_overlap(q_seg, k_seg):
   return jnp.any((q_seg.min(-1) <= k_seg.max(-1)) & (k_seg.min(-1) <= q_seg.max(-1)))
 
 
-__all__ = ["Mask", "BlockSizes", "BlockMap", "block_map", "element_mask", "attention_flops",
+__all__ = ["Mask", "BlockSizes", "BlockMap", "block_map", "default_kv_segment_ids", "element_mask", "attention_flops",
            "segment_block_overlap"]

@@ -26,7 +26,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from attention import kernel_impl, register
+from attention.flash_vjp import make_flash
 from attention.mask import BlockSizes, Mask, block_map, element_mask, segment_block_overlap
 
 _LOG2E = math.log2(math.e)
@@ -298,9 +298,8 @@ def _offsets(q_offset, b):
 def _seg_operands(pb, segment_ids, kv_segment_ids, b):
   if segment_ids is None:
     return None, None
-  kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
-  q_seg = _pad_to(jnp.asarray(segment_ids, jnp.int32).reshape(b, pb.t), 1, pb.tp)
-  kv_seg = _pad_to(jnp.asarray(kv_segment_ids, jnp.int32).reshape(b, pb.s), 1, pb.sp)
+  q_seg = _pad_to(segment_ids.reshape(b, pb.t), 1, pb.tp)
+  kv_seg = _pad_to(kv_segment_ids.reshape(b, pb.s), 1, pb.sp)
   return q_seg, kv_seg
 
 
@@ -452,11 +451,9 @@ def _pad_qkv(pb: _Problem, q, k, v):
   return q, k, v
 
 
-def flash_forward(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None,
-                  block_sizes=None, interpret=False):
-  """Forward pass only: (out [B, T, N, Hv] in q's dtype, lse [B, N, T] float32, +inf where nothing is seen).
+def _flash_forward(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes, interpret=False):
+  """attention.flash_vjp's forward: (out [B, T, N, Hv] in q's dtype, lse [B, N, T] float32).
 
-  Same contract as attention.xla_flash.flash_forward; q_offset may be negative (ring attention).
   interpret=True runs the kernels in Pallas interpret mode (any backend), else they lower through Triton.
   """
   pb = _problem(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
@@ -468,21 +465,14 @@ def flash_forward(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None
   return out[:, :pb.t, :, :v.shape[3]], lse[:, :, :pb.t]
 
 
-def flash_backward(q, k, v, out, lse, do, *, dlse=None, mask=Mask(), segment_ids=None, kv_segment_ids=None,
-                   q_offset=0, scale=None, block_sizes=None, interpret=False):
-  """Gradients (dq, dk, dv) from the saved output and log-sum-exp; same contract as xla_flash.flash_backward.
-
-  out, lse may be the global results of a larger attention this call is one part of (ring attention).
-  dlse [B, N, T] is the cotangent of lse: it enters as ds = p * (dp - delta) with delta = rowsum(dO*O) - dlse.
-  """
+def _flash_backward(q, k, v, lse, do, delta, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes,
+                    interpret=False):
+  """attention.flash_vjp's backward: (dq, dk, dv) from lse and delta [B, N, T], three kernels."""
   pb = _problem(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
                 interpret=interpret)
   b, t, n, _ = q.shape
   static_off, off = _offsets(q_offset, b)
   q_seg, kv_seg = _seg_operands(pb, segment_ids, kv_segment_ids, b)
-  delta = jnp.einsum("btnh,btnh->bnt", do.astype(jnp.float32), out.astype(jnp.float32))  # rowsum(dO * O)
-  if dlse is not None:
-    delta = delta - dlse.astype(jnp.float32)
   delta = _pad_to(delta, 2, pb.tp)
   lse2 = _pad_to(lse.astype(jnp.float32) * _LOG2E, 2, pb.tp, jnp.inf)  # padded rows: p = exp2(-inf) = 0
   qp, kp, vp = _pad_qkv(pb, q, k, v)
@@ -491,53 +481,9 @@ def flash_backward(q, k, v, out, lse, do, *, dlse=None, mask=Mask(), segment_ids
   return dq[:, :t, :, :q.shape[3]], dk[:, :pb.s, :, :k.shape[3]], dv[:, :pb.s, :, :v.shape[3]]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(static, q, k, v, q_offset, q_seg, kv_seg):
-  return _flash_fwd(static, q, k, v, q_offset, q_seg, kv_seg)[0]
-
-
-def _kwargs(static, q_offset, q_seg, kv_seg):
-  mask, scale, block_sizes, interpret, static_offset = static
-  return dict(mask=mask, segment_ids=q_seg, kv_segment_ids=kv_seg, scale=scale, block_sizes=block_sizes,
-              interpret=interpret, q_offset=static_offset if q_offset is None else q_offset)
-
-
-def _flash_fwd(static, q, k, v, q_offset, q_seg, kv_seg):
-  out, lse = flash_forward(q, k, v, **_kwargs(static, q_offset, q_seg, kv_seg))
-  return (out, lse), (q, k, v, q_offset, q_seg, kv_seg, out, lse)
-
-
-def _flash_bwd(static, res, cotangents):
-  q, k, v, q_offset, q_seg, kv_seg, out, lse = res
-  do, dlse = cotangents
-  dq, dk, dv = flash_backward(q, k, v, out, lse, do, dlse=dlse, **_kwargs(static, q_offset, q_seg, kv_seg))
-  return dq, dk, dv, None, None, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
-
-
-def flash_attention_with_lse(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0,
-                             scale=None, block_sizes: BlockSizes | None = None, interpret: bool = False):
-  """Pallas GPU FlashAttention returning (out [B, T, N, Hv], lse [B, N, T] float32; +inf for empty rows).
-
-  q [B, T, N, H], k [B, S, K, H], v [B, S, K, Hv] (N % K == 0). Differentiable in q, k, v through both
-  outputs. Inputs are not validated here beyond what the kernels need; attention.attend() does that.
-  """
-  if segment_ids is not None and kv_segment_ids is None:
-    kv_segment_ids = segment_ids
-  seg = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
-  if isinstance(q_offset, (int, np.integer)) and not isinstance(q_offset, bool):
-    static_offset, q_offset = int(q_offset), None
-  else:
-    static_offset, q_offset = None, jnp.asarray(q_offset, jnp.int32)
-  static = (mask, None if scale is None else float(scale), block_sizes, bool(interpret), static_offset)
-  return _flash(static, q, k, v, q_offset, seg(segment_ids), seg(kv_segment_ids))
-
-
-def flash_attention(q, k, v, **kwargs):
-  """Pallas GPU FlashAttention, same arguments as flash_attention_with_lse; returns out [B, T, N, Hv]."""
-  return flash_attention_with_lse(q, k, v, **kwargs)[0]
-
-
-register("pallas_gpu", kernel_impl(flash_attention, "gpu"), auto_for=("gpu",))
+FLASH = make_flash(_flash_forward, _flash_backward)
+# The public functions (arguments and results: attention.flash_vjp), plus `interpret`.
+flash_forward = FLASH.forward
+flash_backward = FLASH.backward
+flash_attention_with_lse = FLASH.attention_with_lse
+flash_attention = FLASH.attention

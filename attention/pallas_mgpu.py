@@ -36,6 +36,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from attention.flash_vjp import make_flash
 from attention.mask import BlockSizes, Mask, block_map, element_mask
 
 _LOG2E = math.log2(math.e)
@@ -742,3 +743,5 @@ def backward(q, k, v, lse, do, delta, *, mask, segment_ids, kv_segment_ids, q_of
   dq, dk, dv = _backward_call(pb, qp, kp, vp, dop, lse2, delta, static_off, off, q_seg, kv_seg)
   return dq[:, :pb.t, :, :q.shape[3]], dk[:, :pb.s, :, :k.shape[3]], dv[:, :pb.s, :, :v.shape[3]]
 
+
+FLASH = make_flash(forward, backward)  # its row in attention.registry.REGISTRY: "pallas_mgpu"

@@ -33,7 +33,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from attention import kernel_impl, register
+from attention.flash_vjp import make_flash
 from attention.mask import BlockSizes, Mask, block_map, element_mask
 
 NUM_LANES = 128
@@ -317,9 +317,8 @@ def _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset) -> _Operands:
   q_ids = kv_ids = None
   seg_rng = ()
   if cfg.has_seg:
-    kv_segment_ids = segment_ids if kv_segment_ids is None else kv_segment_ids
-    q_ids = _pad(jnp.asarray(segment_ids, jnp.int32), 1, tp, "edge")  # edge padding keeps tile ranges tight
-    kv_ids = _pad(jnp.asarray(kv_segment_ids, jnp.int32), 1, sp, "edge")
+    q_ids = _pad(segment_ids, 1, tp, "edge")  # edge padding keeps tile ranges tight
+    kv_ids = _pad(kv_segment_ids, 1, sp, "edge")
     qt, kt = q_ids.reshape(b, -1, bq), kv_ids.reshape(b, -1, bk)
     seg_rng = tuple(x.reshape(-1) for x in (qt.min(-1), qt.max(-1), kt.min(-1), kt.max(-1)))
   return _Operands(_head_major(q, tp, hp), _head_major(k, sp, hp), _head_major(v, sp, hvp), q_ids, kv_ids,
@@ -431,13 +430,11 @@ def _from_head_major(x, t, d, dtype):
   return x[:, :, :t, :d].transpose(0, 2, 1, 3).astype(dtype)
 
 
-def flash_forward(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None,
-                  block_sizes=None, interpret=None):
-  """Forward pass only: (out [B, T, N, Hv] in q's dtype, lse [B, N, T] float32, +inf where nothing is seen).
+def _flash_forward(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes, interpret=None):
+  """attention.flash_vjp's forward: (out [B, T, N, Hv] in q's dtype, lse [B, N, T] float32).
 
-  Same arguments as attention.xla_flash.flash_forward, plus `interpret` (None: interpret mode exactly when
-  the default backend is the CPU; False: compile for TPU, also when cross-lowering from another host).
-  q_offset may be negative (ring attention shifts positions by the kv chunk's start).
+  interpret: None means interpret mode exactly when the default backend is the CPU; False compiles for
+  TPU, also when cross-lowering from another host.
   """
   cfg = _config(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
                 interpret=interpret)
@@ -447,22 +444,14 @@ def flash_forward(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None
   return _from_head_major(out, t, v.shape[-1], q.dtype), lse[:, :, 0, :t]
 
 
-def flash_backward(q, k, v, out, lse, do, *, dlse=None, mask=Mask(), segment_ids=None, kv_segment_ids=None,
-                   q_offset=0, scale=None, block_sizes=None, interpret=None):
-  """Gradients (dq, dk, dv) from the saved output and log-sum-exp, recomputing probabilities tile by tile.
-
-  As attention.xla_flash.flash_backward: out, lse may be the global results of a larger attention this
-  call is one part of (ring attention), and dlse [B, N, T] is the cotangent of lse, entering as
-  ds = p * (dp - delta) with delta = rowsum(dO * O) - dlse.
-  """
+def _flash_backward(q, k, v, lse, do, delta, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes,
+                    interpret=None):
+  """attention.flash_vjp's backward: (dq, dk, dv) from lse and delta [B, N, T], a dQ and a dK/dV kernel."""
   cfg = _config(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
                 interpret=interpret)
   ops = _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset)
   t, s, h, hv = q.shape[1], k.shape[1], q.shape[-1], v.shape[-1]
   tp, hvp = ops.q.shape[2], ops.v.shape[-1]
-  delta = jnp.einsum("btnh,btnh->bnt", do.astype(jnp.float32), out.astype(jnp.float32))  # rowsum(dO * O)
-  if dlse is not None:
-    delta = delta - dlse.astype(jnp.float32)
   do_h = _head_major(do.astype(ops.q.dtype), tp, hvp)  # [B, N, Tp, Hvp]
   rows = lambda x, fill: _pad(x.astype(jnp.float32), 2, tp, value=fill)[:, :, None]  # [B, N, 1, Tp]
   dq, dk, dv = _backward(cfg, ops, do_h, rows(lse, jnp.inf), rows(delta, 0.0))
@@ -470,52 +459,9 @@ def flash_backward(q, k, v, out, lse, do, *, dlse=None, mask=Mask(), segment_ids
           _from_head_major(dv, s, hv, v.dtype))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(static, q, k, v, q_offset, q_seg, kv_seg):
-  return _flash_fwd(static, q, k, v, q_offset, q_seg, kv_seg)[0]
-
-
-def _flash_fwd(static, q, k, v, q_offset, q_seg, kv_seg):
-  mask, scale, bs, static_offset, interpret = static
-  kw = dict(mask=mask, segment_ids=q_seg, kv_segment_ids=kv_seg, scale=scale, block_sizes=bs,
-            q_offset=static_offset if q_offset is None else q_offset, interpret=interpret)
-  out, lse = flash_forward(q, k, v, **kw)
-  return (out, lse), (q, k, v, q_offset, q_seg, kv_seg, out, lse)
-
-
-def _flash_bwd(static, res, cotangents):
-  mask, scale, bs, static_offset, interpret = static
-  q, k, v, q_offset, q_seg, kv_seg, out, lse = res
-  do, dlse = cotangents
-  dq, dk, dv = flash_backward(q, k, v, out, lse, do, dlse=dlse, mask=mask, segment_ids=q_seg,
-                              kv_segment_ids=kv_seg, q_offset=static_offset if q_offset is None else q_offset,
-                              scale=scale, block_sizes=bs, interpret=interpret)
-  return dq, dk, dv, None, None, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
-
-
-def flash_attention_with_lse(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0,
-                             scale=None, block_sizes: BlockSizes | None = None, interpret=None):
-  """Pallas TPU attention returning (out [B, T, N, Hv], lse [B, N, T] float32; +inf for rows seeing nothing).
-
-  Inputs are not validated here; attention.attend() does that. Differentiable in q, k, v through both
-  outputs (the lse gradient lets partial results be merged, e.g. across ring steps).
-  """
-  if segment_ids is not None and kv_segment_ids is None:
-    kv_segment_ids = segment_ids
-  interpret = jax.default_backend() == "cpu" if interpret is None else bool(interpret)
-  static_offset, q_offset = ((int(q_offset), None) if isinstance(q_offset, (int, np.integer))
-                             else (None, jnp.asarray(q_offset, jnp.int32)))
-  seg = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
-  static = (mask, None if scale is None else float(scale), block_sizes, static_offset, interpret)
-  return _flash(static, q, k, v, q_offset, seg(segment_ids), seg(kv_segment_ids))
-
-
-def flash_attention(q, k, v, **kwargs):
-  """Pallas TPU attention, same arguments as flash_attention_with_lse; returns out [B, T, N, Hv]."""
-  return flash_attention_with_lse(q, k, v, **kwargs)[0]
-
-
-register("pallas_tpu", kernel_impl(flash_attention, "tpu"), auto_for=("tpu",))
+FLASH = make_flash(_flash_forward, _flash_backward)
+# The public functions (arguments and results: attention.flash_vjp), plus `interpret` (see _flash_forward).
+flash_forward = FLASH.forward
+flash_backward = FLASH.backward
+flash_attention_with_lse = FLASH.attention_with_lse
+flash_attention = FLASH.attention

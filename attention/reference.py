@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attention.mask import Mask, element_mask
+from attention.mask import Mask, default_kv_segment_ids, element_mask
 
 
 def positions(q_len: int, q_offset) -> jax.Array:
@@ -18,11 +18,13 @@ def positions(q_len: int, q_offset) -> jax.Array:
 
 
 def dense_mask(mask: Mask, q_len: int, kv_len: int, *, segment_ids=None, kv_segment_ids=None, q_offset=0):
-  """[B or 1, T, S] bool visibility built with the shared element-wise rule."""
+  """[B or 1, T, S] bool visibility built with the shared element-wise rule (kv_segment_ids defaults to
+  segment_ids)."""
   q_pos = positions(q_len, q_offset)[:, :, None]  # [B|1, T, 1]
   k_pos = jnp.arange(kv_len, dtype=jnp.int32)[None, None, :]  # [1, 1, S]
   q_seg = k_seg = None
   if segment_ids is not None:
+    kv_segment_ids = default_kv_segment_ids(segment_ids, kv_segment_ids)
     q_seg, k_seg = segment_ids[:, :, None], kv_segment_ids[:, None, :]
   return element_mask(mask, q_pos, k_pos, kv_len, q_seg, k_seg)
 
@@ -55,8 +57,6 @@ def attention_with_lse(q, k, v, visible, scale):
 def attention(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None):
   """Dense reference attention; same arguments and semantics as attention.attend(). Returns [B, T, N, Hv]."""
   scale = q.shape[-1] ** -0.5 if scale is None else scale
-  if segment_ids is not None and kv_segment_ids is None:
-    kv_segment_ids = segment_ids
   visible = dense_mask(mask, q.shape[1], k.shape[1], segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
                        q_offset=q_offset)
   out, _ = attention_with_lse(q, k, v, visible, scale)

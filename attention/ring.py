@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -29,26 +28,10 @@ import numpy as np
 from jax import lax
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from attention import Impl, attend, resolve_impl, validate
+from attention import attend
+from attention.checks import validate
+from attention.registry import Impl, flash_registry, resolve_impl
 from attention.mask import BlockSizes, Mask, block_map, segment_block_overlap
-
-# Modules exposing flash_forward / flash_backward with xla_flash's signature (Pallas ones add `interpret`).
-_KERNEL_MODULES = {"xla": ("attention.xla_flash", None, False),
-                   "pallas_gpu": ("attention.pallas_gpu", ("gpu",), True),
-                   "pallas_tpu": ("attention.pallas_tpu", ("tpu",), True)}
-
-
-def _kernel_registry() -> dict[str, Impl]:
-  """Impl entries (fn = the kernel module) for every kernel module that is importable here."""
-  registry = {}
-  for name, (module, platforms, interpretable) in _KERNEL_MODULES.items():
-    try:
-      registry[name] = Impl(importlib.import_module(module), platforms, interpretable)
-    except ModuleNotFoundError as e:
-      if e.name != module:
-        raise
-  return registry
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Layout: which chunks a device holds.
@@ -164,19 +147,17 @@ class _Config:
   plan: _Plan
   mask: Mask
   scale: float
-  impl: str
+  kernel: Impl  # a row of attention.registry.REGISTRY with a flash kernel
   interpret: bool
   block_sizes: BlockSizes | None
 
   def kernel_kwargs(self):
-    kw = dict(mask=self.mask, scale=self.scale, block_sizes=self.block_sizes)
-    if self.impl != "xla":
-      kw["interpret"] = self.interpret
-    return kw
+    return dict(mask=self.mask, scale=self.scale, block_sizes=self.block_sizes,
+                **self.kernel.kernel_options(self.interpret))
 
   @property
   def kernels(self):
-    return _kernel_registry()[self.impl].fn
+    return self.kernel.flash
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -222,7 +203,7 @@ def _forward_step(cfg, shift, qs, q_segs, kv, acc):
   for a, b, vis, q_offset in _pairs(cfg, shift, q_segs, kv_segs):
 
     def attend_pair(acc_a, a=a, b=b, q_offset=q_offset):
-      out, lse = cfg.kernels.flash_forward(qs[a], ks[b], vs[b], segment_ids=q_segs[a], kv_segment_ids=kv_segs[b],
+      out, lse = cfg.kernels.forward(qs[a], ks[b], vs[b], segment_ids=q_segs[a], kv_segment_ids=kv_segs[b],
                                            q_offset=q_offset, **cfg.kernel_kwargs())
       return _merge(acc_a, out, jnp.where(jnp.isposinf(lse), -jnp.inf, lse))
 
@@ -259,7 +240,7 @@ def _backward_step(cfg, shift, qs, q_segs, outs, lses, dos, kv, dkv, dqs):
   for a, b, vis, q_offset in _pairs(cfg, shift, q_segs, kv_segs):
 
     def grad_pair(grads, a=a, b=b, q_offset=q_offset):
-      dq, dk, dv = cfg.kernels.flash_backward(qs[a], ks[b], vs[b], outs[a], lses[a], dos[a],
+      dq, dk, dv = cfg.kernels.backward(qs[a], ks[b], vs[b], outs[a], lses[a], dos[a],
                                               segment_ids=q_segs[a], kv_segment_ids=kv_segs[b],
                                               q_offset=q_offset, **cfg.kernel_kwargs())
       return tuple(g + d.astype(jnp.float32) for g, d in zip(grads, (dq, dk, dv)))
@@ -340,9 +321,11 @@ def ring_attention_shard(q, k, v, *, axis_name: str = "context", mask: Mask = Ma
   _check_divisible(seq_len, 2 * n if load_balance else n, load_balance)
   if balanced_input and not load_balance:
     raise ValueError("balanced_input=True needs load_balance=True")
-  name, interpret = resolve_impl(impl, interpret, registry=_kernel_registry(), op="ring_attention")
+  kernels = flash_registry()
+  name, interpret = resolve_impl(impl, interpret, registry=kernels, op="ring_attention")
   scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-  cfg = _Config(axis_name, _make_plan(mask, seq_len, n, load_balance), mask, scale, name, interpret, block_sizes)
+  cfg = _Config(axis_name, _make_plan(mask, seq_len, n, load_balance), mask, scale, kernels[name], interpret,
+                block_sizes)
   seg = None if segment_ids is None else jnp.asarray(segment_ids, jnp.int32)
   reorder = load_balance and not balanced_input
   if reorder:

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention.mask import BlockSizes, Mask, block_map, element_mask, segment_block_overlap
+from attention.flash_vjp import make_flash
+from attention.mask import BlockSizes, block_map, element_mask, segment_block_overlap
 
 DEFAULT_BLOCK_SIZES = BlockSizes(block_q=256, block_k=256)
 
@@ -175,102 +175,46 @@ def _from_head_major(x, t):
   return x.transpose(0, 3, 1, 2, 4)[:, :t].reshape(b, t, kh * g, d)
 
 
-def _normalize(q, k, *, segment_ids, kv_segment_ids, q_offset, scale, block_sizes):
-  """Static tile sizes, scale, offset and padded segment ids for one call."""
+def _tiles(q, k, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes) -> _Tiles:
+  """The tiles of one call (arguments normalised by attention.flash_vjp)."""
   t, s = q.shape[1], k.shape[1]
   bs = block_sizes or DEFAULT_BLOCK_SIZES
   # Tiles never larger than the (8-rounded) sequence: decoding with T=1 must not pad to 512 rows.
   bs = BlockSizes(min(bs.block_q, -(-t // 8) * 8), min(bs.block_k, -(-s // 8) * 8))
-  scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-  if segment_ids is not None and kv_segment_ids is None:
-    kv_segment_ids = segment_ids
   tp, sp = -(-t // bs.block_q) * bs.block_q, -(-s // bs.block_k) * bs.block_k
-  pad_seg = lambda seg, n: None if seg is None else _pad_axis(jnp.asarray(seg, jnp.int32), 1, n)
-  if not isinstance(q_offset, int):
-    q_offset = jnp.asarray(q_offset, jnp.int32)
-  return bs, scale, q_offset, pad_seg(segment_ids, tp), pad_seg(kv_segment_ids, sp)
+  pad_seg = lambda seg, n: None if seg is None else _pad_axis(seg, 1, n)
+  return _Tiles(mask, t, s, bs, q_offset, pad_seg(segment_ids, tp), pad_seg(kv_segment_ids, sp), scale)
 
 
-def flash_forward(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None,
-                  block_sizes=None):
-  """Forward pass only: (out [B, T, N, Hv] in q's dtype, lse [B, N, T] float32, +inf where nothing is seen).
-
-  q_offset may be negative here (ring attention shifts positions by the kv chunk's start).
-  """
-  bs, scale, q_offset, q_seg, kv_seg = _normalize(q, k, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
-                                                  q_offset=q_offset, scale=scale, block_sizes=block_sizes)
+def _flash_forward(q, k, v, **kw):
+  """attention.flash_vjp's forward: (out [B, T, N, Hv] in q's dtype, lse [B, N, T] float32)."""
+  tiles = _tiles(q, k, **kw)
   t = q.shape[1]
-  qh, kh, vh = _to_head_major(q, k, v, bs)
-  out, lse = _forward(_Tiles(mask, t, k.shape[1], bs, q_offset, q_seg, kv_seg, scale), qh, kh, vh)
+  qh, kh, vh = _to_head_major(q, k, v, tiles.bs)
+  out, lse = _forward(tiles, qh, kh, vh)
   b, n = q.shape[0], q.shape[2]
   return _from_head_major(out, t).astype(q.dtype), lse[:, :, :, :t].reshape(b, n, t)
 
 
-def flash_backward(q, k, v, out, lse, do, *, dlse=None, mask=Mask(), segment_ids=None, kv_segment_ids=None,
-                   q_offset=0, scale=None, block_sizes=None):
-  """Gradients (dq, dk, dv) from the saved output and log-sum-exp, recomputing probabilities tile by tile.
-
-  out, lse may be the *global* results of a larger attention this call is one part of (ring attention):
-  probabilities exp(s - lse) are then that part's share, and the gradients are that part's contribution.
-  dlse [B, N, T] is the cotangent of lse (d lse / d s = p, so it enters as ds = p * (dp - delta + dlse)).
-  """
-  bs, scale, q_offset, q_seg, kv_seg = _normalize(q, k, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
-                                                  q_offset=q_offset, scale=scale, block_sizes=block_sizes)
+def _flash_backward(q, k, v, lse, do, delta, **kw):
+  """attention.flash_vjp's backward: (dq, dk, dv) from lse and delta [B, N, T], tile by tile."""
+  tiles = _tiles(q, k, **kw)
   t, s = q.shape[1], k.shape[1]
-  qh, kh, vh = _to_head_major(q, k, v, bs)
-  doh, outh = (_to_head_major(x, k, v, bs)[0] for x in (do, out))
+  qh, kh, vh = _to_head_major(q, k, v, tiles.bs)
+  doh = _to_head_major(do, k, v, tiles.bs)[0]
   b, kvh, g, tp, _ = qh.shape
-  to_rows = lambda x: _pad_axis(x.reshape(b, kvh, g, t), 3, tp)  # [B, N, T] -> [B, K, G, Tp]
-  delta = jnp.sum(doh.astype(jnp.float32) * outh.astype(jnp.float32), axis=-1)  # rowsum(dO * O)
-  if dlse is not None:
-    delta = delta - to_rows(dlse.astype(jnp.float32))
-  tiles = _Tiles(mask, t, s, bs, q_offset, q_seg, kv_seg, scale)
-  dq, dk, dv = _backward(tiles, qh, kh, vh, to_rows(lse), delta, doh.astype(q.dtype))
+  to_rows = lambda x: _pad_axis(x.astype(jnp.float32).reshape(b, kvh, g, t), 3, tp)  # [B, N, T] -> [B, K, G, Tp]
+  dq, dk, dv = _backward(tiles, qh, kh, vh, to_rows(lse), to_rows(delta), doh.astype(q.dtype))
   dq = _from_head_major(dq, t).astype(q.dtype)
   dk = dk.transpose(0, 2, 1, 3)[:, :s].astype(k.dtype)
   dv = dv.transpose(0, 2, 1, 3)[:, :s].astype(v.dtype)
   return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _flash(mask, scale, bs, q, k, v, q_offset, q_seg, kv_seg):
-  return _flash_fwd(mask, scale, bs, q, k, v, q_offset, q_seg, kv_seg)[0]
-
-
-def _flash_fwd(mask, scale, bs, q, k, v, q_offset, q_seg, kv_seg):
-  kw = dict(mask=mask, segment_ids=q_seg, kv_segment_ids=kv_seg, q_offset=q_offset, scale=scale,
-            block_sizes=bs)
-  out, lse = flash_forward(q, k, v, **kw)
-  return (out, lse), (q, k, v, q_offset, q_seg, kv_seg, out, lse)
-
-
-def _flash_bwd(mask, scale, bs, res, cotangents):
-  q, k, v, q_offset, q_seg, kv_seg, out, lse = res
-  do, dlse = cotangents
-  dq, dk, dv = flash_backward(q, k, v, out, lse, do, dlse=dlse, mask=mask, segment_ids=q_seg,
-                              kv_segment_ids=kv_seg, q_offset=q_offset, scale=scale, block_sizes=bs)
-  return dq, dk, dv, None, None, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
-
-
-def flash_attention_with_lse(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0,
-                             scale=None, block_sizes: BlockSizes | None = None):
-  """Blockwise attention returning (out [B, T, N, Hv], lse [B, N, T] float32; +inf for rows seeing nothing).
-
-  Inputs are not validated here; attention.attend() does that. Differentiable in q, k, v, through both
-  outputs (the lse gradient lets partial results be merged, e.g. across ring steps).
-  """
-  if segment_ids is not None and kv_segment_ids is None:
-    kv_segment_ids = segment_ids
-  if not isinstance(q_offset, int):
-    q_offset = jnp.asarray(q_offset, jnp.int32)
-  seg = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
-  return _flash(mask, None if scale is None else float(scale), block_sizes, q, k, v, q_offset,
-                seg(segment_ids), seg(kv_segment_ids))
-
-
-def flash_attention(q, k, v, **kwargs):
-  """Blockwise attention, same arguments as flash_attention_with_lse; returns out [B, T, N, Hv]."""
-  return flash_attention_with_lse(q, k, v, **kwargs)[0]
+FLASH = make_flash(_flash_forward, _flash_backward)
+# The public functions (arguments and results: attention.flash_vjp). flash_forward and flash_backward take
+# q_offset < 0 and, in flash_backward, the global out and lse of a larger attention (ring attention).
+flash_forward = FLASH.forward
+flash_backward = FLASH.backward
+flash_attention_with_lse = FLASH.attention_with_lse
+flash_attention = FLASH.attention

@@ -1,10 +1,31 @@
-"""Test setup: 8 fake CPU devices (for mesh tests) before jax is imported anywhere, float32 matmuls."""
+"""Test setup: 8 fake CPU devices (for mesh tests) before jax is imported anywhere, float32 matmuls.
+
+TPU kernels are compiled (not only lowered) for TPU topologies with libtpu from a `pip install --target`
+directory: LONGCTX_LIBTPU_DIR, default ~/.cache/longctx/libtpu (where .ci/run installs the version jax[tpu]
+pins). It is kept off sys.path until a test asks for a topology, so jax never tries to start a TPU.
+"""
 
 import os
+import sys
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+@pytest.fixture
+def tpu_device():
+  """tpu_device(topology_name) -> the first device of an AOT TPU topology (e.g. "v5e:2x2"), via libtpu."""
+  libtpu_dir = os.environ.get("LONGCTX_LIBTPU_DIR", os.path.expanduser("~/.cache/longctx/libtpu"))
+  if not os.path.isdir(os.path.join(libtpu_dir, "libtpu")):
+    pytest.skip(f"no libtpu in {libtpu_dir} (set LONGCTX_LIBTPU_DIR; .ci/run installs it): only "
+                "cross-lowering is checked")
+  if libtpu_dir not in sys.path:
+    sys.path.append(libtpu_dir)
+  os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # no TPU VM metadata to read it from
+  from jax.experimental import topologies
+  return lambda name: topologies.get_topology_desc(topology_name=name, platform="tpu").devices[0]

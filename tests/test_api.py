@@ -8,7 +8,7 @@ import pytest
 
 import attention
 from attention import BlockSizes, Mask, attend
-from attention_testing import random_qkv
+from attention.testing import random_qkv
 
 Q, K, V, _ = random_qkv(0, 2, 16, 16, 4, 2, 8)
 
@@ -51,7 +51,7 @@ def test_cudnn_needs_a_gpu():
 
 
 def test_auto_picks_xla_on_cpu_and_logs_once(caplog):
-  attention._AUTO_LOGGED.clear()
+  attention.registry._AUTO_LOGGED.clear()
   with caplog.at_level(logging.INFO, logger="attention"):
     out = attend(Q, K, V, mask=Mask(causal=True))
     attend(Q, K, V)

@@ -101,3 +101,18 @@ def test_gpu_check_dsa_cases_lower_for_cuda():
     args = (sd((c["b"], c["t"], c["hi"], c["di"]), jnp.float32), sd((c["b"], c["s"], c["di"]), jnp.float32),
             sd((c["b"], c["t"], c["hi"]), jnp.float32), seg, kv_seg)
     assert jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text().count("triton") >= 2
+
+
+@pytest.mark.parametrize("topology", ["v5e:2x2", "v6e:2x2"])
+def test_tpu_kernel_compiles_for_tpu_with_libtpu(tpu_device, topology):
+  """Full Mosaic compilation of the sparse forward and backward kernels for a TPU chip, without a TPU."""
+  sharding = jax.sharding.SingleDeviceSharding(tpu_device(topology))
+  b, t, s, n, kh, h, top_k = 1, 256, 1024, 8, 1, 128, 200
+  shapes = [((b, t, n, h), jnp.bfloat16), ((b, s, kh, h), jnp.bfloat16), ((b, s, kh, h), jnp.bfloat16),
+            ((b, t, top_k), jnp.int32)]
+  args = [jax.ShapeDtypeStruct(shape, dtype, sharding=sharding) for shape, dtype in shapes]
+  loss = lambda q, k, v, idx: sparse_attend(q, k, v, idx, impl="pallas_tpu", interpret=False).astype(
+      jnp.float32).sum()
+  compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(*args).lower().compile()
+  assert compiled.as_text().count('custom_call_target="tpu_custom_call"') == 2, "forward and backward"
+

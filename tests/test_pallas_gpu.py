@@ -1,102 +1,18 @@
-"""Pallas GPU FlashAttention kernels: interpret mode against the reference, and lowering for CUDA.
+"""Pallas GPU FlashAttention kernels: argument errors and lowering for CUDA.
 
-Interpret mode checks the arithmetic on the CPU; it does not check what Triton accepts, so every kernel
+Interpret mode against the reference (every case): tests/test_attention_conformance.py. Interpret mode
+checks the arithmetic on the CPU; it does not check what Triton accepts, so every kernel
 configuration is also lowered for "cuda" (Triton IR is built at lowering time, so unsupported ops and
 bad block shapes fail here without a GPU). Compiled runs on a GPU: benchmarks/gpu_check.sh.
 """
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from attention import BlockSizes, Mask, reference, resolve_impl
+from attention import BlockSizes, Mask, resolve_impl
 from attention import pallas_gpu
-from attention_testing import assert_matches_reference, fwd_and_grads, random_qkv, rel_err
-
-BS = BlockSizes(16, 32)  # small tiles: short inputs span many tiles, with partial tail tiles
-
-
-@pytest.mark.parametrize("mask", [
-    Mask(), Mask(causal=True), Mask(window=(20, 0)), Mask(window=(9, 13)), Mask(causal=True, window=(33, 0))],
-    ids=str)
-def test_masks_gqa(mask):
-  q, k, v, ct = random_qkv(0, 1, 100, 100, 4, 2, 16)
-  assert_matches_reference("pallas_gpu", q, k, v, ct, mask=mask, block_sizes=BS)
-
-
-@pytest.mark.parametrize("t,s,mask", [(70, 130, Mask(causal=True)), (130, 70, Mask())])
-def test_mqa_t_differs_from_s(t, s, mask):
-  q, k, v, ct = random_qkv(1, 1, t, s, 4, 1, 16)
-  assert_matches_reference("pallas_gpu", q, k, v, ct, mask=mask, block_sizes=BS)
-
-
-def test_segments_skip_tiles_and_empty_rows_are_zero():
-  q, k, v, ct = random_qkv(2, 2, 96, 96, 2, 1, 16)
-  seg = jnp.repeat((jnp.arange(96) // 24)[None], 2, 0).astype(jnp.int32)  # 4 documents per row
-  kv_seg = jnp.where(seg == 3, 2, seg)  # query document 3 has no keys: its rows see nothing
-  kw = dict(mask=Mask(window=(30, 30)), segment_ids=seg, kv_segment_ids=kv_seg, block_sizes=BS)
-  assert_matches_reference("pallas_gpu", q, k, v, ct, **kw)
-  out, grads = fwd_and_grads("pallas_gpu", q, k, v, ct, **kw)
-  assert np.all(np.asarray(out)[:, 72:] == 0)
-  assert np.all(np.asarray(grads[0])[:, 72:] == 0)
-
-
-def test_per_row_q_offsets():
-  q, k, v, ct = random_qkv(3, 3, 5, 200, 4, 4, 16)
-  off = jnp.array([0, 100, 195], jnp.int32)
-  assert_matches_reference("pallas_gpu", q, k, v, ct, mask=Mask(causal=True, window=(64, 0)), q_offset=off,
-                           block_sizes=BS)
-
-
-def test_negative_q_offset_forward_and_lse():
-  """Ring attention shifts query positions below zero; rows before every key get lse = +inf, out = 0."""
-  q, k, v, _ = random_qkv(4, 1, 64, 96, 2, 1, 16)
-  mask = Mask(causal=True)
-  out, lse = pallas_gpu.flash_forward(q, k, v, mask=mask, q_offset=-40, block_sizes=BS, interpret=True)
-  visible = reference.dense_mask(mask, 64, 96, q_offset=-40)
-  ref_out, ref_lse = reference.attention_with_lse(q, k, v, visible, 16 ** -0.5)
-  assert rel_err(out, ref_out) < 1e-5
-  assert np.array_equal(np.isinf(lse), np.isinf(ref_lse)) and np.isinf(lse).any()
-  fin = np.isfinite(ref_lse)
-  assert rel_err(np.asarray(lse)[fin], np.asarray(ref_lse)[fin]) < 1e-5
-
-
-@pytest.mark.parametrize("t,s,mask", [(1000, 1000, Mask(causal=True)), (1000, 1537, Mask(window=(300, 0)))])
-def test_odd_lengths_default_blocks(t, s, mask):
-  q, k, v, ct = random_qkv(5, 1, t, s, 2, 1, 16)
-  assert_matches_reference("pallas_gpu", q, k, v, ct, mask=mask)
-
-
-@pytest.mark.parametrize("dtype,mask", [(jnp.bfloat16, Mask(causal=True)), (jnp.float16, Mask(window=(17, 5)))],
-                         ids=["bf16", "fp16"])
-def test_half_precision(dtype, mask):
-  q, k, v, ct = random_qkv(6, 1, 150, 150, 4, 2, 64, dtype=dtype)
-  assert_matches_reference("pallas_gpu", q, k, v, ct, mask=mask)
-
-
-def test_head_dims_padded_and_v_head_dim():
-  q, k, v, ct = random_qkv(7, 1, 80, 80, 2, 1, 40, hv=24)
-  assert_matches_reference("pallas_gpu", q, k, v, ct, mask=Mask(causal=True), block_sizes=BS)
-
-
-def test_lse_gradient():
-  """The lse output is differentiable (partial results merged across ring steps use it)."""
-  q, k, v, ct = random_qkv(8, 1, 64, 64, 2, 1, 16)
-  w = jax.random.normal(jax.random.PRNGKey(9), (1, 2, 64))
-  mask = Mask(causal=True)
-  visible = reference.dense_mask(mask, 64, 64)
-
-  def loss(fn):
-    def total(q, k, v):
-      out, lse = fn(q, k, v)
-      return jnp.sum(out * ct) + jnp.sum(lse * w)  # causal: every row sees a key, lse is finite
-    return jax.jit(jax.grad(total, (0, 1, 2)))
-
-  ours = lambda q, k, v: pallas_gpu.flash_attention_with_lse(q, k, v, mask=mask, block_sizes=BS, interpret=True)
-  theirs = lambda q, k, v: reference.attention_with_lse(q, k, v, visible, 16 ** -0.5)
-  for g, r in zip(loss(ours)(q, k, v), loss(theirs)(q, k, v)):
-    assert rel_err(g, r) < 1e-5
+from attention.testing import random_qkv
 
 
 def test_bad_arguments():

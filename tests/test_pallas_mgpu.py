@@ -16,7 +16,7 @@ import pytest
 from attention import BlockSizes, Mask
 from attention import pallas_mgpu
 from attention import reference
-from tests.attention_testing import TOL, random_qkv, rel_err
+from attention.testing import TOL, random_qkv, rel_err
 
 # Small tiles so that the tiny inputs still walk several kv tiles through the two-slot ring.
 _TILES = BlockSizes(64, 64)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from attention import Mask, reference
-from attention_testing import random_qkv, rel_err
+from attention.testing import random_qkv, rel_err
 
 
 def numpy_attention(q, k, v, visible, scale):

@@ -16,7 +16,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from attention import BlockSizes, Mask, attend, ring
 from attention.ring import (context_parallel_attend, from_load_balanced, load_balance_order, ring_attention,
                             ring_attention_shard, to_load_balanced)
-from attention_testing import TOL, fwd_and_grads, random_qkv, rel_err
+from attention.testing import TOL, fwd_and_grads, random_qkv, rel_err
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,7 +5,7 @@ A lightning indexer scores every key cheaply (few heads, ReLU, low precision), t
 top_k (2048 in V3.2) per query, and sparse_attend runs exact softmax attention over those keys only:
 O(L*k) instead of O(L^2) for the attention, with no L x L array in either step.
 
-Each op has its own registry of attention.Impl, resolved by attention.resolve_impl with the same impl
+Each op has its own table of attention.Impl rows, resolved by attention.resolve_impl with the same impl
 names and interpret rule as attend(). impl="auto" means "xla" for both ops: the Pallas sparse-attention and
 top-k kernels are verified in interpret mode and by cross-lowering only, not yet timed on hardware, so auto
 does not pick them.
@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attention import (Impl, _check_float, _check_q_offset, _check_rank, _check_segments, resolve_impl,
-                       validate_qkv)
+from attention.checks import _check_float, _check_q_offset, _check_rank, _check_segments, validate_qkv
 from attention.dsa.indexer import SCORE_DTYPES, indexer_rope, indexer_scores, quantize_rows
 from attention.dsa.losses import indexer_kl_loss, indexer_kl_terms
 from attention.dsa.sparse_pallas_gpu import sparse_pallas_gpu
@@ -28,27 +27,24 @@ from attention.dsa.sparse_xla import sparse_xla
 from attention.dsa.topk import topk_reference, topk_xla
 from attention.dsa.topk_pallas import topk_pallas_gpu, topk_pallas_tpu
 from attention.mask import Mask
+from attention.registry import Impl, resolve_impl
+
+_ANY = ("cpu", "gpu", "tpu")
 
 # fn(q, k, v, indices, *, scale, interpret) -> [B, T, N, Hv]
 SPARSE_REGISTRY: dict[str, Impl] = {
     "reference": Impl(sparse_reference),
-    "xla": Impl(sparse_xla),
+    "xla": Impl(sparse_xla, auto_for=_ANY),  # auto: "xla" only (see the module docstring)
     "pallas_gpu": Impl(sparse_pallas_gpu, platforms=("gpu",), interpretable=True),
     "pallas_tpu": Impl(sparse_pallas_tpu, platforms=("tpu",), interpretable=True),
 }
-_AUTO_CHOICES = ("xla",)  # what impl="auto" may pick (see the module docstring)
 # fn(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype, chunk_size, interpret)
 TOPK_REGISTRY: dict[str, Impl] = {
     "reference": Impl(topk_reference),
-    "xla": Impl(topk_xla),
+    "xla": Impl(topk_xla, auto_for=_ANY),
     "pallas_gpu": Impl(topk_pallas_gpu, platforms=("gpu",), interpretable=True),
     "pallas_tpu": Impl(topk_pallas_tpu, platforms=("tpu",), interpretable=True),
 }
-
-
-def _auto_view(registry, impl):
-  """The registry resolve_impl sees: for impl="auto", only the impls auto may pick."""
-  return {k: v for k, v in registry.items() if k in _AUTO_CHOICES} if impl == "auto" else registry
 
 
 def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True), segment_ids=None,
@@ -97,7 +93,7 @@ def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True),
     raise ValueError(f"sequence lengths must be >= 1, got q_idx {q_idx.shape}, k_idx {k_idx.shape}")
   q_offset = _check_q_offset(q_offset, b)
   segment_ids, kv_segment_ids = _check_segments(segment_ids, kv_segment_ids, b, t, k_idx.shape[1])
-  name, interpret = resolve_impl(impl, interpret, registry=_auto_view(TOPK_REGISTRY, impl), op="topk_indices")
+  name, interpret = resolve_impl(impl, interpret, registry=TOPK_REGISTRY, op="topk_indices")
   # Indices are integers: no gradient flows through the selection, and stopping it here keeps autodiff
   # out of the Pallas selection kernels (a pallas_call has no JVP rule for its program ids).
   q_idx, k_idx, w = (jax.lax.stop_gradient(x) for x in (q_idx, k_idx, w))
@@ -128,7 +124,7 @@ def sparse_attend(q, k, v, indices, *, scale=None, impl: str = "auto", interpret
     raise ValueError(f"indices must have shape [B={b}, T={t}, top_k>=1], got {indices.shape}")
   if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
     raise ValueError(f"scale must be a Python number or None, got {scale!r}")
-  name, interpret = resolve_impl(impl, interpret, registry=_auto_view(SPARSE_REGISTRY, impl), op="sparse_attend")
+  name, interpret = resolve_impl(impl, interpret, registry=SPARSE_REGISTRY, op="sparse_attend")
   scale = h ** -0.5 if scale is None else float(scale)
   return SPARSE_REGISTRY[name].fn(q, k, v, indices, scale=scale, interpret=interpret)
 
