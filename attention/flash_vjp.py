@@ -25,7 +25,7 @@ normalised here, once for every kernel: scale a float (default 1/sqrt(H)); segme
 [B, S], or both None (kv_segment_ids defaults to segment_ids); q_offset a Python int (static, so block
 maps are NumPy) or an int32 array ([B] or a scalar; may be negative: ring attention shifts positions);
 block_sizes a BlockSizes or None (the kernel's default). Inputs are not validated here; attention.attend
-does that. A new kernel registers its FLASH as one row of attention.registry.REGISTRY.
+does that. A new kernel is then one row of attention.registry.REGISTRY: flash_impl(FLASH, platform=...).
 """
 
 from __future__ import annotations

@@ -11,6 +11,11 @@ For causal and window masks the keys a query sees form one interval [lo(p), hi(p
 decrease with p. Hence the kv blocks a q block touches are a contiguous range, and so are the fully
 visible ones. Every blockwise implementation (XLA, Pallas GPU, Pallas TPU) loops over exactly the ranges
 of `block_map`, so causal and sliding-window attention skip work instead of masking it.
+
+The tile protocol, one form for every kernel: BlockMap.ranges() is an int32 [4, n] table in the walk order
+(start, full_start, full_end, end) per q tile (kv_major=True: per kv tile); walk_tiles runs a masked head,
+a fully visible middle and a masked tail over one row; with segment ids, per-tile id ranges
+(segment_tile_ranges) that cannot overlap (ranges_overlap) make a masked tile skipped at run time.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 
 _INT32_MAX = 2**31 - 1
@@ -120,6 +126,17 @@ class BlockMap:
     visit = (j >= self.kv_start[:, None]) & (j < self.kv_end[:, None])
     full = (j >= self.full_start[:, None]) & (j < self.full_end[:, None])
     return visit.astype(np.int32) + full.astype(np.int32)
+
+  def ranges(self, *, kv_major: bool = False):
+    """int32 [4, n], the one row order of every kernel's tile walk: start, full_start, full_end, end.
+
+    Per q tile the kv tiles (per kv tile the q tiles with kv_major, for dK/dV passes): masked head
+    [start, full_start), fully visible middle [full_start, full_end), masked tail [full_end, end).
+    """
+    rows = ((self.q_start, self.q_full_start, self.q_full_end, self.q_end) if kv_major else
+            (self.kv_start, self.full_start, self.full_end, self.kv_end))
+    xp = np if isinstance(rows[0], np.ndarray) else jnp
+    return xp.stack(rows).astype(np.int32)
 
   def num_visited(self) -> int:
     """Tiles a blockwise pass computes (static maps only)."""
@@ -226,13 +243,47 @@ def attention_flops(mask: Mask, q_len: int, kv_len: int, num_heads: int, head_di
   return int(batch * num_heads * tiles * per_tile)
 
 
-def segment_block_overlap(q_seg, k_seg):
-  """Whether a q tile's and a k tile's segment-id ranges overlap (else the tile is fully masked).
+def segment_tile_ranges(seg, block: int):
+  """Per-tile segment-id ranges: seg [B, L] int (L a multiple of block) -> (lo, hi), each [B, L // block].
 
-  q_seg [B, bq], k_seg [B, bk] -> bool scalar, True if any batch row may have a visible pair.
+  A tile pair whose ranges do not overlap (ranges_overlap) holds no visible entry and is skipped.
   """
-  return jnp.any((q_seg.min(-1) <= k_seg.max(-1)) & (k_seg.min(-1) <= q_seg.max(-1)))
+  tiles = seg.reshape(seg.shape[0], -1, block)
+  return tiles.min(-1), tiles.max(-1)
+
+
+def ranges_overlap(q_lo, q_hi, k_lo, k_hi):
+  """Whether a q tile's segment range [q_lo, q_hi] meets a kv tile's [k_lo, k_hi] (else: skip the tile)."""
+  return (q_lo <= k_hi) & (k_lo <= q_hi)
+
+
+def segment_block_overlap(q_seg, k_seg):
+  """Whether one q block's and one kv block's segment ids may meet in some batch row.
+
+  q_seg [B, bq], k_seg [B, bk] -> bool scalar (ranges_overlap of their min/max, any over B).
+  """
+  return jnp.any(ranges_overlap(q_seg.min(-1), q_seg.max(-1), k_seg.min(-1), k_seg.max(-1)))
+
+
+def walk_tiles(ranges, body, carry, overlap=None):
+  """Run body(j, carry, masked) over one row of BlockMap.ranges(): the masked head, the fully visible
+  middle (masked=False: no element-wise mask) and the masked tail, as lax.fori_loop loops.
+
+  ranges: (start, full_start, full_end, end) scalars. overlap(j) -> bool, if given, is asked before each
+  masked tile (segment ranges); tiles where it is False are skipped (lax.cond). Shared by the XLA blockwise
+  code and the Pallas GPU kernels; the TPU kernels walk a grid axis instead.
+  """
+  start, full_start, full_end, end = ranges
+
+  def masked_body(j, c):
+    if overlap is None:
+      return body(j, c, True)
+    return lax.cond(overlap(j), lambda c: body(j, c, True), lambda c: c, c)
+
+  carry = lax.fori_loop(start, full_start, masked_body, carry)
+  carry = lax.fori_loop(full_start, full_end, lambda j, c: body(j, c, False), carry)
+  return lax.fori_loop(full_end, end, masked_body, carry)
 
 
 __all__ = ["Mask", "BlockSizes", "BlockMap", "block_map", "default_kv_segment_ids", "element_mask", "attention_flops",
-           "segment_block_overlap"]
+           "ranges_overlap", "segment_block_overlap", "segment_tile_ranges", "walk_tiles"]

@@ -6,10 +6,11 @@ The backward pass is two kernels that recompute p = exp(s - lse) tile by tile: o
 head (dK, dV, summed over the G query heads of the group, so GQA never repeats K and V) and one per q tile
 (dQ), as in FlashAttention-2's Algorithm 2 split into two launches to avoid atomics.
 
-Every loop runs over exactly the ranges of attention.mask.block_map, passed to the kernels as small int32
-arrays: a masked head, a fully visible middle (no element-wise mask, no extra instructions), a masked tail.
-Tiles outside the range are never loaded, which makes causal and sliding-window attention skip work.
-With segment ids a masked tile whose q and kv segment ranges cannot overlap is skipped at run time.
+Every loop walks one row of attention.mask.block_map's ranges() (passed to the kernels as a small int32
+array) with attention.mask.walk_tiles: a masked head, a fully visible middle (no element-wise mask, no extra
+instructions), a masked tail. Tiles outside the range are never loaded, which makes causal and
+sliding-window attention skip work. With segment ids a masked tile whose q and kv per-tile segment ranges
+(min/max id) cannot overlap is skipped at run time.
 Logits are kept in base 2 (scale * log2(e) folded into one multiply) so the softmax uses exp2.
 """
 
@@ -27,7 +28,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from attention.flash_vjp import make_flash
-from attention.mask import BlockSizes, Mask, block_map, element_mask, segment_block_overlap
+from attention.mask import BlockSizes, Mask, block_map, element_mask, ranges_overlap, segment_tile_ranges, walk_tiles
 
 _LOG2E = math.log2(math.e)
 _LN2 = math.log(2.0)
@@ -127,27 +128,10 @@ def _visible(mask, kv_len, q_first, k_first, bq, bk, q_seg, k_seg, *, transposed
                       col(k_seg, k_axis))
 
 
-def _stretches(ranges_ref, body, carry, seg_tile=None):
-  """Run body(j, carry, masked) over the masked head, full middle and masked tail of ranges_ref [4].
-
-  seg_tile(j) -> bool says whether a masked tile's segment ranges overlap; disjoint tiles are skipped.
-  """
-  start, full_start, full_end, end = (ranges_ref[r] for r in range(4))
-
-  def masked_body(j, c):
-    if seg_tile is None:
-      return body(j, c, True)
-    return lax.cond(seg_tile(j), lambda c: body(j, c, True), lambda c: c, c)
-
-  carry = lax.fori_loop(start, full_start, masked_body, carry)
-  carry = lax.fori_loop(full_start, full_end, lambda j, c: body(j, c, False), carry)
-  return lax.fori_loop(full_end, end, masked_body, carry)
-
-
 def _fwd_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, *rest, mask, scale2, bq, bk, kv_len, has_seg):
   """One q tile of one query head: out [bq, Hv] and lse [bq] (natural log; +inf for rows seeing no key)."""
   if has_seg:
-    qseg_ref, kseg_ref, tiles_ref, o_ref, lse_ref = rest
+    qseg_ref, kseg_ref, qlo_ref, qhi_ref, klo_ref, khi_ref, o_ref, lse_ref = rest
   else:
     (o_ref, lse_ref), qseg_ref = rest, None
   i = _q_tile()
@@ -172,8 +156,8 @@ def _fwd_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, *rest, mask, scale2, b
 
   init = (jnp.full((bq,), -jnp.inf, jnp.float32), jnp.zeros((bq,), jnp.float32),
           jnp.zeros(o_ref.shape, jnp.float32))
-  seg_tile = (lambda j: tiles_ref[j] != 0) if has_seg else None
-  m, l, acc = _stretches(ranges_ref, body, init, seg_tile)
+  overlap = (lambda j: ranges_overlap(qlo_ref[i], qhi_ref[i], klo_ref[j], khi_ref[j])) if has_seg else None
+  m, l, acc = walk_tiles(tuple(ranges_ref[r] for r in range(4)), body, init, overlap)
   seen = l > 0
   o_ref[...] = (acc / jnp.where(seen, l, 1.0)[:, None]).astype(o_ref.dtype)
   lse_ref[...] = jnp.where(seen, m * _LN2 + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)
@@ -187,7 +171,7 @@ def _dkv_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta
   matmul's first operand is a register tile in its natural layout and only loaded tiles are transposed.
   """
   if has_seg:
-    qseg_ref, kseg_ref, tiles_ref, dk_ref, dv_ref = rest
+    qseg_ref, kseg_ref, qlo_ref, qhi_ref, klo_ref, khi_ref, dk_ref, dv_ref = rest
   else:
     (dk_ref, dv_ref), kseg_ref = rest, None
   j = pl.program_id(0)
@@ -211,8 +195,8 @@ def _dkv_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta
       dst = pt * (_dot(v, do, trans_b=True) - delta_ref[g, rows][None, :])  # [bk, bq]; scale at the end
       return dk + _dot(dst.astype(q.dtype), q), dv
 
-    seg_tile = (lambda i: tiles_ref[i] != 0) if has_seg else None
-    return _stretches(ranges_ref, body, carry, seg_tile)
+    overlap = (lambda i: ranges_overlap(qlo_ref[i], qhi_ref[i], klo_ref[j], khi_ref[j])) if has_seg else None
+    return walk_tiles(tuple(ranges_ref[r] for r in range(4)), body, carry, overlap)
 
   init = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
   dk, dv = lax.fori_loop(0, groups, head, init)
@@ -224,7 +208,7 @@ def _dq_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_
                bk, kv_len, has_seg):
   """One q tile of one query head: dQ summed over its kv tiles."""
   if has_seg:
-    qseg_ref, kseg_ref, tiles_ref, dq_ref = rest
+    qseg_ref, kseg_ref, qlo_ref, qhi_ref, klo_ref, khi_ref, dq_ref = rest
   else:
     (dq_ref,), qseg_ref = rest, None
   i = _q_tile()
@@ -244,8 +228,8 @@ def _dq_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_
     ds = p * (_dot(do, v_ref[kv, :], trans_b=True) - delta)
     return dq + _dot(ds.astype(k.dtype), k)
 
-  seg_tile = (lambda j: tiles_ref[j] != 0) if has_seg else None
-  dq = _stretches(ranges_ref, body, jnp.zeros(q.shape, jnp.float32), seg_tile)
+  overlap = (lambda j: ranges_overlap(qlo_ref[i], qhi_ref[i], klo_ref[j], khi_ref[j])) if has_seg else None
+  dq = walk_tiles(tuple(ranges_ref[r] for r in range(4)), body, jnp.zeros(q.shape, jnp.float32), overlap)
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
@@ -303,20 +287,19 @@ def _seg_operands(pb, segment_ids, kv_segment_ids, b):
   return q_seg, kv_seg
 
 
-def _segment_tiles(q_seg, kv_seg, bq, bk, nq, nk):
-  """int32 [B, nq, nk]: 1 where a q tile's and a kv tile's segment ranges overlap (else skip the tile)."""
-  b = q_seg.shape[0]
-  overlap = jax.vmap(jax.vmap(jax.vmap(segment_block_overlap, (None, 0)), (0, None)))
-  return overlap(q_seg[:, :nq * bq].reshape(b, nq, bq), kv_seg[:, :nk * bk].reshape(b, nk, bk)).astype(jnp.int32)
+def _segment_inputs(c: KernelConfig, q_seg, kv_seg, q_spec, kv_spec):
+  """Specs and operands of the segment ids (q ids, kv ids as the kernel reads them) and the per-tile
+  segment ranges q_lo, q_hi [B, nq'], k_lo, k_hi [B, nk'] at this kernel's tiles, each row zero-padded to a
+  power of two (Triton blocks); a kernel reads entry i for q tile i and entry j for kv tile j."""
+  pad = lambda x: _pad_to(x, 1, _pow2_at_least(x.shape[1]))
+  rng = [pad(x) for x in (*segment_tile_ranges(q_seg, c.block_q), *segment_tile_ranges(kv_seg, c.block_k))]
+  row_spec = lambda x: pl.BlockSpec((None, x.shape[1]), lambda _, bi, h: (bi, 0))  # grids are (tile, B, head)
+  return [q_spec, kv_spec, *map(row_spec, rng)], [q_seg, kv_seg, *rng]
 
 
 def _block_map(pb, c: KernelConfig, q_offset):
   return block_map(pb.mask, pb.t, pb.s, BlockSizes(c.block_q, c.block_k), has_segments=pb.has_seg,
                    q_offset=q_offset)
-
-
-def _ranges(*arrays):
-  return jnp.stack([jnp.asarray(a, jnp.int32) for a in arrays])  # [4, blocks]
 
 
 def _heaviest_first(num_q_blocks):
@@ -340,7 +323,6 @@ def _forward_call(pb: _Problem, q, k, v, static_off, off, q_seg, kv_seg):
   r = _heaviest_first(bm.num_q_blocks)
   b, _, n, _ = q.shape
   g = pb.groups
-  ranges = _ranges(bm.kv_start, bm.full_start, bm.full_end, bm.kv_end)
   in_specs = [
       pl.BlockSpec((4, None), lambda i, bi, h: (0, r(i))),
       pl.BlockSpec((None,), lambda i, bi, h: (bi,)),
@@ -348,13 +330,11 @@ def _forward_call(pb: _Problem, q, k, v, static_off, off, q_seg, kv_seg):
       pl.BlockSpec((None, pb.sp, None, pb.hp), lambda i, bi, h: (bi, 0, lax.div(h, g), 0)),  # GQA
       pl.BlockSpec((None, pb.sp, None, pb.hvp), lambda i, bi, h: (bi, 0, lax.div(h, g), 0)),
   ]
-  args = [ranges, off, q, k, v]
+  args = [jnp.asarray(bm.ranges()), off, q, k, v]
   if pb.has_seg:
-    in_specs += [pl.BlockSpec((None, c.block_q), lambda i, bi, h: (bi, r(i))),
-                 pl.BlockSpec((None, pb.sp), lambda i, bi, h: (bi, 0)),
-                 pl.BlockSpec((None, None, bm.num_kv_blocks), lambda i, bi, h: (bi, r(i), 0))]
-    args += [q_seg, kv_seg, _segment_tiles(q_seg, kv_seg, c.block_q, c.block_k, bm.num_q_blocks,
-                                           bm.num_kv_blocks)]
+    specs, ops = _segment_inputs(c, q_seg, kv_seg, pl.BlockSpec((None, c.block_q), lambda i, bi, h: (bi, r(i))),
+                                 pl.BlockSpec((None, pb.sp), lambda i, bi, h: (bi, 0)))
+    in_specs, args = in_specs + specs, args + ops
   kernel = functools.partial(_fwd_kernel, mask=pb.mask, scale2=pb.scale * _LOG2E, bq=c.block_q, bk=c.block_k,
                              kv_len=pb.s, has_seg=pb.has_seg)
   return pl.pallas_call(
@@ -375,8 +355,6 @@ def _backward_call(pb: _Problem, q, k, v, do, lse2, delta, static_off, off, q_se
   """Padded operands, lse2 = lse * log2(e) and delta [B, N, Tp] -> dq, dk, dv (padded, input dtypes)."""
   b, _, n, _ = q.shape
   kh, g = k.shape[2], pb.groups
-  seg_specs = lambda qb, kb, tb, im_q, im_k, im_t: [pl.BlockSpec((None, qb), im_q), pl.BlockSpec((None, kb), im_k),
-                                                   pl.BlockSpec((None, None, tb), im_t)]
 
   c = pb.cfg.dkv
   bm = _block_map(pb, c, static_off)
@@ -390,12 +368,11 @@ def _backward_call(pb: _Problem, q, k, v, do, lse2, delta, static_off, off, q_se
       pl.BlockSpec((None, g, pb.tp), lambda j, bi, h: (bi, h, 0)),
       pl.BlockSpec((None, g, pb.tp), lambda j, bi, h: (bi, h, 0)),
   ]
-  args = [_ranges(bm.q_start, bm.q_full_start, bm.q_full_end, bm.q_end), off, q, k, v, do, lse2, delta]
+  args = [jnp.asarray(bm.ranges(kv_major=True)), off, q, k, v, do, lse2, delta]
   if pb.has_seg:
-    in_specs += seg_specs(pb.tp, c.block_k, bm.num_q_blocks, lambda j, bi, h: (bi, 0), lambda j, bi, h: (bi, j),
-                          lambda j, bi, h: (bi, j, 0))
-    tiles = _segment_tiles(q_seg, kv_seg, c.block_q, c.block_k, bm.num_q_blocks, bm.num_kv_blocks)
-    args += [q_seg, kv_seg, tiles.transpose(0, 2, 1)]
+    specs, ops = _segment_inputs(c, q_seg, kv_seg, pl.BlockSpec((None, pb.tp), lambda j, bi, h: (bi, 0)),
+                                 pl.BlockSpec((None, c.block_k), lambda j, bi, h: (bi, j)))
+    in_specs, args = in_specs + specs, args + ops
   kernel = functools.partial(_dkv_kernel, mask=pb.mask, scale=pb.scale, bq=c.block_q, bk=c.block_k,
                              kv_len=pb.s, groups=g, has_seg=pb.has_seg)
   dk, dv = pl.pallas_call(
@@ -423,12 +400,11 @@ def _backward_call(pb: _Problem, q, k, v, do, lse2, delta, static_off, off, q_se
       pl.BlockSpec((None, None, c.block_q), lambda i, bi, h: (bi, h, r(i))),
       pl.BlockSpec((None, None, c.block_q), lambda i, bi, h: (bi, h, r(i))),
   ]
-  args = [_ranges(bm.kv_start, bm.full_start, bm.full_end, bm.kv_end), off, q, k, v, do, lse2, delta]
+  args = [jnp.asarray(bm.ranges()), off, q, k, v, do, lse2, delta]
   if pb.has_seg:
-    in_specs += seg_specs(c.block_q, pb.sp, bm.num_kv_blocks, lambda i, bi, h: (bi, r(i)), lambda i, bi, h: (bi, 0),
-                          lambda i, bi, h: (bi, r(i), 0))
-    args += [q_seg, kv_seg, _segment_tiles(q_seg, kv_seg, c.block_q, c.block_k, bm.num_q_blocks,
-                                           bm.num_kv_blocks)]
+    specs, ops = _segment_inputs(c, q_seg, kv_seg, pl.BlockSpec((None, c.block_q), lambda i, bi, h: (bi, r(i))),
+                                 pl.BlockSpec((None, pb.sp), lambda i, bi, h: (bi, 0)))
+    in_specs, args = in_specs + specs, args + ops
   kernel = functools.partial(_dq_kernel, mask=pb.mask, scale=pb.scale, bq=c.block_q, bk=c.block_k, kv_len=pb.s,
                              has_seg=pb.has_seg)
   dq = pl.pallas_call(

@@ -34,7 +34,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from attention.flash_vjp import make_flash
-from attention.mask import BlockSizes, Mask, block_map, element_mask
+from attention.mask import BlockSizes, Mask, block_map, element_mask, ranges_overlap, segment_tile_ranges
 
 NUM_LANES = 128
 NUM_SUBLANES = 8
@@ -103,18 +103,18 @@ def _tile_visible(cfg, off, i, j, q_seg_ref, kv_seg_ref, *, kv_major=False):
 def _run_tile(cfg, ranges, seg_rng, b, i, j, tile, *, kv_major=False):
   """Call tile(masked) under pl.when if tile (q tile i, kv tile j) is visited.
 
-  ranges [4, n]: start, end, full_start, full_end of the visited range, per q tile (per kv tile in the
+  ranges [4, n]: BlockMap.ranges() (start, full_start, full_end, end), per q tile (per kv tile in the
   kv-major dK/dV pass). seg_rng (q_lo, q_hi [B * q_tiles], k_lo, k_hi [B * kv_tiles]): per-tile
   segment-id ranges, flat so that SMEM holds no padded 2D tables.
   """
   outer, inner = (j, i) if kv_major else (i, j)
-  run = inner < ranges[1, outer]
-  masked = (inner < ranges[2, outer]) | (inner >= ranges[3, outer])
+  run = inner < ranges[3, outer]
+  masked = (inner < ranges[1, outer]) | (inner >= ranges[2, outer])
   if cfg.has_seg:  # i or j may step past the last tile here (then run is already False): clamp the lookup
     q_lo, q_hi, k_lo, k_hi = seg_rng
     qi = b * cfg.q_tiles + jnp.minimum(i, cfg.q_tiles - 1)
     kj = b * cfg.kv_tiles + jnp.minimum(j, cfg.kv_tiles - 1)
-    overlap = (q_lo[qi] <= k_hi[kj]) & (k_lo[kj] <= q_hi[qi])
+    overlap = ranges_overlap(q_lo[qi], q_hi[qi], k_lo[kj], k_hi[kj])
     run &= jnp.logical_not(masked) | overlap
   pl.when(run & masked)(functools.partial(tile, True))
   pl.when(run & jnp.logical_not(masked))(functools.partial(tile, False))
@@ -257,8 +257,8 @@ class _Operands:
   v: jax.Array  # [B, K, Sp, Hvp]
   q_ids: jax.Array | None  # [B, Tp] int32 segment ids, padded with the edge value
   kv_ids: jax.Array | None  # [B, Sp]
-  ranges: jax.Array  # [4, nq] kv_start, kv_end, full_start, full_end
-  ranges_t: jax.Array  # [4, nk] q_start, q_end, q_full_start, q_full_end
+  ranges: jax.Array  # [4, nq] BlockMap.ranges(): kv tiles of each q tile
+  ranges_t: jax.Array  # [4, nk] BlockMap.ranges(kv_major=True): q tiles of each kv tile
   off: jax.Array  # [B] int32 position of each row's first query
   seg_rng: tuple  # () or (q_lo [B * nq], q_hi, k_lo [B * nk], k_hi)
   kv_steps: int  # grid steps over kv tiles per q tile
@@ -304,9 +304,7 @@ def _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset) -> _Operands:
   traced = not isinstance(q_offset, (int, np.integer))
   bm = block_map(cfg.mask, t, s, BlockSizes(bq, bk), has_segments=cfg.has_seg,
                  q_offset=q_offset if traced else int(q_offset))
-  xp = jnp if traced else np
-  ranges = xp.stack([bm.kv_start, bm.kv_end, bm.full_start, bm.full_end]).astype(np.int32)
-  ranges_t = xp.stack([bm.q_start, bm.q_end, bm.q_full_start, bm.q_full_end]).astype(np.int32)
+  ranges, ranges_t = bm.ranges(), bm.ranges(kv_major=True)
   if traced:  # ranges unknown at trace time: enough steps for any
     kv_steps, q_steps = bm.num_kv_blocks, bm.num_q_blocks
     off = jnp.broadcast_to(jnp.reshape(jnp.asarray(q_offset, jnp.int32), (-1,)), (b,))
@@ -319,8 +317,7 @@ def _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset) -> _Operands:
   if cfg.has_seg:
     q_ids = _pad(segment_ids, 1, tp, "edge")  # edge padding keeps tile ranges tight
     kv_ids = _pad(kv_segment_ids, 1, sp, "edge")
-    qt, kt = q_ids.reshape(b, -1, bq), kv_ids.reshape(b, -1, bk)
-    seg_rng = tuple(x.reshape(-1) for x in (qt.min(-1), qt.max(-1), kt.min(-1), kt.max(-1)))
+    seg_rng = tuple(x.reshape(-1) for x in (*segment_tile_ranges(q_ids, bq), *segment_tile_ranges(kv_ids, bk)))
   return _Operands(_head_major(q, tp, hp), _head_major(k, sp, hp), _head_major(v, sp, hvp), q_ids, kv_ids,
                    ranges, ranges_t, off, seg_rng, kv_steps, q_steps)
 
@@ -339,7 +336,7 @@ def _as_sublanes(x):
 
 def _clamped(ranges, i, step):
   """Tile visited at `step` of row i of a range table, clamped into the range so idle steps reuse a tile."""
-  return jnp.minimum(ranges[0, i] + step, jnp.maximum(ranges[1, i] - 1, ranges[0, i]))
+  return jnp.minimum(ranges[0, i] + step, jnp.maximum(ranges[3, i] - 1, ranges[0, i]))
 
 
 def _call(kernel, cfg, prefetch, grid, in_specs, args, out_specs, out_shape, scratch, name):

@@ -84,4 +84,5 @@ def assert_matches_reference(impl, q, k, v, ct, tol=None, **kw):
     assert rel_err(g, rg) < tol, (f"d{name}", rel_err(g, rg))
 
 
-__all__ = ["TOL", "assert_matches_reference", "fwd_and_grads", "out_lse_grads", "random_qkv", "reference_with_lse", "rel_err", "tolerance"]
+__all__ = ["TOL", "assert_matches_reference", "fwd_and_grads", "out_lse_grads", "random_qkv", "reference_with_lse",
+           "rel_err", "tolerance"]

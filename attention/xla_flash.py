@@ -5,21 +5,19 @@ over the kv blocks the block map allows, keeping a running max m, normaliser l a
 (online softmax), and save the log-sum-exp. The backward pass (custom_vjp) recomputes each probability
 tile from the saved log-sum-exp, so neither pass builds an L x L array.
 
-Each loop runs over exactly the kv (or q) block range of attention.mask.block_map, split into three
-stretches: masked head, fully visible middle (no element-wise mask), masked tail. Blocks outside the range
-are never touched, which is what makes causal and sliding-window attention cheaper than full attention.
-With segment ids a masked tile whose q and kv segment ranges cannot overlap is skipped at run time.
+Each loop runs over exactly one row of attention.mask.block_map's ranges() with attention.mask.walk_tiles:
+masked head, fully visible middle (no element-wise mask), masked tail. Blocks outside the range are never
+touched, which is what makes causal and sliding-window attention cheaper than full attention. With segment
+ids a masked tile whose q and kv per-tile segment ranges cannot overlap is skipped at run time.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax.numpy as jnp
 from jax import lax
 
 from attention.flash_vjp import make_flash
-from attention.mask import BlockSizes, block_map, element_mask, segment_block_overlap
+from attention.mask import BlockSizes, block_map, element_mask, ranges_overlap, segment_tile_ranges, walk_tiles
 
 DEFAULT_BLOCK_SIZES = BlockSizes(block_q=256, block_k=256)
 
@@ -30,13 +28,6 @@ def _pad_axis(x, axis, size):
   return jnp.pad(x, pad)
 
 
-def _three_stretches(start, full_start, full_end, end, body, carry):
-  """Run body(j, carry, masked) over [start, full_start) masked, the full middle, [full_end, end) masked."""
-  carry = lax.fori_loop(start, full_start, functools.partial(body, masked=True), carry)
-  carry = lax.fori_loop(full_start, full_end, functools.partial(body, masked=False), carry)
-  return lax.fori_loop(full_end, end, functools.partial(body, masked=True), carry)
-
-
 class _Tiles:
   """Padded head-major operands and the per-tile helpers shared by forward and backward."""
 
@@ -45,6 +36,8 @@ class _Tiles:
     self.q_seg, self.kv_seg = q_seg, kv_seg  # [B, Tp], [B, Sp] or None
     self.off = jnp.reshape(jnp.asarray(q_offset, jnp.int32), (-1, 1))  # [B|1, 1]
     self.map = block_map(mask, q_len, kv_len, bs, has_segments=q_seg is not None, q_offset=q_offset)
+    if q_seg is not None:  # per-tile segment-id ranges, ([B, nq], [B, nq]) and ([B, nk], [B, nk])
+      self.seg_ranges = (segment_tile_ranges(q_seg, bs.block_q), segment_tile_ranges(kv_seg, bs.block_k))
 
   def visible(self, i, j):
     """[B|1, 1, 1, bq, bk] element mask of tile (i, j)."""
@@ -58,14 +51,15 @@ class _Tiles:
     vis = element_mask(self.mask, q_pos[:, :, None], k_pos[:, None, :], self.kv_len, q_seg, k_seg)
     return vis[:, None, None]
 
-  def maybe_skip(self, i, j, masked, compute, carry):
-    """Skip a masked tile whose segment ranges are disjoint (documents packed in one row)."""
-    if not masked or self.q_seg is None:
-      return compute(carry)
-    bq, bk = self.bs.block_q, self.bs.block_k
-    overlap = segment_block_overlap(lax.dynamic_slice_in_dim(self.q_seg, i * bq, bq, 1),
-                                    lax.dynamic_slice_in_dim(self.kv_seg, j * bk, bk, 1))
-    return lax.cond(overlap, compute, lambda c: c, carry)
+  def overlap(self, i, j):
+    """Whether tile (i, j)'s segment ranges meet in some batch row (documents packed in one row)."""
+    (q_lo, q_hi), (k_lo, k_hi) = self.seg_ranges
+    return jnp.any(ranges_overlap(q_lo[:, i], q_hi[:, i], k_lo[:, j], k_hi[:, j]))
+
+  def walk(self, ranges, body, carry, tile_pair):
+    """walk_tiles over one ranges row; tile_pair(j) -> (q tile, kv tile) names the tiles of step j."""
+    overlap = None if self.q_seg is None else (lambda j: self.overlap(*tile_pair(j)))
+    return walk_tiles(ranges, body, carry, overlap)
 
   def scores(self, qi, kj, i, j, masked):
     """qi [B, K, G, bq, H], kj [B, K, bk, H] -> float32 [B, K, G, bq, bk] scaled, -inf where masked."""
@@ -86,24 +80,20 @@ def _forward(tiles: _Tiles, q, k, v):
     qi = lax.dynamic_slice_in_dim(q, i * bq, bq, 3)  # [B, K, G, bq, H]
 
     def body(j, carry, masked):
-      def compute(carry):
-        m, l, acc = carry
-        kj = lax.dynamic_slice_in_dim(k, j * bk, bk, 2)  # [B, K, bk, H]
-        vj = lax.dynamic_slice_in_dim(v, j * bk, bk, 2)  # [B, K, bk, Hv]
-        s = tiles.scores(qi, kj, i, j, masked)  # [B, K, G, bq, bk]
-        m_new = jnp.maximum(m, s.max(-1))
-        m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)  # a row with nothing visible yet
-        p = jnp.exp(s - m_safe[..., None])
-        corr = jnp.exp(m - m_safe)
-        pv = jnp.einsum("bkgqs,bksh->bkgqh", p.astype(v.dtype), vj, preferred_element_type=jnp.float32)
-        return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
-
-      return tiles.maybe_skip(i, j, masked, compute, carry)
+      m, l, acc = carry
+      kj = lax.dynamic_slice_in_dim(k, j * bk, bk, 2)  # [B, K, bk, H]
+      vj = lax.dynamic_slice_in_dim(v, j * bk, bk, 2)  # [B, K, bk, Hv]
+      s = tiles.scores(qi, kj, i, j, masked)  # [B, K, G, bq, bk]
+      m_new = jnp.maximum(m, s.max(-1))
+      m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)  # a row with nothing visible yet
+      p = jnp.exp(s - m_safe[..., None])
+      corr = jnp.exp(m - m_safe)
+      pv = jnp.einsum("bkgqs,bksh->bkgqh", p.astype(v.dtype), vj, preferred_element_type=jnp.float32)
+      return m_new, l * corr + p.sum(-1), acc * corr[..., None] + pv
 
     init = (jnp.full((b, kh, g, bq), -jnp.inf, jnp.float32), jnp.zeros((b, kh, g, bq), jnp.float32),
             jnp.zeros((b, kh, g, bq, hv), jnp.float32))
-    ranges = [jnp.asarray(a)[i] for a in (bm.kv_start, bm.full_start, bm.full_end, bm.kv_end)]
-    m, l, acc = _three_stretches(*ranges, body, init)
+    m, l, acc = tiles.walk(jnp.asarray(bm.ranges())[:, i], body, init, lambda j: (i, j))
     out = acc / jnp.where(l == 0, 1.0, l)[..., None]  # a row that sees no key returns zeros
     lse = jnp.where(l > 0, m + jnp.log(l), jnp.inf)  # +inf makes exp(s - lse) = 0 in the backward
     return out, lse
@@ -124,28 +114,24 @@ def _backward(tiles: _Tiles, q, k, v, lse, delta, do):
     vj = lax.dynamic_slice_in_dim(v, j * bk, bk, 2)  # [B, K, bk, Hv]
 
     def body(i, carry, masked):
-      def compute(carry):
-        dq, dk, dv = carry
-        qi = lax.dynamic_slice_in_dim(q, i * bq, bq, 3)  # [B, K, G, bq, H]
-        doi = lax.dynamic_slice_in_dim(do, i * bq, bq, 3)  # [B, K, G, bq, Hv]
-        lse_i = lax.dynamic_slice_in_dim(lse, i * bq, bq, 3)  # [B, K, G, bq]
-        delta_i = lax.dynamic_slice_in_dim(delta, i * bq, bq, 3)
-        s = tiles.scores(qi, kj, i, j, masked)  # [B, K, G, bq, bk]
-        p = jnp.exp(s - lse_i[..., None])
-        # Summing over g (the query heads of one kv head) gives GQA its dK/dV without repeating K, V.
-        dv = dv + jnp.einsum("bkgqs,bkgqh->bksh", p.astype(do.dtype), doi, preferred_element_type=jnp.float32)
-        dp = jnp.einsum("bkgqh,bksh->bkgqs", doi, vj, preferred_element_type=jnp.float32)
-        ds = p * (dp - delta_i[..., None]) * tiles.scale
-        dk = dk + jnp.einsum("bkgqs,bkgqh->bksh", ds.astype(q.dtype), qi, preferred_element_type=jnp.float32)
-        dqi = lax.dynamic_slice_in_dim(dq, i * bq, bq, 3) + jnp.einsum(
-            "bkgqs,bksh->bkgqh", ds.astype(k.dtype), kj, preferred_element_type=jnp.float32)
-        return lax.dynamic_update_slice_in_dim(dq, dqi, i * bq, 3), dk, dv
-
-      return tiles.maybe_skip(i, j, masked, compute, carry)
+      dq, dk, dv = carry
+      qi = lax.dynamic_slice_in_dim(q, i * bq, bq, 3)  # [B, K, G, bq, H]
+      doi = lax.dynamic_slice_in_dim(do, i * bq, bq, 3)  # [B, K, G, bq, Hv]
+      lse_i = lax.dynamic_slice_in_dim(lse, i * bq, bq, 3)  # [B, K, G, bq]
+      delta_i = lax.dynamic_slice_in_dim(delta, i * bq, bq, 3)
+      s = tiles.scores(qi, kj, i, j, masked)  # [B, K, G, bq, bk]
+      p = jnp.exp(s - lse_i[..., None])
+      # Summing over g (the query heads of one kv head) gives GQA its dK/dV without repeating K, V.
+      dv = dv + jnp.einsum("bkgqs,bkgqh->bksh", p.astype(do.dtype), doi, preferred_element_type=jnp.float32)
+      dp = jnp.einsum("bkgqh,bksh->bkgqs", doi, vj, preferred_element_type=jnp.float32)
+      ds = p * (dp - delta_i[..., None]) * tiles.scale
+      dk = dk + jnp.einsum("bkgqs,bkgqh->bksh", ds.astype(q.dtype), qi, preferred_element_type=jnp.float32)
+      dqi = lax.dynamic_slice_in_dim(dq, i * bq, bq, 3) + jnp.einsum(
+          "bkgqs,bksh->bkgqh", ds.astype(k.dtype), kj, preferred_element_type=jnp.float32)
+      return lax.dynamic_update_slice_in_dim(dq, dqi, i * bq, 3), dk, dv
 
     init = (dq, jnp.zeros(kj.shape, jnp.float32), jnp.zeros(vj.shape, jnp.float32))
-    ranges = [jnp.asarray(a)[j] for a in (bm.q_start, bm.q_full_start, bm.q_full_end, bm.q_end)]
-    return _three_stretches(*ranges, body, init)
+    return tiles.walk(jnp.asarray(bm.ranges(kv_major=True))[:, j], body, init, lambda i: (i, j))
 
   def scan_body(dq, j):
     dq, dk, dv = one_kv_block(j, dq)
@@ -182,7 +168,8 @@ def _tiles(q, k, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_si
   # Tiles never larger than the (8-rounded) sequence: decoding with T=1 must not pad to 512 rows.
   bs = BlockSizes(min(bs.block_q, -(-t // 8) * 8), min(bs.block_k, -(-s // 8) * 8))
   tp, sp = -(-t // bs.block_q) * bs.block_q, -(-s // bs.block_k) * bs.block_k
-  pad_seg = lambda seg, n: None if seg is None else _pad_axis(seg, 1, n)
+  # Edge padding keeps the last tile's segment range tight (padding is masked by position anyway).
+  pad_seg = lambda seg, n: None if seg is None else jnp.pad(seg, ((0, 0), (0, n - seg.shape[1])), mode="edge")
   return _Tiles(mask, t, s, bs, q_offset, pad_seg(segment_ids, tp), pad_seg(kv_segment_ids, sp), scale)
 
 

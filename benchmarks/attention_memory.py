@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
 from attention import BlockSizes, Mask, attend, attention_flops, pallas_gpu, pallas_tpu, xla_flash
+from benchmarks.common import loglog_plot, time_fn
 
 IMPLS = ("reference", "xla")
 
@@ -42,16 +41,6 @@ def fwd_bwd(impl, mask):
 def temp_bytes(impl, mask, shape, dtype=jnp.float32):
   spec = jax.ShapeDtypeStruct(shape, dtype)
   return fwd_bwd(impl, mask).lower(spec, spec, spec, spec).compile().memory_analysis().temp_size_in_bytes
-
-
-def wall_time(fn, *args, repeats=3):
-  jax.block_until_ready(fn(*args))  # compile + warm up
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
 
 
 def default_tiles(impl, h, dtype=jnp.float32) -> BlockSizes:
@@ -98,7 +87,7 @@ def main():
       secs = "-"
       if length <= limit:
         x = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float32)
-        secs = f"{wall_time(fwd_bwd(impl, mask), x, x, x, x):.3f}"
+        secs = f"{time_fn(fwd_bwd(impl, mask), (x, x, x, x)):.3f}"
       print(f"| {length} | {impl} | {mib:,.1f} | {flops(impl, mask, length, n, h) / 1e9:,.1f} | {secs} |",
             flush=True)
     for kernel in ("pallas_gpu", "pallas_tpu") if args.pallas else ():
@@ -108,19 +97,8 @@ def main():
     print(f"{impl}: memory grows {growth:.1f}x from L={lengths[0]} to L={lengths[-1]} "
           f"({lengths[-1] // lengths[0]}x the tokens)")
   if args.out:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for impl in IMPLS:
-      ax.loglog(lengths, mem[impl], "o-", label=impl, base=2)
-    ax.set_xlabel("sequence length L")
-    ax.set_ylabel("compiled temp memory, fwd+bwd (MiB)")
-    ax.set_title(f"Causal attention memory (N={n}, H={h}, f32)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
+    loglog_plot(args.out, lengths, {impl: mem[impl] for impl in IMPLS}, "compiled temp memory, fwd+bwd (MiB)",
+                f"Causal attention memory (N={n}, H={h}, f32)")
     print(f"wrote {args.out}")
 
 

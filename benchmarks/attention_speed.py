@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from attention import BlockSizes, Mask, attend
-from benchmarks.attention_memory import wall_time
+from benchmarks.common import time_fn
 
 
 def forward(mask, impl, block_sizes=None):
@@ -43,7 +43,7 @@ def main():
 
   def timed(length, mask, impl):
     x = jax.random.normal(jax.random.PRNGKey(0), (1, length, n, h), jnp.float32)
-    return wall_time(forward(mask, impl, bs), x, x, x, repeats=args.repeats)
+    return time_fn(forward(mask, impl, bs), (x, x, x), reps=args.repeats)
 
   causal = Mask(causal=True)
   t_ours = timed(args.causal_len, causal, "xla")

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from attention import (BlockSizes, Mask, attend, attention_flops, block_map, sparse_attend, topk_indices,
                        xla_flash)
-from benchmarks.attention_memory import wall_time
+from benchmarks.common import loglog_plot, time_fn
 
 _SD = jax.ShapeDtypeStruct
 
@@ -81,24 +81,7 @@ def cpu_times(length, top_k, n, h, hi, di):
   select = jax.jit(lambda qi, ki, w: topk_indices(qi, ki, w, top_k=top_k, impl="xla"))
   attend_sparse = jax.jit(lambda q, k, v, i: sparse_attend(q, k, v, i, impl="xla"))
   idx = select(qi, ki, w)
-  return wall_time(dense, q, k, v), wall_time(select, qi, ki, w), wall_time(attend_sparse, q, k, v, idx)
-
-
-def _plot(path, lengths, series, ylabel, title):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5.5, 4))
-  for (label, ys), style in zip(series.items(), ("o-", "s--", "^-", "v:")):  # dashes: overlapping lines
-    ax.loglog(lengths, ys, style, label=label, base=2)
-  ax.set_xlabel("sequence length L")
-  ax.set_ylabel(ylabel)
-  ax.set_title(title)
-  ax.grid(True, which="both", alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  print(f"wrote {path}")
+  return time_fn(dense, (q, k, v)), time_fn(select, (qi, ki, w)), time_fn(attend_sparse, (q, k, v, idx))
 
 
 def main():
@@ -144,9 +127,9 @@ def main():
       td, ti, ts = cpu_times(length, a.time_top_k, tn, th, thi, tdi)
       print(f"| {length} | {td:.3f} | {ti:.3f} | {ts:.3f} | {ti + ts:.3f} |", flush=True)
   if a.out_prefix:
-    _plot(f"{a.out_prefix}_flops.png", lengths, fl, "TFLOP (forward+backward; indexer forward)",
+    loglog_plot(f"{a.out_prefix}_flops.png", lengths, fl, "TFLOP (forward+backward; indexer forward)",
           f"DSA vs dense causal attention, k={top_k}")
-    _plot(f"{a.out_prefix}_memory.png", lengths, mem, "compiled temp memory (GiB)",
+    loglog_plot(f"{a.out_prefix}_memory.png", lengths, mem, "compiled temp memory (GiB)",
           f"DSA vs dense causal attention, k={top_k}")
 
 

@@ -12,8 +12,6 @@ ring of one device that still runs the load-balanced chunk pairs, traced q_offse
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -21,15 +19,10 @@ import numpy as np
 
 from attention import Mask, attend
 from attention.ring import ring_attention
+from attention.testing import random_qkv, rel_err
+from benchmarks.common import time_fn
 
 MASKS = {"causal": Mask(causal=True), "bidirectional": Mask(), "window": Mask(causal=True, window=(300, 0))}
-
-
-def _inputs(seed, b, length, n, k, h, dtype):
-  ks = jax.random.split(jax.random.PRNGKey(seed), 4)
-  shape = lambda heads: (b, length, heads, h)
-  return (jax.random.normal(ks[0], shape(n), dtype), jax.random.normal(ks[1], shape(k), dtype),
-          jax.random.normal(ks[2], shape(k), dtype), jax.random.normal(ks[3], shape(n), dtype))
 
 
 def _fwd_bwd(fn):
@@ -38,11 +31,6 @@ def _fwd_bwd(fn):
     out, vjp = jax.vjp(fn, q, k, v)
     return out, vjp(ct)
   return run
-
-
-def _rel(a, b):
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1.0))
 
 
 def main():
@@ -59,28 +47,23 @@ def main():
   for impl in ("xla", "pallas"):
     for name, mask in MASKS.items():
       for packed in (False, True):
-        q, k, v, ct = _inputs(0, 2, args.length, 4, 2, 64, jnp.float32)
+        q, k, v, ct = random_qkv(0, 2, args.length, args.length, 4, 2, 64)
         seg = None
         if packed:
           seg = jnp.asarray(np.repeat(np.arange(5), -(-args.length // 5))[None, :args.length].repeat(2, 0))
         ring = _fwd_bwd(lambda q, k, v: ring_attention(q, k, v, mesh=mesh, mask=mask, segment_ids=seg, impl=impl))
         ref = _fwd_bwd(lambda q, k, v: attend(q, k, v, mask=mask, segment_ids=seg, impl="reference"))
         (out, grads), (rout, rgrads) = ring(q, k, v, ct), ref(q, k, v, ct)
-        errs = [_rel(out, rout)] + [_rel(g, r) for g, r in zip(grads, rgrads)]
+        errs = [rel_err(out, rout)] + [rel_err(g, r) for g, r in zip(grads, rgrads)]
         ok = max(errs) < 1e-4
         failures += not ok
         print(f"{'ok ' if ok else 'BAD'} {impl:6s} {name:13s} packed={packed!s:5s} "
               f"out/dq/dk/dv rel err {' '.join(f'{e:.1e}' for e in errs)}")
   for impl in ("xla", "pallas"):
-    q, k, v, ct = _inputs(1, 1, args.long, 16, 16, 128, jnp.bfloat16)
+    q, k, v, ct = random_qkv(1, 1, args.long, args.long, 16, 16, 128, dtype=jnp.bfloat16)
     ring = _fwd_bwd(lambda q, k, v: ring_attention(q, k, v, mesh=mesh, mask=Mask(causal=True), impl=impl))
-    jax.block_until_ready(ring(q, k, v, ct))
-    times = []
-    for _ in range(args.reps):
-      t = time.perf_counter()
-      jax.block_until_ready(ring(q, k, v, ct))
-      times.append(time.perf_counter() - t)
-    print(f"time {impl:6s} causal L={args.long} N=16 H=128 bf16 fwd+bwd: {statistics.median(times) * 1e3:.1f} ms")
+    sec = time_fn(ring, (q, k, v, ct), reps=args.reps)
+    print(f"time {impl:6s} causal L={args.long} N=16 H=128 bf16 fwd+bwd: {sec * 1e3:.1f} ms")
   print("FAILURES" if failures else "ALL OK", failures)
 
 

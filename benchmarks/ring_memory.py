@@ -5,7 +5,7 @@ jax.jit(...).lower(...).compile().memory_analysis() (arguments + outputs + tempo
 gradient of sum(attention(q, k, v)^2): forward and backward of one attention. Nothing runs, so fake CPU
 devices give the per-device figure of the same program on n chips.
 
-  python benchmarks/ring_memory.py [--length 32768] [--heads 2] [--head-dim 128]
+  python benchmarks/ring_memory.py [--length 32768] [--heads 2] [--head_dim 128]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--length", type=int, default=32768)
   parser.add_argument("--heads", type=int, default=2)
-  parser.add_argument("--head-dim", type=int, default=128)
+  parser.add_argument("--head_dim", type=int, default=128)
   args = parser.parse_args()
   one = per_device_mib(args.length, args.heads, args.head_dim, 1)
   print(f"L={args.length}, N={args.heads}, H={args.head_dim}, float32, causal, fwd+bwd; per-device MiB")

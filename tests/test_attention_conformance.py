@@ -33,7 +33,7 @@ class Case:
   """One attention problem: shapes, mask, positions, segment ids, dtype, cotangents."""
 
   b: int = 1
-  t: int = 200
+  t: int = 100
   s: int | None = None  # None: s = t
   n: int = 4
   k: int = 2
@@ -51,7 +51,7 @@ class Case:
 CASES = {
     # Masks (GQA, T = S, not a tile multiple).
     "full": Case(mask=Mask()),
-    "causal": Case(b=2),
+    "causal": Case(),
     "window_left": Case(mask=Mask(window=(20, 0))),
     "window_both_sides": Case(mask=Mask(window=(9, 13))),
     "causal_window": Case(mask=Mask(causal=True, window=(33, 0))),
@@ -59,9 +59,9 @@ CASES = {
     "causal_diagonal_only": Case(mask=Mask(causal=True, window=(0, 0))),
     "window_zero": Case(mask=Mask(window=(0, 0))),
     # Heads.
-    "gqa_4_to_1": Case(t=130, n=8, k=2, h=8),
-    "mqa": Case(t=130, n=8, k=1, h=8),
-    "mha": Case(t=130, n=8, k=8, h=8),
+    "gqa_4_to_1": Case(n=8, k=2, h=8),
+    "mqa": Case(n=8, k=1, h=8),
+    "mha": Case(n=8, k=8, h=8),
     # T != S and query positions.
     "decode_one_query": Case(b=2, t=1, s=777, q_offset=776),
     "decode_window": Case(b=2, t=1, s=777, mask=Mask(causal=True, window=(100, 0)), q_offset=700),
@@ -70,28 +70,28 @@ CASES = {
     "causal_offset_t_lt_s": Case(t=70, s=300, q_offset=230),
     "mqa_full_t_gt_s": Case(t=130, s=70, k=1, mask=Mask()),
     "per_row_offsets": Case(b=3, t=5, s=400, k=4, mask=Mask(causal=True, window=(64, 0)), q_offset=(0, 200, 395)),
-    "traced_offsets_negative": Case(b=2, t=256, s=384, q_offset=(100, -70)),
-    "negative_offset_empty_rows": Case(t=150, s=160, k=2, mask=Mask(causal=True), q_offset=-130),
-    "window_past_every_key": Case(t=100, s=100, mask=Mask(window=(5, 0)), q_offset=200),
+    "traced_offsets_negative": Case(b=2, t=256, s=384, n=2, k=1, q_offset=(100, -70)),
+    "negative_offset_empty_rows": Case(t=150, s=160, q_offset=-130),
+    "window_past_every_key": Case(mask=Mask(window=(5, 0)), q_offset=200),
     # Segment ids.
-    "segments_full": Case(b=2, t=300, mask=Mask(), segments="sorted"),
-    "segments_causal": Case(b=2, t=300, segments="sorted"),
-    "segments_causal_window": Case(b=2, t=300, mask=Mask(causal=True, window=(40, 0)), segments="sorted"),
+    "segments_full": Case(b=2, t=128, mask=Mask(), segments="sorted"),
+    "segments_causal": Case(b=2, t=128, segments="sorted"),
+    "segments_causal_window": Case(b=2, t=128, mask=Mask(causal=True, window=(40, 0)), segments="sorted"),
     "segments_window_t_ne_s_mqa": Case(t=200, s=333, n=2, k=1, h=64, hv=128, mask=Mask(window=(50, 20)),
                                        segments="sorted"),
     "segments_without_keys": Case(b=2, t=96, n=2, k=1, mask=Mask(window=(30, 30)), segments="no_keys"),
     # Lengths that are not tile multiples, with each kernel's default tiles.
     "default_tiles_causal": Case(t=1000, n=2, k=1, default_tiles=True),
-    "default_tiles_window_t_ne_s": Case(t=1000, s=1537, n=2, k=1, mask=Mask(window=(300, 0)), default_tiles=True),
-    "default_tiles_segments": Case(t=1000, s=1537, n=2, k=1, mask=Mask(), segments="sorted", default_tiles=True),
+    "default_tiles_window_segments_t_ne_s": Case(t=1000, s=1537, n=2, k=1, mask=Mask(window=(300, 0)),
+                                                 segments="sorted", default_tiles=True),
     # Head dims.
-    "v_head_dim_differs": Case(t=100, s=120, h=24, hv=16),
+    "v_head_dim_differs": Case(s=120, h=24, hv=16),
     "head_dims_padded": Case(t=80, n=2, k=1, h=40, hv=24),
     # Dtypes.
     "bf16": Case(h=64, mask=Mask(causal=True, window=(50, 0)), dtype="bfloat16"),
-    "fp16": Case(t=150, h=64, mask=Mask(window=(17, 5)), dtype="float16"),
+    "fp16": Case(h=64, mask=Mask(window=(17, 5)), dtype="float16"),
     # Cotangents.
-    "zero_cotangent": Case(t=150, n=2, k=1, h=8, zero_cotangent=True),
+    "zero_cotangent": Case(n=2, k=1, h=8, zero_cotangent=True),
 }
 
 

@@ -10,6 +10,7 @@ from attention.dsa import (indexer_kl_loss, indexer_rope, indexer_scores, select
                            topk_indices)
 from attention.dsa.decode import decode_step, write_cache
 from attention.rope import rope_frequencies
+from attention.testing import random_qkv, rel_err
 
 
 def _normal(key, shape, dtype=jnp.float32):
@@ -141,12 +142,6 @@ def test_topk_bf16_is_deterministic_and_sorted():
     assert np.all(np.diff(score[0, t, sel]) <= 0)
 
 
-def _qkv(seed, b, t, s, n, kh, h, hv, dtype=jnp.float32):
-  ks = jax.random.split(jax.random.key(seed), 4)
-  return (_normal(ks[0], (b, t, n, h), dtype), _normal(ks[1], (b, s, kh, h), dtype),
-          _normal(ks[2], (b, s, kh, hv), dtype), _normal(ks[3], (b, t, n, hv), dtype))
-
-
 def _grads(f, q, k, v, do):
   out, vjp = jax.vjp(f, q, k, v)
   return (out, *vjp(do))
@@ -154,14 +149,13 @@ def _grads(f, q, k, v, do):
 
 def _assert_close(got, want, tol):
   for g, w_ in zip(got, want):
-    g, w_ = np.asarray(g, np.float32), np.asarray(w_, np.float32)
-    np.testing.assert_allclose(g, w_, rtol=tol, atol=tol * max(1.0, np.abs(w_).max()))
+    assert rel_err(g, w_) < tol, rel_err(g, w_)
 
 
 @pytest.mark.parametrize("n,kh", [(4, 4), (4, 2), (4, 1)])
 def test_full_topk_equals_causal_attend(n, kh):
   b, t, h = 2, 19, 16
-  q, k, v, do = _qkv(5, b, t, t, n, kh, h, h)
+  q, k, v, do = random_qkv(5, b, t, t, n, kh, h, h)
   q_idx, k_idx, w = _indexer_inputs(6, b, t, t, 2, 8)
   idx = topk_indices(q_idx, k_idx, w, top_k=t + 3)
   want = _grads(lambda q, k, v: attend(q, k, v, mask=Mask(causal=True), impl="reference"), q, k, v, do)
@@ -182,7 +176,7 @@ def _random_indices(seed, b, t, s, top_k, frac_empty=0.3):
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)])
 def test_random_indices_match_selection_mask(impl, dtype, tol):
   b, t, s, n, kh, h, hv, top_k = 2, 11, 23, 6, 2, 16, 8, 7
-  q, k, v, do = _qkv(7, b, t, s, n, kh, h, hv, dtype)
+  q, k, v, do = random_qkv(7, b, t, s, n, kh, h, hv, dtype)
   idx = _random_indices(8, b, t, s, top_k)
   vis = selection_mask(idx, s)
   np.testing.assert_array_equal(vis.sum(-1), (np.asarray(idx) >= 0).sum(-1))
@@ -201,7 +195,7 @@ def test_random_indices_match_selection_mask(impl, dtype, tol):
 
 def test_xla_chunking_does_not_change_results():
   from attention.dsa.sparse_xla import sparse_xla
-  q, k, v, do = _qkv(9, 1, 10, 12, 2, 1, 8, 8)
+  q, k, v, do = random_qkv(9, 1, 10, 12, 2, 1, 8, 8)
   idx = _random_indices(10, 1, 10, 12, 5)
   a = _grads(lambda q, k, v: sparse_xla(q, k, v, idx, scale=0.3, interpret=False, chunk_size=3), q, k, v, do)
   b = _grads(lambda q, k, v: sparse_xla(q, k, v, idx, scale=0.3, interpret=False, chunk_size=10), q, k, v, do)
@@ -228,7 +222,7 @@ def _np_kl(q, k, q_idx, k_idx, w, visible):
 @pytest.mark.parametrize("segmented", [False, True])
 def test_kl_dense_and_sparse_match_numpy(segmented):
   b, t, n, kh, h = 2, 12, 4, 2, 8
-  q, k, _, _ = _qkv(11, b, t, t, n, kh, h, h)
+  q, k, _, _ = random_qkv(11, b, t, t, n, kh, h, h)
   q_idx, k_idx, w = _indexer_inputs(12, b, t, t, 3, 8)
   seg = jnp.array([[0] * 5 + [1] * 7, [0] * 12], jnp.int32) if segmented else None
   vis = np.broadcast_to(_np_visible(Mask(causal=True), t, t, 0, seg, seg), (b, t, t))
@@ -291,7 +285,7 @@ def test_kl_zero_when_indexer_reproduces_p_and_grads_reach_only_indexer():
 
 def test_kl_grad_matches_finite_difference_chunked():
   b, t, n, h = 1, 9, 2, 4
-  q, k, _, _ = _qkv(15, b, t, t, n, 1, h, h)
+  q, k, _, _ = random_qkv(15, b, t, t, n, 1, h, h)
   q_idx, k_idx, w = _indexer_inputs(16, b, t, t, 2, 4)
   f = lambda w: indexer_kl_loss(q, k, q_idx, k_idx, w, chunk_size=4)
   g = jax.grad(f)(w)
@@ -317,7 +311,7 @@ def test_indexer_rope_is_partial_and_relative():
 
 def test_decode_token_by_token_matches_full_sequence():
   b, t, n, kh, h, hi, di, top_k = 2, 12, 4, 2, 8, 2, 8, 5
-  q, k, v, _ = _qkv(19, b, t, t, n, kh, h, h)
+  q, k, v, _ = random_qkv(19, b, t, t, n, kh, h, h)
   q_idx, k_idx, w = _indexer_inputs(20, b, t, t, hi, di)
   idx_full = topk_indices(q_idx, k_idx, w, top_k=top_k)
   out_full = sparse_attend(q, k, v, idx_full)
@@ -345,7 +339,7 @@ def test_decode_token_by_token_matches_full_sequence():
     (lambda a: topk_indices(a["qi"], a["ki"], a["w"], top_k=2, score_dtype=jnp.int8), "score_dtype"),
 ])
 def test_validation_errors(call, match):
-  q, k, v, _ = _qkv(21, 1, 4, 4, 4, 2, 8, 8)
+  q, k, v, _ = random_qkv(21, 1, 4, 4, 4, 2, 8, 8)
   qi, ki, w = _indexer_inputs(22, 1, 4, 4, 2, 4)
   args = dict(q=q, k=k, v=v, idx=jnp.zeros((1, 4, 2), jnp.int32), qi=qi, ki=ki, w=w)
   with pytest.raises(ValueError, match=match):

@@ -1,6 +1,5 @@
 """The CPU-side parts of benchmarks/gpu_check.py: FLOP table, shapes, arguments, the correctness check."""
 
-import jax.numpy as jnp
 import pytest
 
 from benchmarks import gpu_check
@@ -30,10 +29,6 @@ def test_parse_args():
   for bad in (["--lengths", "4k"], ["--reps", "0"], ["--lengths", ","]):
     with pytest.raises(SystemExit):
       gpu_check.parse_args(bad)
-
-
-def test_time_fn_is_a_positive_median():
-  assert gpu_check.time_fn(lambda x: x + 1, (jnp.ones(8),), reps=3) > 0
 
 
 def test_check_case_passes_the_interpreted_kernels():

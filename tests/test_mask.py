@@ -57,11 +57,15 @@ def test_block_map_matches_brute_force(mask, t, s, bq, bk, off, has_segments):
   bm = block_map(mask, t, s, BlockSizes(bq, bk), has_segments=has_segments, q_offset=off)
   expected = brute_force(mask, t, s, bq, bk, off, has_segments)
   np.testing.assert_array_equal(bm.dense(), expected)
-  # The transposed ranges describe the same matrix column by column.
-  i = np.arange(bm.num_q_blocks)[:, None]
-  visit = (i >= bm.q_start[None]) & (i < bm.q_end[None])
-  full = (i >= bm.q_full_start[None]) & (i < bm.q_full_end[None])
-  np.testing.assert_array_equal(visit.astype(int) + full.astype(int), expected)
+
+  def walked(ranges, n):  # the 0/1/2 code of each (row, tile) a kernel walking these ranges visits
+    start, full_start, full_end, end = (r[:, None] for r in ranges)
+    j = np.arange(n)[None]
+    return ((j >= start) & (j < end)).astype(int) + ((j >= full_start) & (j < full_end)).astype(int)
+
+  # The kernels' ranges tables, q-major and kv-major (the transposed map), describe the same matrix.
+  np.testing.assert_array_equal(walked(bm.ranges(), bm.num_kv_blocks), expected)
+  np.testing.assert_array_equal(walked(bm.ranges(kv_major=True), bm.num_q_blocks), expected.T)
 
 
 def test_traced_offsets_cover_every_batch_row():
