@@ -100,6 +100,9 @@ def test_gpu_check_dsa_cases_lower_for_cuda():
     assert jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text().count("triton") >= 2
 
 
+@pytest.mark.xfail(strict=True, raises=Exception, reason="known bug, found by this test: Mosaic rejects the "
+                   "sparse TPU kernel (sparse_pallas_tpu.py:73, 'index at dimension 0 is divisible by the tile "
+                   "dimension 8'); cross-lowering alone does not run this check")
 @pytest.mark.parametrize("topology", ["v5e:2x2", "v6e:2x2"])
 def test_tpu_kernel_compiles_for_tpu_with_libtpu(tpu_device, topology):
   """Full Mosaic compilation of the sparse forward and backward kernels for a TPU chip, without a TPU."""

@@ -17,7 +17,7 @@ import pytest
 
 import attention
 from attention import dsa
-from attention_testing import random_qkv
+from attention.testing import random_qkv
 from data import corpus, pipeline, tokenizer
 from eval import restore
 from test_train import ROOT, compilation_cache_dir, read_metrics, tiny  # noqa: F401  (the cache fixture)
