@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from attention.checks import validate, validate_qkv
-from attention.dsa import indexer_kl_loss, sparse_attend, topk_indices
 from attention.mask import BlockMap, BlockSizes, Mask, attention_flops, block_map, element_mask
 from attention.registry import REGISTRY, Impl, resolve_impl
 
@@ -43,6 +42,9 @@ def attend(q, k, v, *, mask: Mask = Mask(), segment_ids=None, kv_segment_ids=Non
   return REGISTRY[name].fn(q, k, v, mask=mask, segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
                            q_offset=q_offset, scale=scale, interpret=interpret, block_sizes=block_sizes)
 
+
+# After attend: attention.dsa.context (DSA under context parallelism) calls attend.
+from attention.dsa import indexer_kl_loss, sparse_attend, topk_indices  # noqa: E402
 
 __all__ = ["Mask", "BlockSizes", "BlockMap", "Impl", "REGISTRY", "attend", "attention_flops", "block_map",
            "element_mask", "resolve_impl", "validate", "validate_qkv", "indexer_kl_loss", "sparse_attend",

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention import _check_q_offset, _check_segments
+from attention.checks import _check_q_offset, _check_segments
 from attention.dsa.indexer import indexer_scores
 from attention.dsa.rows import chunk_len, chunk_rows, gather_rows
 from attention.dsa.topk import visibility
