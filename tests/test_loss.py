@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from attention_testing import rel_err
+from attention.testing import rel_err
 from flax import nnx
 
 from configs import decoder_tiny
