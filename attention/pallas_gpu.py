@@ -59,7 +59,7 @@ class Configs:
 # The bf16 head-dim-128 row was swept on an H200 (benchmarks/gpu_check.py --sweep, causal L=16K): forward
 # 128x128 tiles 425 TFLOP/s vs 378 for 128x64. That sweep's backward numbers (293-297 TFLOP/s for every
 # setting) were an artefact: its backward jit was traced once, before the table changed, so it timed one
-# program; the backward rows here are untuned until a sweep with explicit configs reruns on a GPU.
+# program; the backward rows here are untuned until the fixed sweep (explicit configs) reruns on a GPU.
 _DEFAULTS = {
     (64, True): Configs(KernelConfig(128, 64, 4, 3), KernelConfig(64, 128, 8, 2), KernelConfig(128, 64, 8, 2)),
     (128, True): Configs(KernelConfig(128, 128, 8, 3), KernelConfig(64, 128, 8, 2), KernelConfig(128, 64, 8, 2)),
@@ -259,11 +259,24 @@ class _Problem:
   interpret: bool
 
 
-def _problem(q, k, v, *, mask, segment_ids, scale, block_sizes, interpret) -> _Problem:
+def _check_configs(configs) -> Configs:
+  if not isinstance(configs, Configs):
+    raise ValueError(f"pallas_gpu configs must be a pallas_gpu.Configs, got {configs!r}")
+  for kernel in ("fwd", "dkv", "dq"):
+    c = getattr(configs, kernel)
+    for name in ("block_q", "block_k"):
+      b = getattr(c, name)
+      if not isinstance(b, int) or b < 16 or b & (b - 1):
+        raise ValueError(f"pallas_gpu needs configs.{kernel}.{name} to be a power of two >= 16, got {b!r}")
+  return configs
+
+
+def _problem(q, k, v, *, mask, segment_ids, scale, block_sizes, interpret, configs=None) -> _Problem:
   if not isinstance(mask, Mask):
     raise ValueError(f"mask must be an attention.Mask, got {mask!r}")
   t, s, h, hv = q.shape[1], k.shape[1], q.shape[3], v.shape[3]
-  cfg = configs_for(t, s, h, q.dtype, block_sizes)
+  # An explicit Configs (benchmarks sweep them) replaces the default table and block_sizes.
+  cfg = configs_for(t, s, h, q.dtype, block_sizes) if configs is None else _check_configs(configs)
   mq = max(c.block_q for c in (cfg.fwd, cfg.dkv, cfg.dq))
   mk = max(c.block_k for c in (cfg.fwd, cfg.dkv, cfg.dq))
   scale = h ** -0.5 if scale is None else float(scale)
@@ -427,13 +440,15 @@ def _pad_qkv(pb: _Problem, q, k, v):
   return q, k, v
 
 
-def _flash_forward(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes, interpret=False):
+def _flash_forward(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes, interpret=False,
+                   configs=None):
   """attention.flash_vjp's forward: (out [B, T, N, Hv] in q's dtype, lse [B, N, T] float32).
 
   interpret=True runs the kernels in Pallas interpret mode (any backend), else they lower through Triton.
+  configs: an explicit Configs for all three kernels instead of the default table (benchmarks/gpu_check.py).
   """
   pb = _problem(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
-                interpret=interpret)
+                interpret=interpret, configs=configs)
   b = q.shape[0]
   static_off, off = _offsets(q_offset, b)
   q_seg, kv_seg = _seg_operands(pb, segment_ids, kv_segment_ids, b)
@@ -442,10 +457,10 @@ def _flash_forward(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scal
 
 
 def _flash_backward(q, k, v, lse, do, delta, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes,
-                    interpret=False):
+                    interpret=False, configs=None):
   """attention.flash_vjp's backward: (dq, dk, dv) from lse and delta [B, N, T], three kernels."""
   pb = _problem(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
-                interpret=interpret)
+                interpret=interpret, configs=configs)
   b, t, n, _ = q.shape
   static_off, off = _offsets(q_offset, b)
   q_seg, kv_seg = _seg_operands(pb, segment_ids, kv_segment_ids, b)

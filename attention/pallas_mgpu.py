@@ -37,7 +37,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from attention.flash_vjp import make_flash
-from attention.mask import BlockSizes, Mask, block_map, element_mask
+from attention.mask import BlockSizes, Mask, block_map, element_mask, ranges_overlap, segment_tile_ranges
 
 _LOG2E = math.log2(math.e)
 _LN2 = math.log(2.0)
@@ -571,12 +571,6 @@ def _offsets(q_offset, b):
   return off, off
 
 
-def _tile_minmax(seg, block):
-  """Per-tile (min, max) of segment ids [B, L] -> two [B, L // block]."""
-  tiles = seg.reshape(seg.shape[0], -1, block)
-  return tiles.min(-1), tiles.max(-1)
-
-
 def _ranges(pb: _Problem, batch: int, bq: int, bk: int, static_off, q_seg, kv_seg, *, by_kv: bool):
   """int32 [B, 4, n]: (start, full_start, full_end, end) per q tile (per kv tile when by_kv).
 
@@ -584,20 +578,16 @@ def _ranges(pb: _Problem, batch: int, bq: int, bk: int, static_off, q_seg, kv_se
   overlaps this tile's (tiles outside cannot hold a visible pair; inside they are masked element-wise).
   """
   bm = block_map(pb.mask, pb.t, pb.s, BlockSizes(bq, bk), has_segments=pb.has_seg, q_offset=static_off)
-  nq, nk = pb.tp // bq, pb.sp // bk
-  pad = lambda a, n: _pad_to(jnp.asarray(a, jnp.int32), 0, n)  # padded tiles past the map visit nothing
-  if by_kv:
-    r = [pad(a, nk) for a in (bm.q_start, bm.q_full_start, bm.q_full_end, bm.q_end)]
-  else:
-    r = [pad(a, nq) for a in (bm.kv_start, bm.full_start, bm.full_end, bm.kv_end)]
-  r = jnp.broadcast_to(jnp.stack(r)[None], (batch, 4, r[0].shape[0]))
+  rows = (pb.sp // bk) if by_kv else (pb.tp // bq)
+  r = _pad_to(jnp.asarray(bm.ranges(kv_major=by_kv)), 1, rows)  # [4, rows]; padded tiles visit nothing
+  r = jnp.broadcast_to(r[None], (batch, 4, rows))
   if q_seg is None:
     return r
-  qmin, qmax = _tile_minmax(q_seg, bq)
-  kmin, kmax = _tile_minmax(kv_seg, bk)
+  (q_lo, q_hi), (k_lo, k_hi) = segment_tile_ranges(q_seg, bq), segment_tile_ranges(kv_seg, bk)
   if by_kv:  # rows are kv tiles, columns q tiles
-    qmin, qmax, kmin, kmax = kmin, kmax, qmin, qmax
-  hit = (qmin[:, :, None] <= kmax[:, None, :]) & (kmin[:, None, :] <= qmax[:, :, None])  # [B, rows, cols]
+    hit = ranges_overlap(q_lo[:, None, :], q_hi[:, None, :], k_lo[:, :, None], k_hi[:, :, None])
+  else:
+    hit = ranges_overlap(q_lo[:, :, None], q_hi[:, :, None], k_lo[:, None, :], k_hi[:, None, :])  # [B, rows, cols]
   col = jnp.arange(hit.shape[2], dtype=jnp.int32)
   hit &= (col >= r[:, 0, :, None]) & (col < r[:, 3, :, None])
   any_hit = hit.any(-1)
@@ -744,4 +734,9 @@ def backward(q, k, v, lse, do, delta, *, mask, segment_ids, kv_segment_ids, q_of
   return dq[:, :pb.t, :, :q.shape[3]], dk[:, :pb.s, :, :k.shape[3]], dv[:, :pb.s, :, :v.shape[3]]
 
 
-FLASH = make_flash(forward, backward)  # its row in attention.registry.REGISTRY: "pallas_mgpu"
+FLASH = make_flash(forward, backward)
+# The public functions (arguments and results: attention.flash_vjp), plus `interpret` and `config`.
+flash_forward = FLASH.forward
+flash_backward = FLASH.backward
+flash_attention_with_lse = FLASH.attention_with_lse
+flash_attention = FLASH.attention

@@ -1,33 +1,46 @@
-"""GPU check of the Pallas GPU FlashAttention kernels (attention/pallas_gpu.py): correctness, then speed.
+"""GPU check of the Pallas GPU FlashAttention kernels (pallas_gpu: Triton; pallas_mgpu: Mosaic GPU, Hopper).
 
-FlashAttention-2 (Dao, arXiv 2307.08691) kernels, compiled through Triton (not interpreted):
+Compiled, not interpreted:
   1. every kernel configuration (forward + gradients; masks, GQA/MQA, head dims 64/128/256 and padded ones,
-     bf16/fp16/fp32, segment ids, q_offset, odd lengths, dlse) against attention/reference.py in float32
-     with highest-precision matmuls, by ||out - ref|| / ||ref||;
+     bf16/fp16/fp32, segment ids, q_offset, odd lengths, dlse) of each kernel against attention/reference.py
+     in float32 with highest-precision matmuls, by ||out - ref|| / ||ref|| (pallas_mgpu: 2-byte dtypes only);
   2. TFLOP/s forward and forward+backward at L = 4K, 16K, 32K (head dim 128, bf16, N = 16 heads and
-     B = max(1, 16K / L), so every length fills the GPU), causal and window=(1024, 0), side by side with cuDNN
-     (jax.nn.dot_product_attention(implementation="cudnn")) and JAX's Pallas Triton mha, if importable.
-FLOPs are counted from the block map (attention.mask.attention_flops, 128x128 tiles, the same count for
-every implementation), times are the median of --reps runs after a compile + warm-up run, each run ended by
-block_until_ready. Run it with benchmarks/gpu_check.sh on a GPU; on a CPU, --interpret runs part 1 tiny.
+     B = max(1, 16K / L), so every length fills the GPU), causal and window=(1024, 0), for pallas_gpu,
+     pallas_mgpu, cuDNN (jax.nn.dot_product_attention(implementation="cudnn")) and tokamax's Mosaic GPU
+     kernel where the tokamax wheel is importable. Each timed configuration first passes a correctness
+     check at L = 2K with the same mask and kernel configuration.
+Every time is reported two ways: `loop`, the wall time of --calls calls inside one jitted fori_loop
+divided by --calls (dispatch amortised; an optimization_barrier keeps XLA from hoisting the call out of the
+loop), median of --reps loops; and `device`, the summed duration of the GPU kernels that one such loop ran,
+read from a jax.profiler trace, divided by --calls. FLOPs are counted from the block map
+(attention.mask.attention_flops, 128x128 tiles, the same count for every implementation).
+--sweep times alternative kernel configurations of both Pallas kernels, each passed explicitly to its own
+jit. Run it with benchmarks/gpu_check.sh on a GPU; on a CPU, --interpret runs part 1 tiny.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
+import glob
+import json
+import os
 import statistics
 import sys
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
-from attention import Mask, attention_flops, pallas_gpu, reference
+from attention import Mask, attention_flops, pallas_gpu, pallas_mgpu, reference
 from benchmarks import gpu_check_dsa
 
 TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}
+KERNELS = {"pallas_gpu": pallas_gpu, "pallas_mgpu": pallas_mgpu}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,12 +69,14 @@ CASES = (
     Case("window(32,32) fp16 H128 segments", 2, 300, 300, 4, 2, 128, 128, "float16", Mask(window=(32, 32)),
          segments=True),
     Case("causal fp32 H64 q_offset[B]", 2, 100, 333, 4, 2, 64, 64, "float32", Mask(causal=True), q_offset="array"),
+    Case("causal fp16 H64 q_offset[B]", 2, 100, 333, 4, 2, 64, 64, "float16", Mask(causal=True), q_offset="array"),
     Case("causal bf16 H96 Hv64 padded", 1, 257, 257, 2, 1, 96, 64, "bfloat16", Mask(causal=True)),
     Case("causal fp32 H256", 1, 200, 200, 2, 2, 256, 256, "float32", Mask(causal=True)),
     Case("causal bf16 H128 dlse", 1, 256, 256, 2, 1, 128, 128, "bfloat16", Mask(causal=True), dlse=True),
     Case("causal bf16 H64 q_offset=-128 (ring)", 1, 256, 384, 4, 2, 64, 64, "bfloat16", Mask(causal=True),
          q_offset=-128),
     Case("causal fp32 H32 segments GQA", 1, 160, 160, 6, 2, 32, 32, "float32", Mask(causal=True), segments=True),
+    Case("causal bf16 H32 segments GQA", 1, 160, 160, 6, 2, 32, 32, "bfloat16", Mask(causal=True), segments=True),
 )
 TINY_CASES = (  # --interpret on a CPU: the same code paths, small enough to run in seconds
     Case("tiny causal GQA segments", 1, 40, 56, 4, 2, 32, 32, "float32", Mask(causal=True), segments=True),
@@ -112,10 +127,19 @@ def rel(a, b) -> float:
   return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def check_case(case: Case, *, interpret: bool, seed: int = 0) -> dict:
-  """Errors of the compiled (or interpreted) kernels against the float32 reference for one case."""
+def supports(impl: str, dtype: str) -> bool:
+  """pallas_mgpu multiplies on wgmma in bf16/fp16 only; pallas_gpu takes float32 too."""
+  return impl != "pallas_mgpu" or dtype in ("bfloat16", "float16")
+
+
+def check_case(case: Case, *, interpret: bool, impl: str = "pallas_gpu", config=None, seed: int = 0) -> dict:
+  """Errors of the compiled (or interpreted) kernel `impl` against the float32 reference for one case.
+
+  config: an explicit kernel configuration (pallas_gpu.Configs / pallas_mgpu.Configs), else the defaults.
+  """
   q, k, v, do, dlse, kw = _inputs(case, seed)
-  ours = lambda q, k, v: pallas_gpu.flash_attention_with_lse(q, k, v, interpret=interpret, **kw)
+  options = {} if config is None else {"config" if impl == "pallas_mgpu" else "configs": config}
+  ours = lambda q, k, v: KERNELS[impl].flash_attention_with_lse(q, k, v, interpret=interpret, **options, **kw)
   theirs = lambda q, k, v: _reference_with_lse(q, k, v, **kw)
   (out, lse), grads = _outputs_and_grads(ours, q, k, v, do, dlse, case.dlse)
   with jax.default_matmul_precision("highest"):
@@ -130,24 +154,28 @@ def check_case(case: Case, *, interpret: bool, seed: int = 0) -> dict:
   ok &= all(bool(np.all(np.isfinite(np.asarray(x, np.float32)))) for x in (out, *grads))
   empty = ~finite.transpose(0, 2, 1)  # [B, T, N]
   ok &= bool(np.all(np.asarray(out, np.float32)[empty] == 0))  # empty rows return zeros
-  return {"case": case.name, "ok": ok, **errs}
+  return {"case": case.name, "impl": impl, "ok": ok, **errs}
 
 
-def run_checks(cases, *, interpret: bool) -> bool:
+def run_checks(cases, impls, *, interpret: bool) -> bool:
   print(f"== correctness ({'interpret' if interpret else 'compiled'}) vs float32 reference, "
         "||x - ref|| / ||ref||", flush=True)
   all_ok = True
-  for case in cases:
-    t0 = time.perf_counter()
-    try:
-      r = check_case(case, interpret=interpret)
-    except Exception as e:  # report every case, then fail at the end
-      print(f"FAIL  {case.name}: {type(e).__name__}: {str(e)[:400]}", flush=True)
-      all_ok = False
-      continue
-    all_ok &= r["ok"]
-    errs = "  ".join(f"{n}={r[n]:.1e}" for n in ("out", "lse", "dq", "dk", "dv"))
-    print(f"{'ok  ' if r['ok'] else 'FAIL'}  {case.name:40s} {errs}  ({time.perf_counter() - t0:.1f}s)", flush=True)
+  for impl in impls:
+    for case in cases:
+      if not supports(impl, case.dtype):
+        continue
+      t0 = time.perf_counter()
+      try:
+        r = check_case(case, interpret=interpret, impl=impl)
+      except Exception as e:  # report every case, then fail at the end
+        print(f"FAIL  {impl:11s} {case.name}: {type(e).__name__}: {str(e)[:400]}", flush=True)
+        all_ok = False
+        continue
+      all_ok &= r["ok"]
+      errs = "  ".join(f"{n}={r[n]:.1e}" for n in ("out", "lse", "dq", "dk", "dv"))
+      print(f"{'ok  ' if r['ok'] else 'FAIL'}  {impl:11s} {case.name:40s} {errs}  "
+            f"({time.perf_counter() - t0:.1f}s)", flush=True)
   return all_ok
 
 
@@ -168,107 +196,247 @@ def flop_table(lengths, masks, head_dim=128):
   return table
 
 
-def time_fn(fn, args, reps: int) -> float:
-  """Median seconds of reps calls after one compile + warm-up call."""
-  jax.block_until_ready(fn(*args))
+def looped(fn, calls: int):
+  """jit of `calls` calls of fn(*args) in one fori_loop; returns a float32 scalar that uses every output.
+
+  The arguments pass through an optimization_barrier each iteration, so XLA cannot hoist the loop-invariant
+  call out of the loop, and each output feeds the carry, so no call is dead code.
+  """
+
+  def run(*args):
+    def body(_, acc):
+      outs = jax.tree.leaves(fn(*lax.optimization_barrier(args)))
+      return acc + sum(jnp.sum(o[(0,) * o.ndim].astype(jnp.float32)) for o in outs)
+    return lax.fori_loop(0, calls, body, jnp.float32(0))
+
+  return jax.jit(run)
+
+
+def loop_seconds(run, args, calls: int, reps: int) -> float:
+  """Median over reps of one looped program's wall time (after a compile + warm-up run), per call."""
+  jax.block_until_ready(run(*args))
   times = []
   for _ in range(reps):
     t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
+    jax.block_until_ready(run(*args))
     times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return statistics.median(times) / calls
 
 
-def _impls(mask: Mask):
-  """name -> attention fn(q, k, v) -> out, or a string saying why the impl cannot run this mask."""
-  scale = 128 ** -0.5
-  impls = {"pallas_gpu": lambda q, k, v: pallas_gpu.flash_attention(q, k, v, mask=mask)}
-  impls["cudnn"] = lambda q, k, v: jax.nn.dot_product_attention(
-      q, k, v, is_causal=mask.causal, local_window_size=mask.window, implementation="cudnn")
+def kernel_seconds(profile, calls: int, device_prefix: str = "/device:GPU") -> tuple[float, int]:
+  """(summed kernel seconds, kernel count) per call from a jax.profiler.ProfileData of `calls` calls.
+
+  Counts the events of the device planes' stream lines (one event per kernel or copy the GPU ran), not
+  the "XLA Ops"/"XLA Modules" lines, which restate the same time.
+  """
+  total_ns, count = 0.0, 0
+  for plane in profile.planes:
+    if not plane.name.startswith(device_prefix):
+      continue
+    for line in plane.lines:
+      if not line.name.startswith("Stream"):
+        continue
+      for event in line.events:
+        total_ns += event.duration_ns
+        count += 1
+  if count == 0:
+    raise RuntimeError(f"the profile holds no kernel events on a {device_prefix} plane")
+  return total_ns * 1e-9 / calls, count // calls
+
+
+def device_seconds(run, args, calls: int) -> tuple[float, int]:
+  """Per-call device kernel time of one (already compiled) looped program, from a profiler trace."""
+  jax.block_until_ready(run(*args))
+  with tempfile.TemporaryDirectory() as logdir:
+    with jax.profiler.trace(logdir):
+      jax.block_until_ready(run(*args))
+    paths = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    if not paths:
+      raise RuntimeError(f"jax.profiler wrote no .xplane.pb under {logdir}")
+    return kernel_seconds(jax.profiler.ProfileData.from_file(paths[0]), calls)
+
+
+def _tokamax():
+  """tokamax's Mosaic GPU attention, or a string saying why it cannot run here."""
   try:
-    from jax.experimental.pallas.ops.gpu import attention as jax_mha
-  except Exception as e:  # deprecated upstream; may be gone in a later jax
-    impls["jax_pallas_mha"] = f"not importable ({type(e).__name__})"
+    import tokamax  # pylint: disable=g-import-not-at-top
+  except Exception as e:  # its wheel is not part of this project's dependencies
+    return f"tokamax not importable ({type(e).__name__}: {str(e)[:60]})"
+  return tokamax
+
+
+def impls_for(mask: Mask, configs: dict | None = None):
+  """name -> attention fn(q, k, v) -> out, or a string saying why that impl cannot run here.
+
+  configs: optional explicit kernel configurations, by impl name, passed to the kernel (never a global).
+  """
+  configs = configs or {}
+  impls = {
+      "pallas_gpu": functools.partial(pallas_gpu.flash_attention, mask=mask,
+                                      **({"configs": configs["pallas_gpu"]} if "pallas_gpu" in configs else {})),
+      "pallas_mgpu": functools.partial(pallas_mgpu.flash_attention, mask=mask,
+                                       **({"config": configs["pallas_mgpu"]} if "pallas_mgpu" in configs else {})),
+      "cudnn": lambda q, k, v: jax.nn.dot_product_attention(
+          q, k, v, is_causal=mask.causal, local_window_size=mask.window, implementation="cudnn"),
+  }
+  tk = _tokamax()
+  if isinstance(tk, str):
+    impls["tokamax_mosaic"] = tk
   else:
-    if mask.window is None:
-      impls["jax_pallas_mha"] = lambda q, k, v: jax_mha.mha(q, k, v, None, sm_scale=scale, causal=mask.causal)
-    else:
-      impls["jax_pallas_mha"] = "no window support"
+    impls["tokamax_mosaic"] = lambda q, k, v: tk.dot_product_attention(
+        q, k, v, is_causal=mask.causal, local_window_size=mask.window, implementation="mosaic")
   return impls
 
 
-def run_bench(lengths, masks, reps: int):
+VERIFY_LENGTH = 2048
+
+
+def verify(fn, mask: Mask, seed: int = 0) -> dict:
+  """fn's forward and gradients against the float32 reference at L=2K (B=1, N=4, H=128, bf16)."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
+  q, k, v, do = (jax.random.normal(kk, (1, VERIFY_LENGTH, 4, 128), jnp.float32).astype(jnp.bfloat16)
+                 for kk in keys)
+  run = lambda f: jax.jit(lambda q, k, v: jax.vjp(f, q, k, v))(q, k, v)
+  out, vjp = run(fn)
+  grads = vjp(do)
+  with jax.default_matmul_precision("highest"):
+    ref = lambda q, k, v: reference.attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask=mask)
+    ref_out, ref_vjp = run(ref)
+    ref_grads = ref_vjp(do.astype(jnp.float32))
+  errs = {"out": rel(out, ref_out), **{f"d{n}": rel(g, r) for n, g, r in zip("qkv", grads, ref_grads)}}
+  return {"ok": all(e < TOL["bfloat16"] for e in errs.values()), **errs}
+
+
+def time_entry(fn, args_fwd, args_bwd, calls: int, reps: int) -> dict:
+  """Seconds per call, forward and forward+backward, by loop wall time and by device kernel time."""
+  fwd = looped(fn, calls)
+  fwd_bwd = looped(lambda q, k, v, do: jax.vjp(fn, q, k, v)[1](do), calls)
+  res = {}
+  for name, run, args in (("fwd", fwd, args_fwd), ("fwd_bwd", fwd_bwd, args_bwd)):
+    res[f"{name}_loop_s"] = loop_seconds(run, args, calls, reps)
+    res[f"{name}_device_s"], res[f"{name}_kernels"] = device_seconds(run, args, calls)
+  return res
+
+
+def _fmt(flops, sec):
+  return f"{flops / sec / 1e12:6.1f} ({sec * 1e3:7.3f} ms)"
+
+
+def run_bench(lengths, masks, reps: int, calls: int) -> list[dict]:
   flops = flop_table(lengths, masks)
   rows = []
-  print("== speed: bf16, head dim 128, TFLOP/s from block-map FLOPs (median of "
-        f"{reps}), device {jax.devices()[0].device_kind}", flush=True)
+  print(f"== speed: bf16, head dim 128, TFLOP/s from block-map FLOPs; loop = wall time of {calls} calls in one "
+        f"jitted loop (median of {reps}), device = profiler kernel time; {jax.devices()[0].device_kind}", flush=True)
   for length in lengths:
     b, n = bench_shapes(length)
     keys = jax.random.split(jax.random.PRNGKey(length), 4)
     q, k, v, do = (jax.random.normal(kk, (b, length, n, 128), jnp.float32).astype(jnp.bfloat16) for kk in keys)
     for mname, mask in masks.items():
-      for iname, fn in _impls(mask).items():
+      for iname, fn in impls_for(mask).items():
+        row = {"length": length, "batch": b, "heads": n, "mask": mname, "impl": iname}
+        rows.append(row)
         if isinstance(fn, str):
-          rows.append((length, b, n, mname, iname, fn, fn))
+          row["skipped"] = fn
+          print(f"  L={length} {mname} {iname}: skipped, {fn}", flush=True)
           continue
-        res = []
-        fwd = jax.jit(fn)
-        fwd_bwd = jax.jit(lambda q, k, v, do, fn=fn: jax.vjp(fn, q, k, v)[1](do))
-        for f, args, fl in ((fwd, (q, k, v), flops[(length, mname)][0]),
-                            (fwd_bwd, (q, k, v, do), flops[(length, mname)][1])):
-          try:
-            sec = time_fn(f, args, reps)
-            res.append(f"{fl / sec / 1e12:7.1f} ({sec * 1e3:7.2f} ms)")
-          except Exception as e:
-            res.append(f"error: {type(e).__name__}: {str(e).splitlines()[0][:60]}")
-        rows.append((length, b, n, mname, iname, *res))
-        print(f"  L={length} {mname} {iname}: fwd {res[0]} | fwd+bwd {res[1]}", flush=True)
-  print("\n| L | B x N | mask | impl | fwd TFLOP/s (ms) | fwd+bwd TFLOP/s (ms) |\n|---|---|---|---|---|---|")
-  for length, b, n, mname, iname, f, fb in rows:
-    print(f"| {length} | {b} x {n} | {mname} | {iname} | {f} | {fb} |")
-  ms = {(r[0], r[3]): r[5] for r in rows if r[4] == "pallas_gpu" and "ms)" in r[5]}
-  for length in lengths:  # the sliding window must skip tiles, not mask them
-    c, w = ms.get((length, "causal")), ms.get((length, "window(1024,0)"))
-    if c and w:
-      speedup = float(c.split("(")[1].split()[0]) / float(w.split("(")[1].split()[0])
-      print(f"pallas_gpu fwd at L={length}: window(1024,0) is {speedup:.1f}x faster than causal")
+        try:
+          row["check"] = verify(fn, mask)
+          if not row["check"]["ok"]:  # a wrong kernel is not timed
+            print(f"  L={length} {mname} {iname}: FAILS the L={VERIFY_LENGTH} check {row['check']}", flush=True)
+            continue
+          row.update(time_entry(fn, (q, k, v), (q, k, v, do), calls, reps))
+        except Exception as e:
+          row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+          print(f"  L={length} {mname} {iname}: error {row['error']}", flush=True)
+          continue
+        fl, fl_fb = flops[(length, mname)]
+        row["fwd_flops"], row["fwd_bwd_flops"] = fl, fl_fb
+        print(f"  L={length} {mname} {iname}: fwd loop {_fmt(fl, row['fwd_loop_s'])} device "
+              f"{_fmt(fl, row['fwd_device_s'])} | fwd+bwd loop {_fmt(fl_fb, row['fwd_bwd_loop_s'])} device "
+              f"{_fmt(fl_fb, row['fwd_bwd_device_s'])}", flush=True)
+  print_table(rows)
+  for line in summary(rows):
+    print(line)
   return rows
 
 
-def run_sweep(length: int, reps: int):
-  """Time alternative (block, warps, stages) entries of the bf16 head-dim-128 row of the default table."""
+def print_table(rows):
+  print("\n| L | B x N | mask | impl | fwd loop TFLOP/s (ms) | fwd device | fwd+bwd loop | fwd+bwd device |\n"
+        "|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    cells = [f"{r['length']}", f"{r['batch']} x {r['heads']}", r["mask"], r["impl"]]
+    if "fwd_loop_s" in r:
+      cells += [_fmt(r["fwd_flops"], r["fwd_loop_s"]), _fmt(r["fwd_flops"], r["fwd_device_s"]),
+                _fmt(r["fwd_bwd_flops"], r["fwd_bwd_loop_s"]), _fmt(r["fwd_bwd_flops"], r["fwd_bwd_device_s"])]
+    else:
+      why = r.get("skipped") or r.get("error") or f"check failed {r.get('check')}"
+      cells += [why, "", "", ""]
+    print("| " + " | ".join(cells) + " |")
+
+
+def summary(rows, length: int = 16384, long_length: int = 32768) -> list[str]:
+  """The issue's targets from device times: pallas_mgpu vs cuDNN at 16K causal (forward, backward =
+  fwd+bwd - fwd), and window(1024,0) vs causal at 32K for both Pallas kernels."""
+  by = {(r["length"], r["mask"], r["impl"]): r for r in rows if "fwd_device_s" in r}
+  lines = []
+  ours, cudnn = by.get((length, "causal", "pallas_mgpu")), by.get((length, "causal", "cudnn"))
+  if ours and cudnn:
+    bwd = lambda r: r["fwd_bwd_device_s"] - r["fwd_device_s"]
+    lines.append(f"pallas_mgpu / cuDNN speed at L={length} causal (device time): forward "
+                 f"{cudnn['fwd_device_s'] / ours['fwd_device_s']:.2f}x (target >= 1.0), backward "
+                 f"{bwd(cudnn) / bwd(ours):.2f}x (target >= 0.9)")
+  for impl in KERNELS:
+    c, w = by.get((long_length, "causal", impl)), by.get((long_length, "window(1024,0)", impl))
+    if c and w:
+      lines.append(f"{impl} fwd at L={long_length}: window(1024,0) is {c['fwd_device_s'] / w['fwd_device_s']:.1f}x "
+                   "faster than causal (target >= 8x)")
+  return lines
+
+
+def sweep_configs():
+  """{impl: [explicit kernel configurations, the default first]} for the bf16 head-dim-128 sweep."""
+  KC, MC = pallas_gpu.KernelConfig, pallas_mgpu.KernelConfig
+  gpu_base = pallas_gpu.default_configs(128, jnp.bfloat16)
+  gpu = [dataclasses.replace(gpu_base, fwd=f) for f in (KC(128, 64, 8, 3), KC(128, 128, 8, 3), KC(64, 64, 4, 3))]
+  gpu += [dataclasses.replace(gpu_base, dkv=dkv, dq=dq) for dkv, dq in (
+      (KC(64, 128, 8, 2), KC(128, 64, 8, 2)), (KC(32, 128, 4, 2), KC(128, 32, 4, 2)),
+      (KC(64, 64, 4, 2), KC(64, 64, 4, 2)), (KC(128, 128, 8, 2), KC(128, 128, 8, 2)))]
+  mgpu_base = pallas_mgpu.default_configs(128)
+  mgpu = [dataclasses.replace(mgpu_base, fwd=f) for f in (
+      MC(64, 128, 2), MC(64, 128, 2, pipeline_qk=False), MC(64, 64, 3), MC(64, 128, 3))]
+  mgpu += [dataclasses.replace(mgpu_base, dkv=dkv, dq=dq) for dkv, dq in (
+      (MC(64, 64, 2), MC(64, 64, 2)), (MC(64, 128, 2), MC(64, 128, 2)), (MC(128, 64, 2), MC(64, 64, 3)))]
+  unique = lambda base, cs: list(dict.fromkeys([base, *cs]))  # the default first, each config once
+  return {"pallas_gpu": unique(gpu_base, gpu), "pallas_mgpu": unique(mgpu_base, mgpu)}
+
+
+def run_sweep(length: int, reps: int, calls: int) -> list[dict]:
+  """Each explicit configuration gets its own jit (jit caches by function, so no global can leak in)."""
   b, n = bench_shapes(length)
   keys = jax.random.split(jax.random.PRNGKey(1), 4)
   q, k, v, do = (jax.random.normal(kk, (b, length, n, 128), jnp.float32).astype(jnp.bfloat16) for kk in keys)
   mask = Mask(causal=True)
   fl = attention_flops(mask, length, length, n, 128, batch=b)
-  fl_bwd = attention_flops(mask, length, length, n, 128, batch=b, backward=True) - fl
-  table = pallas_gpu._DEFAULTS  # the script tunes the table it reports on
-  base = table[(128, True)]
-  KC = pallas_gpu.KernelConfig
-  print(f"== sweep: causal L={length}, B={b}, N={n}, bf16 H128 (TFLOP/s)", flush=True)
-  try:
-    for fwd in (KC(128, 64, 8, 3), KC(128, 128, 8, 3), KC(128, 64, 4, 3), KC(64, 64, 4, 3)):
-      table[(128, True)] = dataclasses.replace(base, fwd=fwd)
+  fl_fb = attention_flops(mask, length, length, n, 128, batch=b, backward=True)
+  print(f"== sweep: causal L={length}, B={b}, N={n}, bf16 H128 (TFLOP/s, device time)", flush=True)
+  rows = []
+  for impl, configs in sweep_configs().items():
+    for config in configs:
+      fn = impls_for(mask, {impl: config})[impl]
+      row = {"impl": impl, "config": repr(config)}
+      rows.append(row)
       try:
-        sec = time_fn(jax.jit(lambda q, k, v: pallas_gpu.flash_forward(q, k, v, mask=mask)[0]), (q, k, v), reps)
-        print(f"  fwd {fwd}: {fl / sec / 1e12:.1f}", flush=True)
+        row["check"] = verify(fn, mask)
+        if row["check"]["ok"]:
+          row.update(time_entry(fn, (q, k, v), (q, k, v, do), calls, reps))
+          print(f"  {impl} {config}: fwd {_fmt(fl, row['fwd_device_s'])} fwd+bwd "
+                f"{_fmt(fl_fb, row['fwd_bwd_device_s'])}", flush=True)
+        else:
+          print(f"  {impl} {config}: FAILS the check {row['check']}", flush=True)
       except Exception as e:
-        print(f"  fwd {fwd}: error {type(e).__name__}: {str(e).splitlines()[0][:80]}", flush=True)
-    out, lse = jax.jit(lambda q, k, v: pallas_gpu.flash_forward(q, k, v, mask=mask))(q, k, v)
-    bwd_fn = jax.jit(lambda q, k, v, o, l, d: pallas_gpu.flash_backward(q, k, v, o, l, d, mask=mask))
-    for dkv, dq in ((KC(64, 128, 8, 2), KC(128, 64, 8, 2)), (KC(32, 128, 4, 2), KC(128, 32, 4, 2)),
-                    (KC(64, 64, 4, 2), KC(64, 64, 4, 2)), (KC(64, 128, 8, 3), KC(128, 64, 8, 3)),
-                    (KC(32, 64, 4, 3), KC(64, 32, 4, 3)), (KC(128, 128, 8, 2), KC(128, 128, 8, 2)),
-                    (KC(128, 64, 8, 2), KC(64, 128, 8, 2))):
-      table[(128, True)] = dataclasses.replace(base, dkv=dkv, dq=dq)
-      try:
-        sec = time_fn(bwd_fn, (q, k, v, out, lse, do), reps)
-        print(f"  bwd dkv {dkv} dq {dq}: {fl_bwd / sec / 1e12:.1f}", flush=True)
-      except Exception as e:
-        print(f"  bwd {dkv}/{dq}: error {type(e).__name__}: {str(e).splitlines()[0][:80]}", flush=True)
-  finally:
-    table[(128, True)] = base
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+        print(f"  {impl} {config}: error {row['error']}", flush=True)
+  return rows
 
 
 def parse_args(argv=None):
@@ -276,16 +444,23 @@ def parse_args(argv=None):
   p.add_argument("--interpret", action="store_true", help="interpret mode with tiny cases (CPU smoke run)")
   p.add_argument("--skip-check", action="store_true", help="skip the correctness part")
   p.add_argument("--skip-bench", action="store_true", help="skip the speed table")
-  p.add_argument("--sweep", action="store_true", help="also time alternative tile/warp/stage settings")
+  p.add_argument("--sweep", action="store_true", help="also time alternative kernel configurations")
+  p.add_argument("--impls", default="pallas_gpu,pallas_mgpu", help="kernels the correctness part checks")
   p.add_argument("--lengths", default="4096,16384,32768", help="comma-separated sequence lengths")
-  p.add_argument("--reps", type=int, default=10, help="timed runs per entry (median reported)")
+  p.add_argument("--reps", type=int, default=5, help="timed loops per entry (median reported)")
+  p.add_argument("--calls", type=int, default=10, help="calls per jitted loop")
+  p.add_argument("--json", default=None, help="write every result here (default $OUT/gpu_check.json or /tmp)")
   args = p.parse_args(argv)
   try:
     args.lengths = [int(x) for x in args.lengths.split(",") if x]
   except ValueError:
     p.error(f"--lengths must be comma-separated ints, got {args.lengths!r}")
-  if not args.lengths or min(args.lengths) < 1 or args.reps < 1:
-    p.error(f"--lengths and --reps must be positive, got {args.lengths} and {args.reps}")
+  if not args.lengths or min(args.lengths) < 1 or args.reps < 1 or args.calls < 1:
+    p.error(f"--lengths, --reps and --calls must be positive, got {args.lengths}, {args.reps}, {args.calls}")
+  args.impls = [x for x in args.impls.split(",") if x]
+  if not args.impls or any(i not in KERNELS for i in args.impls):
+    p.error(f"--impls must name kernels of {sorted(KERNELS)}, got {args.impls}")
+  args.json = args.json or os.path.join(os.environ.get("OUT", "/tmp"), "gpu_check.json")
   return args
 
 
@@ -297,14 +472,21 @@ def main(argv=None) -> int:
   print(f"jax {jax.__version__}, python {sys.version.split()[0]}, backend {jax.default_backend()}, "
         f"devices {jax.devices()}", flush=True)
   ok = True
+  results = {"jax": jax.__version__, "device": jax.devices()[0].device_kind}
   if not args.skip_check:
-    ok = run_checks(TINY_CASES if args.interpret else CASES, interpret=args.interpret)
+    ok = run_checks(TINY_CASES if args.interpret else CASES, args.impls, interpret=args.interpret)
     print(f"correctness: {'ALL OK' if ok else 'FAILURES'}", flush=True)
+    results["correctness_ok"] = ok
   if not args.skip_bench and not args.interpret:
-    run_bench(args.lengths, BENCH_MASKS, args.reps)
+    results["bench"] = run_bench(args.lengths, BENCH_MASKS, args.reps, args.calls)
   if args.sweep and not args.interpret:
-    run_sweep(16384, args.reps)
-  ok &= gpu_check_dsa.run(interpret=args.interpret, bench=not args.skip_bench, reps=args.reps)
+    results["sweep"] = run_sweep(16384, args.reps, args.calls)
+  dsa_ok = gpu_check_dsa.run(interpret=args.interpret, bench=not args.skip_bench, reps=args.reps)
+  results["dsa_correctness_ok"] = dsa_ok
+  ok &= dsa_ok
+  with open(args.json, "w") as f:
+    json.dump(results, f, indent=1, default=str)
+  print(f"results written to {args.json}", flush=True)
   return 0 if ok else 1
 
 

@@ -87,15 +87,13 @@ def test_window_skips_blocks_and_flops_follow():
   assert causal == 32 * 33 // 2 and local == 32 + 31
   f_c = attention_flops(Mask(causal=True), 4096, 4096, 8, 64, block_sizes=bs)
   assert f_c == 8 * causal * 2 * 128 * 128 * (64 + 64)
-  f_c = attention_flops(Mask(causal=True), 4096, 4096, 8, 64, block_sizes=bs)
-  assert f_c == 8 * causal * 2 * 128 * 128 * (64 + 64)
 
 
 def test_kv_major_full_range_lies_inside_the_visited_range():
   """A kv block without a fully visible q block (here: segments, or the last causal block) walks no
   q block before q_start: its full range is empty at q_start, not (0, 0)."""
   for kw in (dict(has_segments=True, q_offset=40), dict(q_offset=40)):
-    bm = block_map(Mask(causal=True), 96, 160, BlockSizes(64, 128), **kw)
-    start, full_start, full_end, end = r = (bm.q_start, bm.q_full_start, bm.q_full_end, bm.q_end)
+    r = block_map(Mask(causal=True), 96, 160, BlockSizes(64, 128), **kw).ranges(kv_major=True)
+    start, full_start, full_end, end = r
     assert np.all((start <= full_start) & (full_start <= full_end) & (full_end <= end)), r
     assert np.any(start > 0)

@@ -13,41 +13,18 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from attention import BlockSizes, Mask
+from attention import BlockSizes, Mask, attend
 from attention import pallas_mgpu
-from attention import reference
-from attention.testing import TOL, random_qkv, rel_err
+from attention.testing import assert_matches_reference, random_qkv
 
 # Small tiles so that the tiny inputs still walk several kv tiles through the two-slot ring.
 _TILES = BlockSizes(64, 64)
 
 
-def _assert_matches_reference(q, k, v, ct, **kw):
-  """forward's out and lse and backward's dq, dk, dv against the float32 reference (vjp with the lse)."""
-  f32 = lambda x: x.astype(jnp.float32)
-  kw = dict(dict(segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None), **kw)
-  vis = reference.dense_mask(kw["mask"], q.shape[1], k.shape[1], segment_ids=kw["segment_ids"],
-                             kv_segment_ids=kw["kv_segment_ids"], q_offset=kw["q_offset"])
-  with jax.default_matmul_precision("highest"):
-    (ref_out, ref_lse), vjp = jax.vjp(lambda q, k, v: reference.attention_with_lse(q, k, v, vis, q.shape[-1] ** -0.5),
-                                      f32(q), f32(k), f32(v))
-    ref_grads = vjp((f32(ct), jnp.zeros_like(ref_lse)))
-  opts = dict(kw, block_sizes=_TILES, interpret=True)
-  out, lse = jax.jit(lambda q, k, v: pallas_mgpu.forward(q, k, v, **opts))(q, k, v)
-  delta = jnp.einsum("btnh,btnh->bnt", f32(ct), f32(out))  # rowsum(dO * O)
-  grads = jax.jit(lambda *a: pallas_mgpu.backward(*a, **opts))(q, k, v, lse, ct, delta)
-  tol = TOL[q.dtype.type]
-  assert out.dtype == q.dtype and rel_err(out, ref_out) < tol, rel_err(out, ref_out)
-  finite = jnp.isfinite(ref_lse)
-  assert bool(jnp.all(jnp.isfinite(lse) == finite)) and rel_err(lse[finite], ref_lse[finite]) < 1e-2
-  for name, g, r in zip("qkv", grads, ref_grads):
-    assert g.shape == r.shape and rel_err(g, r) < tol, (f"d{name}", rel_err(g, r))
-
-
 def test_causal_gqa_odd_lengths_and_offset_match_reference():
   """Forward and gradients; T=96 is padded to the 128 rows of a CTA, S=160 to whole kv tiles, H=48 to 64."""
   q, k, v, ct = random_qkv(0, 1, 96, 160, 2, 1, 48, dtype=jnp.bfloat16)
-  _assert_matches_reference(q, k, v, ct, mask=Mask(causal=True), q_offset=40)
+  assert_matches_reference("pallas_mgpu", q, k, v, ct, mask=Mask(causal=True), q_offset=40, block_sizes=_TILES)
 
 
 def test_window_segments_batch_offsets_match_reference():
@@ -55,21 +32,21 @@ def test_window_segments_batch_offsets_match_reference():
   q, k, v, ct = random_qkv(1, 2, 128, 192, 1, 1, 64, dtype=jnp.float16)
   seg = jnp.array([[0] * 40 + [1] * 88, [2] * 128], jnp.int32)
   kv_seg = jnp.array([[0] * 100 + [1] * 92, [2] * 30 + [3] * 162], jnp.int32)
-  _assert_matches_reference(q, k, v, ct, mask=Mask(causal=True, window=(48, 0)), segment_ids=seg,
-                            kv_segment_ids=kv_seg, q_offset=jnp.array([50, 64], jnp.int32))
+  assert_matches_reference("pallas_mgpu", q, k, v, ct, mask=Mask(causal=True, window=(48, 0)), segment_ids=seg,
+                           kv_segment_ids=kv_seg, q_offset=jnp.array([50, 64], jnp.int32), block_sizes=_TILES)
 
 
 def test_bad_arguments():
   q, k, v, _ = random_qkv(0, 1, 64, 64, 1, 1, 64)
-  kw = dict(mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None, interpret=True)
   with pytest.raises(NotImplementedError, match="bfloat16 and float16"):
-    pallas_mgpu.forward(q, k, v, block_sizes=None, **kw)
+    attend(q, k, v, impl="pallas_mgpu", interpret=True)
   q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
   with pytest.raises(ValueError, match="block_q to be a power of two >= 64"):
-    pallas_mgpu.forward(q, k, v, block_sizes=BlockSizes(32, 64), **kw)
+    attend(q, k, v, impl="pallas_mgpu", interpret=True, block_sizes=BlockSizes(32, 64))
   big = pallas_mgpu.KernelConfig(128, 256, num_stages=4)
   with pytest.raises(ValueError, match="shared memory"):
-    pallas_mgpu.forward(q, k, v, block_sizes=None, config=pallas_mgpu.Configs(big, big, big), **kw)
+    pallas_mgpu.forward(q, k, v, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None,
+                        block_sizes=None, config=pallas_mgpu.Configs(big, big, big))
   with pytest.raises(NotImplementedError, match="head dims up to 256"):
     pallas_mgpu.padded_head_dim(320)
 
@@ -88,7 +65,7 @@ _LOWER_CASES = [
 ]
 
 def _lower(case):
-  """The text of forward + backward (the gradient path) lowered for "cuda" from this CPU-only machine."""
+  """The text of jax.grad of sum(attend(...)^2) lowered for "cuda" from this CPU-only machine."""
   dt, b = jnp.dtype(case["dtype"]), 2
   q = jax.ShapeDtypeStruct((b, case["t"], case["n"], case["h"]), dt)
   kv = jax.ShapeDtypeStruct((b, case["s"], case["k"], case["h"]), dt)
@@ -96,21 +73,19 @@ def _lower(case):
   off = jax.ShapeDtypeStruct((b,), jnp.int32) if case.get("offsets") else 0
   mask = {"causal": Mask(causal=True), "window": Mask(window=(96, 16)), "segments": Mask(causal=True)}[case["mask"]]
 
-  def fwd_bwd(q, k, v, seg, kv_seg, off):
-    segs = (seg, kv_seg) if case["mask"] == "segments" else (None, None)
-    kw = dict(mask=mask, segment_ids=segs[0], kv_segment_ids=segs[1], q_offset=off, scale=None, block_sizes=None)
-    out, lse = pallas_mgpu.forward(q, k, v, **kw)
-    delta = jnp.sum(out.astype(jnp.float32) ** 2, -1).transpose(0, 2, 1)
-    return pallas_mgpu.backward(q, k, v, lse, out, delta, **kw)
+  def loss(q, k, v, seg, kv_seg, off):
+    kw = dict(segment_ids=seg, kv_segment_ids=kv_seg) if case["mask"] == "segments" else {}
+    out = attend(q, k, v, mask=mask, q_offset=off, impl="pallas_mgpu", interpret=False, **kw)
+    return jnp.sum(out.astype(jnp.float32) ** 2)
 
-  traced = jax.jit(fwd_bwd).trace(q, kv, kv, seg, kv_seg, off)
+  traced = jax.jit(jax.grad(loss, (0, 1, 2))).trace(q, kv, kv, seg, kv_seg, off)
   return traced.lower(lowering_platforms=("cuda",)).as_text()
 
 
 def test_lowers_for_cuda_every_configuration():
-  """The forward and backward kernels (interpret=False) lower for "cuda" on a CPU-only machine.
+  """attend(impl="pallas_mgpu", interpret=False) and its gradients lower for "cuda" on a CPU-only machine.
 
-  Each program holds three Mosaic GPU kernels: the forward (with its lse), dQ and dK/dV. No CUDA
+  Each grad program holds three Mosaic GPU kernels: the forward (with its lse), dQ and dK/dV. No CUDA
   plugin is needed: with jax-cuda13-plugin 0.10.2 on the path the lowered text is byte-identical
   (measured); JAX's own attention_mgpu fails without it only because it asserts on cuda_versions.
   """
