@@ -19,21 +19,20 @@ import sys
 
 K = 1024
 # (preset, seq_len, remat, loss_chunk_tokens, attention_pattern, context)
-ROWS = [
+ROWS = [  # most needed first: the sweep may be stopped and resumed
+    ("decoder_125m", 128 * K, "full", 8192, "G", 1),
+    ("decoder_1b", 128 * K, "full", 8192, "G", 1),
     ("decoder_125m", 8 * K, "none", 0, "G", 1),
     ("decoder_125m", 8 * K, "full", 8192, "G", 1),
+    ("decoder_125m", 32 * K, "none", 8192, "G", 1),
     ("decoder_125m", 32 * K, "full", 8192, "G", 1),
-    ("decoder_125m", 128 * K, "full", 8192, "G", 1),
-    ("decoder_125m", 128 * K, "none", 8192, "G", 1),
-    ("decoder_125m", 128 * K, "full", 0, "G", 1),
+    ("decoder_1b", 128 * K, "full", 8192, "G", 8),
     ("decoder_125m", 128 * K, "full", 8192, "LG", 1),
     ("decoder_125m", 128 * K, "full", 8192, "D", 1),
-    ("decoder_1b", 128 * K, "full", 8192, "G", 1),
-    ("decoder_1b", 128 * K, "full", 8192, "G", 8),
+    ("decoder_125m", 128 * K, "full", 0, "G", 1),
     ("decoder_1b", 32 * K, "full", 8192, "G", 1),
     ("decoder_125m", 32 * K, "dots", 8192, "G", 1),
     ("decoder_125m", 32 * K, "attention_out", 8192, "G", 1),
-    ("decoder_125m", 32 * K, "none", 8192, "G", 1),
 ]
 GIB = 2**30
 LIMITS = (80, 141)

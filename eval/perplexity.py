@@ -13,6 +13,7 @@ length, the first num_val_batches batches) so a restored checkpoint can be check
 
 from __future__ import annotations
 
+import logging
 import math
 
 import jax
@@ -26,6 +27,8 @@ from data.tokenizer import NUM_BYTES, SPECIAL_TOKENS
 from training import loss as loss_lib
 from training.config import TrainConfig
 from training.targets import lm_targets
+
+_log = logging.getLogger(__name__)
 
 
 def token_bytes(tokenizer) -> np.ndarray:
@@ -70,21 +73,30 @@ def validation_loss(model, config: TrainConfig, tokenizer) -> float:
   return ce_sum / max(count, 1.0)
 
 
-def heldout_documents(config: TrainConfig, tokenizer, min_tokens: int, max_docs: int) -> list[np.ndarray]:
-  """Up to `max_docs` validation documents (BOS + text + EOS) of at least `min_tokens` tokens, cut to it."""
+def heldout_documents(config: TrainConfig, tokenizer, min_tokens: int, max_docs: int):
+  """(up to `max_docs` token arrays of `min_tokens` tokens, the protocol used to get them).
+
+  Validation documents (BOS + text + EOS) of at least `min_tokens` tokens, cut to it. Where none is that
+  long (the built-in corpus's held-out files at 128K), the held-out documents are concatenated in their
+  sorted order and cut into windows instead, and the protocol says so (it is stored with the results):
+  the context then spans document boundaries, as in perplexity over a concatenated corpus.
+  """
   docs = corpus_lib.load_documents(config.data.corpus, config.data.max_documents, config.data.text_field)
   _, val = corpus_lib.split_documents(docs, config.data.val_fraction)  # train.py's validation documents
-  out = []
-  for d in val:
-    tokens = tokenizer.encode(d.text, bos=True, eos=True)
-    if tokens.size >= min_tokens:
-      out.append(tokens[:min_tokens])
-    if len(out) == max_docs:
-      break
-  if not out:
-    raise ValueError(f"no held-out document has {min_tokens} tokens (the longest evaluation length); use "
-                     "shorter --lengths or a corpus with longer documents")
-  return out
+  encoded = [tokenizer.encode(d.text, bos=True, eos=True) for d in val]
+  out = [t[:min_tokens] for t in encoded if t.size >= min_tokens][:max_docs]
+  if out:
+    return out, "non-overlapping windows over the same tokens"
+  stream = np.concatenate(encoded)
+  if stream.size < min_tokens:
+    raise ValueError(f"the held-out documents have {stream.size} tokens in all, fewer than the longest "
+                     f"evaluation length {min_tokens}; use shorter --lengths or a larger corpus")
+  _log.warning("no held-out document has %d tokens: scoring windows of the %d concatenated held-out documents",
+               min_tokens, len(encoded))
+  n = min(max_docs, stream.size // min_tokens)
+  return list(stream[:n * min_tokens].reshape(n, min_tokens)), (
+      "non-overlapping windows over the same tokens of the concatenated held-out documents (none has "
+      f"{min_tokens} tokens)")
 
 
 def perplexity_vs_length(model, config: TrainConfig, tokenizer, lengths: list[int], *, max_docs: int = 16,
@@ -100,11 +112,12 @@ def perplexity_vs_length(model, config: TrainConfig, tokenizer, lengths: list[in
   if any(longest % n for n in lengths):
     raise ValueError(f"every length must divide the longest one ({longest}) so all lengths score the same "
                      f"tokens; got lengths={lengths}")
-  docs = np.stack(heldout_documents(config, tokenizer, longest, max_docs))  # [D, longest]
+  docs, protocol = heldout_documents(config, tokenizer, longest, max_docs)
+  docs = np.stack(docs)  # [D, longest]
   nbytes = token_bytes(tokenizer)
   score = make_scorer(model)
   result = {"lengths": lengths, "loss": [], "perplexity": [], "bits_per_byte": [], "tokens": [],
-            "documents": len(docs), "protocol": "non-overlapping windows over the same tokens"}
+            "documents": len(docs), "protocol": protocol}
   for n in lengths:
     windows = docs.reshape(-1, n)  # [D * longest / n, n]
     rows = min(len(windows), max(1, batch_tokens // n))
