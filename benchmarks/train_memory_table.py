@@ -70,6 +70,24 @@ def write_table(out: str):
     lines.append(f"| {r['preset']} | {r['seq_len']} | {r['attention_pattern']} | {r['remat']} | "
                  f"{r['loss_chunk_tokens'] or 'one chunk'} | {r['context']} | {r['argument_bytes'] / GIB:.2f} | "
                  f"{r['temp_bytes'] / GIB:.2f} | {total:.2f} | {fits[0]} | {fits[1]} |")
+  # The longest row that fits each limit, by a straight line through a series' two longest measured rows
+  # (attention, activations and loss chunks are all linear in the length here): an extrapolation.
+  series = {}
+  for r in rows:
+    key = (r["preset"], r["attention_pattern"], r["remat"], r["loss_chunk_tokens"], r["context"])
+    series.setdefault(key, []).append((r["seq_len"], r["total_bytes"]))
+  fit = []
+  for key, pts in sorted(series.items()):
+    if len(pts) < 2:
+      continue
+    (l1, b1), (l2, b2) = sorted(pts)[-2:]
+    slope = (b2 - b1) / (l2 - l1)
+    longest = [int(l2 + (lim * 1e9 - b2) / slope) for lim in LIMITS]
+    fit.append(f"- {key[0]} {key[1]} remat={key[2]} chunk={key[3] or 'one'} context={key[4]}: "
+               f"{slope * 1024 / GIB:.3f} GiB per 1K tokens; longest row fitting 80 GB ~ {longest[0] // 1024}K "
+               f"tokens, 141 GB ~ {longest[1] // 1024}K (extrapolated from {l1} and {l2})")
+  if fit:
+    lines += ["", "Longest length that fits, by a line through each series' two longest rows:", ""] + fit
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))
