@@ -37,6 +37,7 @@ import numpy as np
 from jax import lax
 
 from attention import Mask, attention_flops, pallas_gpu, pallas_mgpu, reference
+from attention.testing import rel_err
 from benchmarks import gpu_check_dsa
 
 TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}
@@ -122,11 +123,6 @@ def _reference_with_lse(q, k, v, *, mask, segment_ids=None, kv_segment_ids=None,
   return reference.attention_with_lse(up(q), up(k), up(v), visible, q.shape[-1] ** -0.5)
 
 
-def rel(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
 def supports(impl: str, dtype: str) -> bool:
   """pallas_mgpu multiplies on wgmma in bf16/fp16 only; pallas_gpu takes float32 too."""
   return impl != "pallas_mgpu" or dtype in ("bfloat16", "float16")
@@ -147,8 +143,8 @@ def check_case(case: Case, *, interpret: bool, impl: str = "pallas_gpu", config=
   ref_lse = np.asarray(ref_lse)
   lse = np.asarray(lse)
   finite = np.isfinite(ref_lse)
-  errs = {"out": rel(out, ref_out), "lse": rel(lse[finite], ref_lse[finite])}
-  errs.update({f"d{n}": rel(g, r) for n, g, r in zip("qkv", grads, ref_grads)})
+  errs = {"out": rel_err(out, ref_out), "lse": rel_err(lse[finite], ref_lse[finite])}
+  errs.update({f"d{n}": rel_err(g, r) for n, g, r in zip("qkv", grads, ref_grads)})
   ok = all(e < TOL[case.dtype] for e in errs.values())
   ok &= bool(np.array_equal(np.isinf(lse), ~finite))  # +inf exactly for rows that see no key
   ok &= all(bool(np.all(np.isfinite(np.asarray(x, np.float32)))) for x in (out, *grads))
@@ -303,7 +299,7 @@ def verify(fn, mask: Mask, seed: int = 0) -> dict:
     ref = lambda q, k, v: reference.attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask=mask)
     ref_out, ref_vjp = run(ref)
     ref_grads = ref_vjp(do.astype(jnp.float32))
-  errs = {"out": rel(out, ref_out), **{f"d{n}": rel(g, r) for n, g, r in zip("qkv", grads, ref_grads)}}
+  errs = {"out": rel_err(out, ref_out), **{f"d{n}": rel_err(g, r) for n, g, r in zip("qkv", grads, ref_grads)}}
   return {"ok": all(e < TOL["bfloat16"] for e in errs.values()), **errs}
 
 
@@ -442,8 +438,8 @@ def run_sweep(length: int, reps: int, calls: int) -> list[dict]:
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--interpret", action="store_true", help="interpret mode with tiny cases (CPU smoke run)")
-  p.add_argument("--skip-check", action="store_true", help="skip the correctness part")
-  p.add_argument("--skip-bench", action="store_true", help="skip the speed table")
+  p.add_argument("--skip_check", action="store_true", help="skip the correctness part")
+  p.add_argument("--skip_bench", action="store_true", help="skip the speed table")
   p.add_argument("--sweep", action="store_true", help="also time alternative kernel configurations")
   p.add_argument("--impls", default="pallas_gpu,pallas_mgpu", help="kernels the correctness part checks")
   p.add_argument("--lengths", default="4096,16384,32768", help="comma-separated sequence lengths")

@@ -34,7 +34,7 @@ def _random_indices(rng, b, t, s, top_k):
 
 def check_sparse(b, t, s, n, kh, h, hv, top_k, dtype, *, interpret, seed=0):
   """Errors of the sparse kernel's out, dq, dk, dv against the float32 reference; (ok, errs)."""
-  from benchmarks.gpu_check import TOL, rel
+  from benchmarks.gpu_check import TOL
   ks = jax.random.split(jax.random.key(seed), 4)
   dt = jnp.dtype(dtype)
   q, k, v = (jax.random.normal(kk, shape, jnp.float32).astype(dt) for kk, shape in
@@ -48,7 +48,7 @@ def check_sparse(b, t, s, n, kh, h, hv, top_k, dtype, *, interpret, seed=0):
   got = run(ours, q, k, v)
   with jax.default_matmul_precision("highest"):
     want = run(theirs, *(x.astype(jnp.float32) for x in (q, k, v)))
-  errs = {name: rel(g, w) for name, g, w in zip(("out", "dq", "dk", "dv"), got, want)}
+  errs = {name: rel_err(g, w) for name, g, w in zip(("out", "dq", "dk", "dv"), got, want)}
   ok = all(e < TOL[dt.name] for e in errs.values()) and bool(np.all(np.asarray(got[0][0, 1], np.float32) == 0))
   return ok, errs
 
