@@ -18,7 +18,7 @@ from training import from_config_dict, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A staged config spells its smoke run "<stage>,tiny" (configs/extend.py); every other config plain "tiny".
-TINY_ARGS = {"extend.py": "base,tiny"}
+TINY_ARGS = {"extend.py": "base,tiny", "extend_gpu.py": "base,tiny"}
 # extend_hf.py takes a Hugging Face model folder; tests/test_hf_export.py dry-runs it on one it builds.
 CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
                       if "def get_config" in open(p).read() and not p.endswith("extend_hf.py"))

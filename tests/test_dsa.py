@@ -242,8 +242,8 @@ def test_kl_dense_and_sparse_match_numpy(segmented):
 def test_kl_with_q_offset_matches_numpy(mask, q_offset):
   """Queries 7 long at positions q_offset.. against 12 keys (a chunk or a context shard), with segments."""
   b, t, s, n, kh, h = 2, 7, 12, 4, 2, 8
-  q, _, _, _ = _qkv(24, b, t, t, n, kh, h, h)
-  _, k, _, _ = _qkv(25, b, s, s, n, kh, h, h)
+  q, _, _, _ = random_qkv(24, b, t, t, n, kh, h, h)
+  _, k, _, _ = random_qkv(25, b, s, s, n, kh, h, h)
   q_idx, _, w = _indexer_inputs(26, b, t, t, 3, 8)
   _, k_idx, _ = _indexer_inputs(27, b, s, s, 3, 8)
   kv_seg = jnp.array([[0] * 6 + [1] * 6, [0] * 12], jnp.int32)
