@@ -18,6 +18,7 @@ from models.config import ModelConfig
 
 torch = pytest.importorskip("torch", reason="the HF conformance tests need torch (CPU), the [test] extra")
 transformers = pytest.importorskip("transformers", reason="the HF conformance tests need transformers")
+from test_hf_import import _randomise  # noqa: E402 (needs torch, checked above)
 
 T = 48  # > original_max_position_embeddings (16) and > the sliding window (8)
 _BASE = dict(vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
@@ -42,15 +43,6 @@ CASES = {
     "mistral_sliding": ("MistralConfig", dict(max_position_embeddings=64, sliding_window=8)),
 }
 PATTERNS = {"qwen2_untied_sliding": "GL", "mistral_sliding": "L"}
-
-
-def _randomise(model, seed):
-  """HF init leaves norms at 1 and biases at 0; perturb everything so every tensor's mapping is tested."""
-  g = torch.Generator().manual_seed(seed)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.05 * torch.randn(p.shape, generator=g))
-  return model.eval()
 
 
 def _hf(cls, folder=None, config=None):
