@@ -33,6 +33,14 @@ ROWS = [  # most needed first: the sweep may be stopped and resumed
     ("decoder_1b", 32 * K, "full", 8192, "G", 1),
     ("decoder_125m", 32 * K, "dots", 8192, "G", 1),
     ("decoder_125m", 32 * K, "attention_out", 8192, "G", 1),
+    ("decoder_125m", 128 * K, "dots", 8192, "G", 1),
+    ("decoder_125m", 128 * K, "attention_out", 8192, "G", 1),
+    ("decoder_1b", 8 * K, "full", 8192, "G", 1),
+    ("decoder_1b", 128 * K, "full", 8192, "LG", 1),
+    ("decoder_1b", 128 * K, "full", 8192, "D", 1),
+    ("decoder_125m", 128 * K, "full", 8192, "G", 8),
+    ("decoder_125m", 32 * K, "full", 8192, "D", 1),
+    ("decoder_125m", 32 * K, "full", 8192, "LG", 1),
 ]
 GIB = 2**30
 LIMITS = (80, 141)

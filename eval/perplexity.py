@@ -79,23 +79,42 @@ def heldout_documents(config: TrainConfig, tokenizer, min_tokens: int, max_docs:
   Validation documents (BOS + text + EOS) of at least `min_tokens` tokens, cut to it. Where none is that
   long (the built-in corpus's held-out files at 128K), the held-out documents are concatenated in their
   sorted order and cut into windows instead, and the protocol says so (it is stored with the results):
-  the context then spans document boundaries, as in perplexity over a concatenated corpus.
+  the context then spans document boundaries, as in perplexity over a concatenated corpus. Where even the
+  concatenation is too short because the run trained on a `data.max_documents` subset (the tiny configs'
+  40 documents hold ~52K held-out tokens), the held-out documents of the whole corpus are scored instead
+  (the split keys on each document's name alone, so they are held out for the subset too), and the
+  protocol says that as well.
   """
   docs = corpus_lib.load_documents(config.data.corpus, config.data.max_documents, config.data.text_field)
-  _, val = corpus_lib.split_documents(docs, config.data.val_fraction)  # train.py's validation documents
+  train, val = corpus_lib.split_documents(docs, config.data.val_fraction)  # train.py's validation documents
   encoded = [tokenizer.encode(d.text, bos=True, eos=True) for d in val]
+  where = ""
+  if config.data.max_documents and sum(t.size for t in encoded) < min_tokens:
+    subset_tokens = sum(t.size for t in encoded)
+    everything = corpus_lib.load_documents(config.data.corpus, 0, config.data.text_field)
+    # The subset's own validation documents stay; any other document is held out by its name's hash,
+    # unless the subset trained on it (split_documents gives a tiny subset's lone held-out pick back).
+    trained, kept = {d.name for d in train}, {d.name for d in val}
+    val = [d for d in everything if d.name in kept or (
+        d.name not in trained and corpus_lib.is_validation(d.name, config.data.val_fraction))]
+    encoded = [tokenizer.encode(d.text, bos=True, eos=True) for d in val]
+    _log.warning("the data.max_documents=%d subset holds %d held-out tokens, fewer than %d: scoring the %d "
+                 "held-out documents of the whole corpus", config.data.max_documents, subset_tokens,
+                 min_tokens, len(val))
+    where = (f" of the whole corpus (the training subset of data.max_documents={config.data.max_documents} "
+             f"documents holds {subset_tokens} held-out tokens)")
   out = [t[:min_tokens] for t in encoded if t.size >= min_tokens][:max_docs]
   if out:
-    return out, "non-overlapping windows over the same tokens"
+    return out, "non-overlapping windows over the same tokens" + (f" of held-out documents{where}" if where else "")
   stream = np.concatenate(encoded)
   if stream.size < min_tokens:
-    raise ValueError(f"the held-out documents have {stream.size} tokens in all, fewer than the longest "
-                     f"evaluation length {min_tokens}; use shorter --lengths or a larger corpus")
+    raise ValueError(f"the held-out documents{where} have {stream.size} tokens in all, fewer than the "
+                     f"longest evaluation length {min_tokens}; use shorter --lengths or a larger corpus")
   _log.warning("no held-out document has %d tokens: scoring windows of the %d concatenated held-out documents",
                min_tokens, len(encoded))
   n = min(max_docs, stream.size // min_tokens)
   return list(stream[:n * min_tokens].reshape(n, min_tokens)), (
-      "non-overlapping windows over the same tokens of the concatenated held-out documents (none has "
+      f"non-overlapping windows over the same tokens of the concatenated held-out documents{where} (none has "
       f"{min_tokens} tokens)")
 
 
