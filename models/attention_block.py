@@ -141,6 +141,71 @@ class Attention(nnx.Module):
         cache["k_idx"] = pad(self._indexer(x, positions)[1])
     return self.o(out), cache
 
+  def init_cache(self, batch: int, cache_len: int):
+    """The empty cache that prefill_chunk fills: zeros, and slot position -1 (nothing) in a LOCAL ring."""
+    cfg = self.cfg
+    kv = lambda s: jnp.zeros((batch, s, cfg.num_kv_heads, cfg.head_dim), cfg.dtype)
+    if self.layer_type is AttentionType.LOCAL:
+      w = min(self.mask.window[0] + 1, cache_len)
+      return {"k": kv(w), "v": kv(w), "slot_pos": jnp.full((batch, w), -1, jnp.int32)}
+    cache = {"k": kv(cache_len), "v": kv(cache_len)}
+    if self.layer_type is AttentionType.DSA:
+      cache["k_idx"] = jnp.zeros((batch, cache_len, cfg.dsa_index_dim), cfg.dtype)
+    return cache
+
+  def prefill_chunk(self, x, start, lengths, cache):
+    """One chunk of a chunked prefill: x [B, C, D] at positions start + arange(C) (start: an int or int32
+    scalar, shared by the rows) attends causally to the cache written so far and to itself.
+
+    Returns ([B, C, D], the cache with the chunk written in). GLOBAL and DSA caches take the whole chunk
+    (slots at or past lengths[b] are rewritten by decoding before any query can see them); a LOCAL ring
+    keeps, per slot, the latest position < lengths[b], exactly as prefill leaves it.
+    """
+    cfg, impl = self.cfg, self.cfg.attention_impl
+    b, c = x.shape[:2]
+    positions = start + jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), (b, c))
+    q, k, v = self._qkv(x, positions)
+    if self.layer_type is AttentionType.LOCAL:
+      return self._local_chunk(q, k, v, start, lengths, cache)
+    write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), start, 1)
+    cache = dict(cache, k=write(cache["k"], k), v=write(cache["v"], v))
+    if self.layer_type is AttentionType.DSA:
+      q_idx, k_idx, w = self._indexer(x, positions)
+      cache["k_idx"] = write(cache["k_idx"], k_idx)
+      if cfg.dsa_phase == "sparse":  # each query's top-k over every key before it, as in the full sequence
+        indices = dsa.topk_indices(q_idx, cache["k_idx"], w, top_k=min(cfg.dsa_top_k, cache["k"].shape[1]),
+                                   mask=self.mask, q_offset=start, impl=_topk_impl(impl),
+                                   score_dtype=getattr(jnp, cfg.dsa_score_dtype))  # [B, C, top_k]
+        return self.o(dsa.sparse_attend(q, cache["k"], cache["v"], indices, impl=impl)), cache
+    # Slots past the chunk hold zeros or stale rows: the causal mask at q_offset=start hides them, and the
+    # blockwise impls skip their blocks.
+    return self.o(attention.attend(q, cache["k"], cache["v"], mask=self.mask, q_offset=start, impl=impl)), cache
+
+  def _local_chunk(self, q, k, v, start, lengths, cache):
+    """Sliding-window attention of a chunk against the ring of the W positions before it, then the ring update."""
+    b, c = q.shape[:2]
+    w = cache["k"].shape[1]
+    # The ring rolled into position order: index j holds position start - W + j if that was written. Keys
+    # [ring, chunk] then sit at the contiguous positions start - W + j, so the layer's own mask applies with
+    # the queries at index W + i (q_offset=W) and unwritten slots are masked out as a second segment.
+    order = jnp.mod(start + jnp.arange(w, dtype=jnp.int32), w)  # [W]
+    ring_pos = start - w + jnp.arange(w, dtype=jnp.int32)
+    written = (jnp.take(cache["slot_pos"], order, axis=1) == ring_pos) & (ring_pos >= 0)  # [B, W]
+    keys = jnp.concatenate([jnp.take(cache["k"], order, axis=1), k.astype(cache["k"].dtype)], axis=1)
+    values = jnp.concatenate([jnp.take(cache["v"], order, axis=1), v.astype(cache["v"].dtype)], axis=1)
+    kv_seg = jnp.concatenate([written.astype(jnp.int32), jnp.ones((b, c), jnp.int32)], axis=1)  # [B, W + C]
+    out = attention.attend(q, keys, values, mask=self.mask, q_offset=w, segment_ids=jnp.ones((b, c), jnp.int32),
+                           kv_segment_ids=kv_seg, impl=self.cfg.attention_impl)
+    # Slot s takes the latest position p < lengths[b] of this chunk with p % W == s (a chunk longer than
+    # the window writes each slot once, with its last position); other slots keep what they held.
+    last = jnp.minimum(start + c, lengths.astype(jnp.int32))[:, None] - 1  # [B, 1]
+    new_pos = last - jnp.mod(last - jnp.arange(w, dtype=jnp.int32)[None], w)  # [B, W]
+    take = new_pos >= start
+    src = jnp.clip(new_pos - start, 0, c - 1)[:, :, None, None]
+    pick = lambda new, old: jnp.where(take[:, :, None, None], jnp.take_along_axis(new.astype(old.dtype), src, 1), old)
+    cache = {"k": pick(k, cache["k"]), "v": pick(v, cache["v"]), "slot_pos": jnp.where(take, new_pos, cache["slot_pos"])}
+    return self.o(out), cache
+
   def decode(self, x, pos, cache):
     """One new token per row: x [B, 1, D] at positions pos [B] -> ([B, 1, D], updated cache)."""
     cfg, rows = self.cfg, jnp.arange(x.shape[0])

@@ -44,6 +44,11 @@ class Block(nnx.Module):
     x = x + y
     return x + self.mlp(self.mlp_norm(x)), cache
 
+  def prefill_chunk(self, x, start, lengths, cache):
+    y, cache = self.attn.prefill_chunk(self._pre(x), start, lengths, cache)
+    x = x + y
+    return x + self.mlp(self.mlp_norm(x)), cache
+
   def decode(self, x, pos, cache):
     y, cache = self.attn.decode(self._pre(x), pos, cache)
     x = x + y

@@ -1,6 +1,10 @@
 """Autoregressive generation with a KV cache: one prefill over the (right-padded) prompts, then one
 decode step per new token, all inside a single jit (lax.scan over the steps).
 
+Long prompts prefill `prefill_chunk` tokens at a time (DecoderLM.prefill_last: a lax.scan over chunks, each
+attending to the cache written so far), so peak memory follows the chunk, not the prompt; only the last
+prompt position's logits are projected either way.
+
 Greedy decoding at temperature 0; otherwise temperature sampling restricted to the nucleus (top-p,
 Holtzman et al., arXiv 1904.09751). Prompts of different lengths decode together: each row has its own
 position, and the causal mask's per-row q_offset hides the padding left in the cache.
@@ -14,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from models.decoder import check_prefill_chunk
 
 
 def _sample(logits, rng, temperature: float, top_p: float):
@@ -55,7 +61,7 @@ def _pad_prompts(prompts, lengths):
 
 
 def generate(model, prompts, lengths=None, *, max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-             rng=None, eos_id: int | None = None):
+             rng=None, eos_id: int | None = None, prefill_chunk: int | None = None):
   """Continue each prompt by max_new_tokens tokens.
 
   Args:
@@ -66,6 +72,7 @@ def generate(model, prompts, lengths=None, *, max_new_tokens: int, temperature: 
     top_p: nucleus mass in (0, 1]; 1 samples from the whole distribution.
     rng: a jax PRNG key, required when temperature > 0.
     eos_id: once a row emits it, the rest of that row is eos_id.
+    prefill_chunk: prompt tokens per prefill chunk; None or 0 prefills the whole prompt at once.
   Returns:
     int32 [B, max_new_tokens]: the new tokens only.
   """
@@ -79,6 +86,7 @@ def generate(model, prompts, lengths=None, *, max_new_tokens: int, temperature: 
     raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
   if temperature > 0 and rng is None:
     raise ValueError("rng (a jax PRNG key) is required when temperature > 0")
+  prefill_chunk = check_prefill_chunk(prefill_chunk)
   tokens, lengths = _pad_prompts(prompts, lengths)
   cache_len = tokens.shape[1] + max_new_tokens
   if cache_len > model.cfg.max_len:
@@ -87,15 +95,16 @@ def generate(model, prompts, lengths=None, *, max_new_tokens: int, temperature: 
   rng = jax.random.key(0) if rng is None else rng
   graphdef, state = nnx.split(model)
   return _run(graphdef, state, tokens, lengths, rng, cache_len, max_new_tokens, float(temperature),
-              float(top_p), eos_id)
+              float(top_p), eos_id, prefill_chunk)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9))
-def _run(graphdef, state, tokens, lengths, rng, cache_len, max_new_tokens, temperature, top_p, eos_id):
+@functools.partial(jax.jit, static_argnums=(0, 5, 6, 7, 8, 9, 10))
+def _run(graphdef, state, tokens, lengths, rng, cache_len, max_new_tokens, temperature, top_p, eos_id,
+         prefill_chunk):
   model = nnx.merge(graphdef, state)
-  logits, cache = model.prefill(tokens, lengths, cache_len)
+  logits, cache = model.prefill_last(tokens, lengths, cache_len, prefill_chunk=prefill_chunk)  # [B, V]
   rng, sub = jax.random.split(rng)
-  first = _sample(logits[jnp.arange(tokens.shape[0]), lengths - 1], sub, temperature, top_p)
+  first = _sample(logits, sub, temperature, top_p)
   done = jnp.zeros_like(first, bool) if eos_id is None else first == eos_id
 
   def step(carry, _):
