@@ -159,7 +159,8 @@ class Attention(nnx.Module):
 
     Returns ([B, C, D], the cache with the chunk written in). GLOBAL and DSA caches take the whole chunk
     (slots at or past lengths[b] are rewritten by decoding before any query can see them); a LOCAL ring
-    keeps, per slot, the latest position < lengths[b], exactly as prefill leaves it.
+    keeps, per slot, the latest position < lengths[b], exactly as prefill leaves it. RoPE scaling that
+    depends on the length (dynamic_ntk) sees the chunk's last position, as decode sees its own.
     """
     cfg, impl = self.cfg, self.cfg.attention_impl
     b, c = x.shape[:2]

@@ -38,24 +38,26 @@ def test_chunked_prefill_matches_one_shot(pattern, chunk):
   model = build_model(cfg, rngs=nnx.Rngs(1))
   tokens, lens, cache_len = _tokens(0, (3, 23)), np.array([23, 9, 14], np.int32), 30  # ragged rows
 
+  every_position = pattern == "LG"  # prefill(prefill_chunk=...)'s per-position logits: one case is enough
+
   @nnx.jit
   def run(m):
     one_shot = m.prefill(tokens, jnp.asarray(lens), cache_len)
-    chunked = m.prefill(tokens, jnp.asarray(lens), cache_len, prefill_chunk=chunk)
     last = m.prefill_last(tokens, jnp.asarray(lens), cache_len, prefill_chunk=chunk)
-    return one_shot, chunked, last
+    chunked = m.prefill(tokens, jnp.asarray(lens), cache_len, prefill_chunk=chunk) if every_position else None
+    return one_shot, last, chunked
 
-  (ref, ref_cache), (got, cache), (last, last_cache) = run(model)
+  (ref, ref_cache), (last, cache), chunked = run(model)
   np.testing.assert_allclose(last, ref[np.arange(3), lens - 1], rtol=2e-5, atol=2e-5)
-  for row, n in enumerate(lens):
-    np.testing.assert_allclose(got[row, :n], ref[row, :n], rtol=2e-5, atol=2e-5)
+  if every_position:
+    for row, n in enumerate(lens):
+      np.testing.assert_allclose(chunked[0][row, :n], ref[row, :n], rtol=2e-5, atol=2e-5)
   assert cache["pos"].tolist() == ref_cache["pos"].tolist() == lens.tolist()
-  for layer_type, a, b, c in zip(cfg.attention_pattern, ref_cache["layers"], cache["layers"], last_cache["layers"]):
+  for layer_type, a, b in zip(cfg.attention_pattern, ref_cache["layers"], cache["layers"]):
     assert jax.tree.map(jnp.shape, a) == jax.tree.map(jnp.shape, b)
-    for want, mine, mine_last in zip(*(_valid_cache(x, layer_type, lens) for x in (a, b, c))):
-      for w, m, m2 in zip(want, mine, mine_last):
+    for want, mine in zip(*(_valid_cache(x, layer_type, lens) for x in (a, b))):
+      for w, m in zip(want, mine):
         np.testing.assert_allclose(m, w, rtol=2e-5, atol=2e-5)
-        np.testing.assert_allclose(m2, w, rtol=2e-5, atol=2e-5)
 
 
 def test_generate_with_prefill_chunk_equals_one_shot_and_teacher_forced_argmax():
