@@ -47,6 +47,12 @@ class MqarExample:
   def answer_positions(self) -> np.ndarray:
     return self.query_positions + 1
 
+  def answer_weights(self) -> np.ndarray:
+    """float32 [L]: 1 at each query's key (the position whose next-token target is the answer), else 0."""
+    w = np.zeros(self.tokens.shape, np.float32)
+    w[self.query_positions] = 1.0
+    return w
+
 
 def num_pairs(length: int, pairs_every: int = PAIRS_EVERY, num_keys: int = NUM_KEYS) -> int:
   """Pairs in a row of `length` tokens: one per `pairs_every` tokens, at least 1, at most `num_keys`."""

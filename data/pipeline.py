@@ -72,19 +72,28 @@ class _Rows:
 
 def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, seed: int,
                   passkey_rate: float = 0.0, passkey_prompt: str = "landmark", mqar_rate: float = 0.0,
-                  episode_min_len: int = 0, shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+                  episode_min_len: int = 0, mqar_loss: str = "all", shard_index: int = 0,
+                  shard_count: int = 1) -> grain.MapDataset:
   """An infinite MapDataset of batches {tokens, segment_ids, positions}: int32 [batch_size, T].
 
   Rows are shuffled per epoch; decided per row index (deterministically), a row is replaced with
   probability `passkey_rate` by a passkey example (prompt `passkey_prompt`) at a uniformly random depth,
   and with probability `mqar_rate` by an MQAR row (data/mqar.py). `episode_min_len` > 0 makes those rows
   packs of episodes of mixed lengths from episode_min_len up (data/retrieval.py; passkey episodes start at
-  the first doubling that holds a prompt). `shard_index`/`shard_count` give
-  this host its share of every global batch (batch_size is the per-host batch).
+  the first doubling that holds a prompt). `mqar_loss` "answers" adds "loss_weights" float32
+  [batch_size, T] to every batch: 0 on MQAR rows except where the next token is an answer (a value at its
+  query), 1 elsewhere, so the random keys, values and filler that no model can predict do not drown the
+  retrieval gradient; "all" (the default) scores every token. Passkey rows keep every token: their filler
+  is a repeating cycle, and predicting it by copying the previous cycle trains the induction heads that
+  passkey retrieval then uses.
+  `shard_index`/`shard_count` give this host its share of every global batch (batch_size is the per-host batch).
   """
   if not (0.0 <= passkey_rate <= 1.0 and 0.0 <= mqar_rate <= 1.0 - passkey_rate):
     raise ValueError(f"passkey_rate and mqar_rate must be in [0, 1] with a sum <= 1, got {passkey_rate}, "
                      f"{mqar_rate}")
+  if mqar_loss not in ("all", "answers"):
+    raise ValueError(f"mqar_loss must be 'all' or 'answers', got {mqar_loss!r}")
+  answers = mqar_loss == "answers"
   seq_len = rows["tokens"].shape[1]
   passkey_min = episode_min_len
   while episode_min_len and passkey_min < passkey.min_length(tokenizer, passkey_prompt):
@@ -92,22 +101,35 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
 
   def passkey_tokens(n, s):
     depth = float(np.random.default_rng([s, 1]).random())
-    return passkey.passkey_example(tokenizer, n, depth, s, passkey_prompt).tokens
+    tokens = passkey.passkey_example(tokenizer, n, depth, s, passkey_prompt).tokens
+    return (tokens, np.ones(n, np.float32)) if answers else tokens
+
+  def mqar_tokens(n, s):
+    ex = mqar.mqar_example(tokenizer, n, s)
+    return (ex.tokens, ex.answer_weights()) if answers else ex.tokens
+
+  def one_row(tokens_and_weights):
+    tokens, weights = tokens_and_weights if answers else (tokens_and_weights, None)
+    row = {"tokens": tokens, "segment_ids": np.ones(seq_len, np.int32),
+           "positions": np.arange(seq_len, dtype=np.int32)}
+    return dict(row, loss_weights=weights) if answers else row
 
   def mix(index, row):
     rng = np.random.default_rng([seed, index, 0x9A55])
     u = rng.random() if passkey_rate or mqar_rate else 1.0
     if u < passkey_rate and episode_min_len:
-      return retrieval.episodes_row(passkey_tokens, tokenizer, seq_len, int(rng.integers(2**31)), passkey_min)
+      return retrieval.episodes_row(passkey_tokens, tokenizer, seq_len, int(rng.integers(2**31)), passkey_min,
+                                    weighted=answers)
     if u < passkey_rate:
-      return passkey.passkey_row(tokenizer, seq_len, depth=float(rng.random()),
-                                 seed=int(rng.integers(2**31)), prompt=passkey_prompt)
+      depth, s = float(rng.random()), int(rng.integers(2**31))
+      tokens = passkey.passkey_example(tokenizer, seq_len, depth, s, passkey_prompt).tokens
+      return one_row((tokens, np.ones(seq_len, np.float32)) if answers else tokens)
     if u < passkey_rate + mqar_rate and episode_min_len:
-      return retrieval.episodes_row(lambda n, s: mqar.mqar_example(tokenizer, n, s).tokens, tokenizer, seq_len,
-                                    int(rng.integers(2**31)), episode_min_len)
+      return retrieval.episodes_row(mqar_tokens, tokenizer, seq_len, int(rng.integers(2**31)), episode_min_len,
+                                    weighted=answers)
     if u < passkey_rate + mqar_rate:
-      return mqar.mqar_row(tokenizer, seq_len, seed=int(rng.integers(2**31)))
-    return row
+      return one_row(mqar_tokens(seq_len, int(rng.integers(2**31))))
+    return dict(row, loss_weights=np.ones(seq_len, np.float32)) if answers else row
 
   ds = grain.MapDataset.source(_Rows(rows)).shuffle(seed % 2**32).repeat().map_with_index(mix)
   if shard_count > 1:

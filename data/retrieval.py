@@ -30,9 +30,19 @@ def episode_lengths(seq_len: int, min_len: int, rng: np.random.Generator) -> lis
   return out
 
 
-def episodes_row(make_tokens, tokenizer, seq_len: int, seed: int, min_len: int) -> dict[str, np.ndarray]:
-  """One packed row of episodes: make_tokens(length, seed) -> int32 [length] builds each (e.g. an MQAR row)."""
+def episodes_row(make_tokens, tokenizer, seq_len: int, seed: int, min_len: int,
+                 weighted: bool = False) -> dict[str, np.ndarray]:
+  """One packed row of episodes: make_tokens(length, seed) -> int32 [length] builds each (e.g. an MQAR row).
+
+  weighted: make_tokens returns (tokens, loss weights float32 [length]) instead (e.g. an example's
+  answer_weights()), and the row also holds "loss_weights" [seq_len] (0 on padding), the per-position
+  factor the trainer multiplies its loss weights by (training/targets.py).
+  """
   rng = np.random.default_rng([seed, 0xE915])
   episodes = [make_tokens(n, int(rng.integers(2**31))) for n in episode_lengths(seq_len, min_len, rng)]
-  row = packing.pack(episodes, seq_len, pad_id=tokenizer.pad_id)
-  return {k: v[0] for k, v in row.items()}
+  row = packing.pack([e[0] for e in episodes] if weighted else episodes, seq_len, pad_id=tokenizer.pad_id)
+  row = {k: v[0] for k, v in row.items()}
+  if weighted:
+    w = np.concatenate([np.asarray(e[1], np.float32) for e in episodes])
+    row["loss_weights"] = np.pad(w, (0, seq_len - w.size))
+  return row

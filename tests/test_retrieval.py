@@ -2,6 +2,7 @@
 layout the scorer relies on, MQAR gaps uniform over the row), their mixing into training rows, and
 eval/mqar.py's scoring (equal to greedy decoding)."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -138,3 +139,35 @@ def test_episode_rows_pack_mixed_lengths():
   assert np.all(row["tokens"][starts] == tok.bos_id) and np.all(row["positions"][starts] == 0)
   with pytest.raises(ValueError, match="min_len"):
     retrieval.episode_lengths(256, 1, np.random.default_rng(0))
+
+
+def test_mqar_answers_only_loss_weights_mark_exactly_the_answers():
+  from data import retrieval
+  from training.targets import lm_targets
+  tok = data.get_tokenizer()
+  ex = mqar.mqar_example(tok, 128, 2)
+  assert np.array_equal(np.flatnonzero(ex.answer_weights()), ex.query_positions)
+  rows = {k: np.full((4, 128), 7 if k == "tokens" else 1, np.int32) for k in pipeline.ROW_KEYS}
+  for episodes in (0, 16):
+    make = lambda loss: pipeline.train_dataset(rows, tok, batch_size=16, seed=1, passkey_rate=0.25,
+                                               passkey_prompt="compact", mqar_rate=0.5, episode_min_len=episodes,
+                                               mqar_loss=loss)
+    plain, weighted = make("all")[0], make("answers")[0]
+    assert "loss_weights" not in plain and all(np.array_equal(plain[k], weighted[k]) for k in plain)
+    w, t = weighted["loss_weights"], weighted["tokens"]
+    is_mqar = np.any((t >= 128) & (t < 256), axis=1)
+    assert is_mqar.any() and (~is_mqar).any() and np.all(w[~is_mqar] == 1)  # text and passkey: every token
+    for tr, seg, wr in zip(t[is_mqar], weighted["segment_ids"][is_mqar], w[is_mqar]):
+      idx = np.flatnonzero(wr)
+      # Every weighted position is a key whose next token is a value, and every query is weighted.
+      assert 0 < idx.size <= 8 and np.all((tr[idx] >= 128) & (tr[idx] < 192)) and np.all(tr[idx + 1] >= 192)
+      assert np.all(seg[idx] == seg[idx + 1])
+      assert idx.size == sum(mqar.num_pairs(n) for n in np.bincount(seg)[1:])
+    _, _, lw = lm_targets({k: jnp.asarray(v) for k, v in weighted.items()})
+    _, _, full = lm_targets({k: jnp.asarray(v) for k, v in plain.items()})
+    assert np.array_equal(np.asarray(lw), np.asarray(full) * w)
+  with pytest.raises(ValueError, match="mqar_loss"):
+    pipeline.train_dataset(rows, tok, batch_size=8, seed=0, mqar_loss="answer")
+  row = retrieval.episodes_row(lambda n, s: (np.full(n, 5, np.int32), np.ones(n, np.float32)), tok, 64, 0, 16,
+                               weighted=True)
+  assert row["loss_weights"].shape == (64,) and row["loss_weights"].sum() == 64

@@ -16,13 +16,17 @@ def lm_targets(batch):
 
   Position t predicts token t + 1 only inside the same document (segment id > 0 on both): the last token
   of a piece has no target, so nothing is learned across document boundaries. A window cut from one
-  document (segment ids all 1) therefore scores every position but its last.
+  document (segment ids all 1) therefore scores every position but its last. An optional
+  batch["loss_weights"] [B, T] (data.train_dataset's mqar_loss="answers") multiplies the weights.
   """
   tokens, seg = batch["tokens"], batch["segment_ids"]
   targets = jnp.concatenate([tokens[:, 1:], jnp.zeros_like(tokens[:, :1])], axis=1)
   same = jnp.concatenate([(seg[:, 1:] == seg[:, :-1]) & (seg[:, :-1] > 0),
                           jnp.zeros_like(seg[:, :1], dtype=bool)], axis=1)
-  return batch, targets, same.astype(jnp.float32)
+  weights = same.astype(jnp.float32)
+  if "loss_weights" in batch:
+    weights = weights * batch["loss_weights"].astype(jnp.float32)
+  return batch, targets, weights
 
 
 def mlm_targets(batch, rng, *, rate: float, mask_id: int, num_regular: int):
