@@ -211,6 +211,19 @@ def _forward_step(cfg, shift, qs, q_segs, kv, acc):
   return acc
 
 
+# Unroll the ring's loop on XLA:CPU. Its runtime runs independent thunks concurrently and does not order
+# collectives inside a while loop against those outside it, so with the loop, devices of one ring could
+# enter a ppermute while others wait in an unrelated all-gather: a deadlock seen in the 8-fake-device tests
+# (5 devices in collective-permute, 3 in all-gather). GPU and TPU run collectives in program order and keep
+# the loop, whose memory depends on L/n only; compile-only memory measurements on the CPU set this to False
+# to measure that program (an unrolled ring keeps more steps' buffers alive).
+UNROLL_ON_CPU = True
+
+
+def _unroll_ring() -> bool:
+  return UNROLL_ON_CPU and jax.default_backend() == "cpu"
+
+
 def _ring_forward(cfg: _Config, q, k, v, seg):
   plan = cfg.plan
   n, slots = plan.num_shards, len(plan.owned[0])
@@ -225,7 +238,7 @@ def _ring_forward(cfg: _Config, q, k, v, seg):
     nxt = _shift(kv, cfg.axis_name, n, 1)  # issued before the compute so the transfer can overlap it
     return nxt, _forward_step(cfg, plan.first_shift + t, qs, q_segs, kv, acc)
 
-  _, acc = lax.fori_loop(0, plan.num_steps, step, (kv, acc))
+  _, acc = lax.fori_loop(0, plan.num_steps, step, (kv, acc), unroll=_unroll_ring())
   out = jnp.concatenate([o for o, _ in acc], axis=1).astype(q.dtype)  # [B, T/n, N, Hv]
   lse = jnp.concatenate([l for _, l in acc], axis=2)  # [B, N, T/n]
   return out, jnp.where(jnp.isneginf(lse), jnp.inf, lse)  # +inf: exp(s - lse) = 0 in the backward
@@ -275,7 +288,7 @@ def _ring_bwd(cfg, res, do):
     dkv, dqs = _backward_step(cfg, plan.first_shift + t, qs, q_segs, outs, lses, dos, kv, dkv, dqs)
     return nxt, _shift(dkv, cfg.axis_name, n, 1), dqs  # dK/dV travel with their K/V
 
-  _, dkv, dqs = lax.fori_loop(0, plan.num_steps, step, (kv, dkv, dqs))
+  _, dkv, dqs = lax.fori_loop(0, plan.num_steps, step, (kv, dkv, dqs), unroll=_unroll_ring())
   # dK/dV now sit first_shift + num_steps devices downstream of their owner (0 for a full ring): send home.
   dk, dv = _shift(dkv, cfg.axis_name, n, -(plan.first_shift + plan.num_steps))
   return jnp.concatenate(dqs, axis=1).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None

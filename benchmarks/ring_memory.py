@@ -21,7 +21,10 @@ import jax.numpy as jnp  # noqa: E402
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E402
 
 from attention import BlockSizes, Mask, attend  # noqa: E402
+from attention import ring  # noqa: E402
 from attention.ring import ring_attention  # noqa: E402
+
+ring.UNROLL_ON_CPU = False  # measure the looped ring that GPUs and TPUs run (attention/ring.py)
 
 
 def per_device_mib(length, heads, head_dim, shards, *, load_balance=True, block=128):

@@ -50,6 +50,17 @@ def _local(q, k, v, q_idx, k_idx, w, seg, kv_seg, q_offset, *, top_k, mask, spar
   return out, total.astype(jnp.float32), count.astype(jnp.float32)
 
 
+def _batch_axes(mesh, batch: int, axis_name: str) -> tuple[str, ...]:
+  """The mesh axes (of data, fsdp) that shard the batch of `batch` rows: those of size > 1 whose product
+  divides it, in mesh order."""
+  axes, size = [], 1
+  for name in ("data", "fsdp"):
+    if name != axis_name and name in mesh.axis_names and mesh.shape[name] > 1 and batch % (size * mesh.shape[name]) == 0:
+      axes.append(name)
+      size *= mesh.shape[name]
+  return tuple(axes)
+
+
 def dsa_self_attention(q, k, v, q_idx, k_idx, w, *, top_k: int, mask, segment_ids=None, sparse: bool = True,
                        with_kl: bool = False, impl: str = "auto", topk_impl: str = "auto", score_dtype=jnp.bfloat16,
                        axis_name: str = "context"):
@@ -86,8 +97,14 @@ def dsa_self_attention(q, k, v, q_idx, k_idx, w, *, top_k: int, mask, segment_id
     return out, total[None], count[None]  # per-device terms, summed outside (an in-shard psum's
     # transpose would scale the gradient by n without replication checks)
 
+  # The batch axes are manual too: left to the partitioner, the blocked top-k's loop all-gathers the whole
+  # batch at every key block (its lax.top_k inside a dynamic-bound while loop loses the batch sharding),
+  # which costs a batch-sized transfer per block and, on XLA:CPU, can deadlock against the collectives
+  # outside the loop. Rows are independent, so a device only ever needs its own rows.
+  batch = _batch_axes(mesh, q.shape[0], axis_name)
+  rows = batch or None  # the batch dimension's entry in the PartitionSpecs
   args = (q, k, v, q_idx, k_idx, w) + (() if segment_ids is None else (segment_ids,))
-  out, total, count = jax.shard_map(shard, mesh=mesh, in_specs=P(None, axis_name),
-                                    out_specs=(P(None, axis_name), P(axis_name), P(axis_name)),
-                                    axis_names={axis_name}, check_vma=False)(*args)
+  out, total, count = jax.shard_map(shard, mesh=mesh, in_specs=P(rows, axis_name),
+                                    out_specs=(P(rows, axis_name), P((*batch, axis_name)), P((*batch, axis_name))),
+                                    axis_names={axis_name, *batch}, check_vma=False)(*args)
   return out, jnp.sum(total) / jnp.maximum(jnp.sum(count), 1.0)
