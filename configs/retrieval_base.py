@@ -18,6 +18,11 @@ Choices, and the evidence behind them (docs/extension_results.md has the runs):
     short episodes make the heads form; long ones teach every distance up to L0. (Earlier whole-row runs did
     not learn variable-offset induction in 1500-2000 steps; see docs/extension_results.md.)
   - 25% natural text, so perplexity is measured on text the model knows.
+  - mqar_loss "all" (every token scored), not "answers": MQAR answer-only loss lifts MQAR-only search runs
+    from 1.4% to 12% at step 150, but they then sit on the "copy some value of the row" plateau (~1/pairs)
+    through 2000 steps; in the full base run (4000 steps, 2026-12-02) it gave MQAR 16% and passkey only 15%
+    at L0, against 12.5% and 100% with every token scored (one run each). Passkey rows always keep every
+    token: predicting their repeating filler by copying is what forms the induction heads.
 """
 
 from training.config import default_config, shrink_for_cpu
@@ -31,7 +36,7 @@ def get_config(arg: str = ""):
                  mlp_dim=192, max_len=L0, attention_pattern="G", rope_theta=10000.0)
   c.data.update(seq_len=L0, batch_size=32, val_fraction=0.02, max_documents=2000, num_val_batches=4,
                 passkey_rate=0.2, passkey_prompt="compact", mqar_rate=0.55, episode_min_len=16,
-                mqar_loss="answers")
+                mqar_loss="all")
   c.optim.update(learning_rate=3e-3, warmup_steps=100, weight_decay=0.1)
   c.update(num_steps=4000, log_every=100, eval_every=1000)
   c.checkpoint.update(every=1000, max_to_keep=5)
