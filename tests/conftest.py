@@ -12,7 +12,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # XLA:CPU aborts the whole process (SIGABRT) when one of the 8 fake devices reaches a collective more than
 # its terminate timeout after the others; on a loaded 2-core machine one device thread can lag that long.
 for _flag in ("xla_cpu_collective_call_warn_stuck_timeout_seconds=300",
-              "xla_cpu_collective_call_terminate_timeout_seconds=3600", "xla_cpu_collective_timeout_seconds=3600"):
+              "xla_cpu_collective_call_terminate_timeout_seconds=900", "xla_cpu_collective_timeout_seconds=900"):
   if _flag.split("=")[0] not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --" + _flag
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
