@@ -33,10 +33,10 @@ L0 = 128
 def get_config(arg: str = ""):
   c = default_config("decoder_tiny")
   c.model.update(vocab_size=272, d_model=64, num_layers=2, num_heads=4, num_kv_heads=4, head_dim=16,
-                 mlp_dim=192, max_len=L0, attention_pattern="G", rope_theta=10000.0)
+                 mlp_dim=192, max_len=L0, attention_pattern="G", rope_theta=10000.0, smeared_keys=True)
   c.data.update(seq_len=L0, batch_size=32, val_fraction=0.02, max_documents=2000, num_val_batches=4,
                 passkey_rate=0.2, passkey_prompt="compact", mqar_rate=0.55, episode_min_len=16,
-                mqar_loss="all")
+                mqar_loss="answers")
   c.optim.update(learning_rate=3e-3, warmup_steps=100, weight_decay=0.1)
   c.update(num_steps=4000, log_every=100, eval_every=1000)
   c.checkpoint.update(every=1000, max_to_keep=5)

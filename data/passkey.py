@@ -51,6 +51,12 @@ class PasskeyExample:
   answer_start: int
   answer_len: int
 
+  def answer_weights(self) -> np.ndarray:
+    """float32 [L]: 1 at each position whose next token is an answer token (" " + key), else 0."""
+    w = np.zeros(self.tokens.shape, np.float32)
+    w[self.answer_start - 1:self.answer_start + self.answer_len - 1] = 1.0
+    return w
+
   @property
   def depth(self) -> float:
     return (self.needle_start - self.haystack_start) / max(self.haystack_len - self.needle_len, 1)

@@ -81,11 +81,15 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
   and with probability `mqar_rate` by an MQAR row (data/mqar.py). `episode_min_len` > 0 makes those rows
   packs of episodes of mixed lengths from episode_min_len up (data/retrieval.py; passkey episodes start at
   the first doubling that holds a prompt). `mqar_loss` "answers" adds "loss_weights" float32
-  [batch_size, T] to every batch: 0 on MQAR rows except where the next token is an answer (a value at its
-  query), 1 elsewhere, so the random keys, values and filler that no model can predict do not drown the
-  retrieval gradient; "all" (the default) scores every token. Passkey rows keep every token: their filler
-  is a repeating cycle, and predicting it by copying the previous cycle trains the induction heads that
-  passkey retrieval then uses.
+  [batch_size, T] to every batch that weights the retrieval answers:
+    - MQAR rows: 0 except where the next token is an answer (a value at its query), which weighs episode
+      length / answers, so an episode carries the weight of as many scored text tokens while the random keys,
+      values and filler that no model can predict do not drown the retrieval gradient (with 0/1 weights the
+      answers were ~7% of the loss and MQAR was never learned in the mix);
+    - passkey rows: every token 1 (their filler is a repeating cycle, and copying it trains induction
+      heads), plus the answer (" " + key) weighted as much as the rest of its episode together;
+    - text rows: 1.
+  "all" (the default) scores every token with weight 1.
   `shard_index`/`shard_count` give this host its share of every global batch (batch_size is the per-host batch).
   """
   if not (0.0 <= passkey_rate <= 1.0 and 0.0 <= mqar_rate <= 1.0 - passkey_rate):
@@ -101,12 +105,15 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
 
   def passkey_tokens(n, s):
     depth = float(np.random.default_rng([s, 1]).random())
-    tokens = passkey.passkey_example(tokenizer, n, depth, s, passkey_prompt).tokens
-    return (tokens, np.ones(n, np.float32)) if answers else tokens
+    ex = passkey.passkey_example(tokenizer, n, depth, s, passkey_prompt)
+    # Every token, plus the answer weighted as much as the rest of the episode together.
+    return (ex.tokens, 1.0 + ex.answer_weights() * (n / ex.answer_len)) if answers else ex.tokens
 
   def mqar_tokens(n, s):
     ex = mqar.mqar_example(tokenizer, n, s)
-    return (ex.tokens, ex.answer_weights()) if answers else ex.tokens
+    # Each answer weighs n / answers, so an MQAR episode carries the weight of n scored tokens, as a text row
+    # does: with 0/1 weights its few answers were ~7% of the batch's loss and MQAR was never learned in the mix.
+    return (ex.tokens, ex.answer_weights() * (n / ex.query_positions.size)) if answers else ex.tokens
 
   def one_row(tokens_and_weights):
     tokens, weights = tokens_and_weights if answers else (tokens_and_weights, None)
@@ -121,9 +128,7 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
       return retrieval.episodes_row(passkey_tokens, tokenizer, seq_len, int(rng.integers(2**31)), passkey_min,
                                     weighted=answers)
     if u < passkey_rate:
-      depth, s = float(rng.random()), int(rng.integers(2**31))
-      tokens = passkey.passkey_example(tokenizer, seq_len, depth, s, passkey_prompt).tokens
-      return one_row((tokens, np.ones(seq_len, np.float32)) if answers else tokens)
+      return one_row(passkey_tokens(seq_len, int(rng.integers(2**31))))
     if u < passkey_rate + mqar_rate and episode_min_len:
       return retrieval.episodes_row(mqar_tokens, tokenizer, seq_len, int(rng.integers(2**31)), episode_min_len,
                                     weighted=answers)

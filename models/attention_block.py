@@ -9,7 +9,8 @@ the LM loss trains the rest.
 
 KV caches (decoding): GLOBAL and DSA layers keep every position [B, C, K, H] (DSA also its indexer keys
 [B, C, Di]); LOCAL layers keep a ring buffer of their window only, [B, W, K, H] with W = left + 1, and the
-position held by each slot.
+position held by each slot. With cfg.smeared_keys every cache also keeps "k_last" [B, K, H], the unrotated
+key of each row's last written position, which the next position's key is smeared with.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ class Attention(nnx.Module):
     self.v = Dense((d,), (k, h), names=("embed", "kv_heads", "head_dim"), std=cfg.init_std, use_bias=qkv_bias, **kw)
     self.o = Dense((n, h), (d,), names=("heads", "head_dim", "embed"), std=out_std, use_bias=cfg.attention_bias,
                    **kw)
+    if cfg.smeared_keys:  # logit of the current key's share; 0: half current, half previous at init
+      zeros = nnx.with_partitioning(nnx.initializers.zeros, ("kv_heads",))  # draws no key: other inits unchanged
+      self.smear = nnx.Param(zeros(None, (k,), cfg.param_dtype), eager_sharding=False)
     if layer_type is AttentionType.LOCAL:
       left, right = cfg.window
       self.mask = Mask(causal=True, window=(left, 0)) if cfg.causal else Mask(window=(left, right))
@@ -74,11 +78,38 @@ class Attention(nnx.Module):
     inv_freq, att_scale = rope_frequencies(rotary_dim, theta, scaling, seq_len=jnp.max(positions) + 1)
     return apply_rope(x, positions, inv_freq, att_scale, rotary_dim=rotary_dim)
 
-  def _qkv(self, x, positions):
+  def _qkv(self, x, positions, segment_ids=None, cache=None):
+    """(q [B, T, N, H], k [B, T, K, H], v [B, T, K, H]) with RoPE, and the unrotated keys [B, T, K, H].
+
+    With cfg.smeared_keys, cache["k_last"] ([B, K, H], the unrotated key before positions[:, 0]) feeds the
+    first position; without a cache the first position of the row has no previous key.
+    """
     h = self.cfg.head_dim
     q = self._rope(self.q(x), positions, self.theta, self.scaling, h)  # [B, T, N, H]
-    k = self._rope(self.k(x), positions, self.theta, self.scaling, h)  # [B, T, K, H]
-    return q, k, self.v(x)
+    k_raw = self.k(x)  # [B, T, K, H]
+    k = self._smear(k_raw, positions, segment_ids, cache) if self.cfg.smeared_keys else k_raw
+    return q, self._rope(k, positions, self.theta, self.scaling, h), self.v(x), k_raw
+
+  def _smear(self, k, positions, segment_ids, cache):
+    """Smeared keys: sigmoid(a) k_t + (1 - sigmoid(a)) k_{t-1} where t-1 is in the same document, else k_t."""
+    first = jnp.zeros_like(k[:, :1]) if cache is None else cache["k_last"][:, None].astype(k.dtype)
+    before = jnp.concatenate([first, k[:, :-1]], axis=1)  # [B, T, K, H]: the key one position back
+    has = positions > 0  # positions restart at 0 in every document
+    if cache is None:
+      has = has.at[:, 0].set(False)
+    if segment_ids is not None:
+      has &= segment_ids == jnp.concatenate([segment_ids[:, :1], segment_ids[:, :-1]], axis=1)
+    a = jax.nn.sigmoid(self.smear[...].astype(jnp.float32)).astype(k.dtype)[:, None]  # [K, 1]
+    return jnp.where(has[..., None, None], a * k + (1 - a) * before, k)
+
+  def _k_last(self, cache, k_raw, last):
+    """cache with k_last set, for rows whose `last` (int32 [B], relative to k_raw's T) is inside k_raw."""
+    if not self.cfg.smeared_keys:
+      return cache
+    inside = (last >= 0) & (last < k_raw.shape[1])
+    picked = jnp.take_along_axis(k_raw, jnp.clip(last, 0, k_raw.shape[1] - 1)[:, None, None, None], axis=1)[:, 0]
+    old = cache.get("k_last", jnp.zeros_like(picked))
+    return dict(cache, k_last=jnp.where(inside[:, None, None], picked.astype(old.dtype), old))
 
   def _indexer(self, x, positions):
     """Indexer queries [B, T, Hi, Di], keys [B, T, Di] and head weights [B, T, Hi] from a detached input."""
@@ -107,7 +138,7 @@ class Attention(nnx.Module):
 
   def __call__(self, x, positions, segment_ids=None, *, with_aux: bool = False):
     """x [B, T, D], positions [B, T] -> ([B, T, D], aux dict of scalar losses)."""
-    q, k, v = self._qkv(x, positions)
+    q, k, v, _ = self._qkv(x, positions, segment_ids)
     if self.layer_type is AttentionType.DSA:
       out, aux = self._dsa_full(q, k, v, x, positions, segment_ids, with_aux)
     else:
@@ -121,7 +152,7 @@ class Attention(nnx.Module):
     """Causal forward over right-padded prompts x [B, T, D] (row b valid up to lengths[b]) and its cache."""
     b, t = x.shape[:2]
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    q, k, v = self._qkv(x, positions)
+    q, k, v, k_raw = self._qkv(x, positions)
     if self.layer_type is AttentionType.DSA:
       out, _ = self._dsa_full(q, k, v, x, positions, None, False)
     else:
@@ -139,7 +170,7 @@ class Attention(nnx.Module):
       cache = {"k": pad(k), "v": pad(v)}
       if self.layer_type is AttentionType.DSA:
         cache["k_idx"] = pad(self._indexer(x, positions)[1])
-    return self.o(out), cache
+    return self.o(out), self._k_last(cache, k_raw, lengths.astype(jnp.int32) - 1)
 
   def init_cache(self, batch: int, cache_len: int):
     """The empty cache that prefill_chunk fills: zeros, and slot position -1 (nothing) in a LOCAL ring."""
@@ -147,10 +178,13 @@ class Attention(nnx.Module):
     kv = lambda s: jnp.zeros((batch, s, cfg.num_kv_heads, cfg.head_dim), cfg.dtype)
     if self.layer_type is AttentionType.LOCAL:
       w = min(self.mask.window[0] + 1, cache_len)
-      return {"k": kv(w), "v": kv(w), "slot_pos": jnp.full((batch, w), -1, jnp.int32)}
-    cache = {"k": kv(cache_len), "v": kv(cache_len)}
+      cache = {"k": kv(w), "v": kv(w), "slot_pos": jnp.full((batch, w), -1, jnp.int32)}
+    else:
+      cache = {"k": kv(cache_len), "v": kv(cache_len)}
     if self.layer_type is AttentionType.DSA:
       cache["k_idx"] = jnp.zeros((batch, cache_len, cfg.dsa_index_dim), cfg.dtype)
+    if cfg.smeared_keys:
+      cache["k_last"] = kv(1)[:, 0]
     return cache
 
   def prefill_chunk(self, x, start, lengths, cache):
@@ -165,9 +199,14 @@ class Attention(nnx.Module):
     cfg, impl = self.cfg, self.cfg.attention_impl
     b, c = x.shape[:2]
     positions = start + jnp.broadcast_to(jnp.arange(c, dtype=jnp.int32), (b, c))
-    q, k, v = self._qkv(x, positions)
+    q, k, v, k_raw = self._qkv(x, positions, cache=cache)
+    # The next chunk's first key is smeared with this chunk's last one (rows still in their prompt), and
+    # decoding's with the last prompt position's.
+    last = jnp.minimum(start + c, lengths.astype(jnp.int32)) - 1 - start
     if self.layer_type is AttentionType.LOCAL:
-      return self._local_chunk(q, k, v, start, lengths, cache)
+      out, cache = self._local_chunk(q, k, v, start, lengths, cache)
+      return out, self._k_last(cache, k_raw, last)
+    cache = self._k_last(cache, k_raw, last)
     write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), start, 1)
     cache = dict(cache, k=write(cache["k"], k), v=write(cache["v"], v))
     if self.layer_type is AttentionType.DSA:
@@ -204,19 +243,21 @@ class Attention(nnx.Module):
     take = new_pos >= start
     src = jnp.clip(new_pos - start, 0, c - 1)[:, :, None, None]
     pick = lambda new, old: jnp.where(take[:, :, None, None], jnp.take_along_axis(new.astype(old.dtype), src, 1), old)
-    cache = {"k": pick(k, cache["k"]), "v": pick(v, cache["v"]), "slot_pos": jnp.where(take, new_pos, cache["slot_pos"])}
+    cache = dict(cache, k=pick(k, cache["k"]), v=pick(v, cache["v"]), slot_pos=jnp.where(take, new_pos, cache["slot_pos"]))
     return self.o(out), cache
 
   def decode(self, x, pos, cache):
     """One new token per row: x [B, 1, D] at positions pos [B] -> ([B, 1, D], updated cache)."""
     cfg, rows = self.cfg, jnp.arange(x.shape[0])
     positions = pos[:, None]
-    q, k, v = self._qkv(x, positions)
+    q, k, v, k_raw = self._qkv(x, positions, cache=cache)
+    if cfg.smeared_keys:
+      cache = dict(cache, k_last=k_raw[:, 0].astype(cache["k_last"].dtype))
     impl = cfg.attention_impl
     if self.layer_type is AttentionType.LOCAL:
       slot = pos % cache["k"].shape[1]
-      cache = {"k": cache["k"].at[rows, slot].set(k[:, 0]), "v": cache["v"].at[rows, slot].set(v[:, 0]),
-               "slot_pos": cache["slot_pos"].at[rows, slot].set(pos)}
+      cache = dict(cache, k=cache["k"].at[rows, slot].set(k[:, 0]), v=cache["v"].at[rows, slot].set(v[:, 0]),
+                   slot_pos=cache["slot_pos"].at[rows, slot].set(pos))
       # Ring order is not position order: visibility comes from the slot positions, as segment ids.
       sp = cache["slot_pos"]
       visible = (sp >= 0) & (sp >= positions - self.mask.window[0])  # [B, W]

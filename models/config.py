@@ -86,6 +86,10 @@ class ModelConfig:
   attention_impl: str = "auto"
   init_std: float = 0.02
   remat: str = "none"  # one of REMAT_POLICIES
+  # Smeared keys (Olsson et al. 2022, "In-context Learning and Induction Heads", sec. "smeared keys"): each
+  # attention layer's key at t is sigmoid(a) k_t + (1 - sigmoid(a)) k_{t-1}, a learned per kv head, so one
+  # layer can match "the token before this key" without a previous-token head in an earlier layer.
+  smeared_keys: bool = False
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)

@@ -156,13 +156,25 @@ def test_mqar_answers_only_loss_weights_mark_exactly_the_answers():
     assert "loss_weights" not in plain and all(np.array_equal(plain[k], weighted[k]) for k in plain)
     w, t = weighted["loss_weights"], weighted["tokens"]
     is_mqar = np.any((t >= 128) & (t < 256), axis=1)
-    assert is_mqar.any() and (~is_mqar).any() and np.all(w[~is_mqar] == 1)  # text and passkey: every token
+    is_text = np.all(t == 7, axis=1)
+    is_passkey = ~is_mqar & ~is_text
+    assert is_mqar.any() and is_text.any() and is_passkey.any() and np.all(w[is_text] == 1)
+    for tr, seg, wr in zip(t[is_passkey], weighted["segment_ids"][is_passkey], w[is_passkey]):
+      # Passkey: every token, and the 6 answer targets (" " + 5 digits, just before EOS) weigh the episode again.
+      assert np.all(wr[seg > 0] >= 1)
+      for d in np.unique(seg[seg > 0]):
+        ep_t, ep_w = tr[seg == d], wr[seg == d]
+        heavy = np.flatnonzero(ep_w > 1)
+        assert heavy.size == 6 and np.all((ep_t[heavy + 1] == ord(" ")) | np.isin(ep_t[heavy + 1], list(b"0123456789")))
+        np.testing.assert_allclose(ep_w.sum(), 2 * ep_t.size, rtol=1e-6)
     for tr, seg, wr in zip(t[is_mqar], weighted["segment_ids"][is_mqar], w[is_mqar]):
       idx = np.flatnonzero(wr)
       # Every weighted position is a key whose next token is a value, and every query is weighted.
       assert 0 < idx.size <= 8 and np.all((tr[idx] >= 128) & (tr[idx] < 192)) and np.all(tr[idx + 1] >= 192)
       assert np.all(seg[idx] == seg[idx + 1])
       assert idx.size == sum(mqar.num_pairs(n) for n in np.bincount(seg)[1:])
+      for d in np.unique(seg[idx]):  # each episode's answers together weigh its length
+        np.testing.assert_allclose(wr[seg == d].sum(), np.sum(seg == d), rtol=1e-6)
     _, _, lw = lm_targets({k: jnp.asarray(v) for k, v in weighted.items()})
     _, _, full = lm_targets({k: jnp.asarray(v) for k, v in plain.items()})
     assert np.array_equal(np.asarray(lw), np.asarray(full) * w)
