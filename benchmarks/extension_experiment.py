@@ -140,30 +140,54 @@ def frequency_bands(rule: str, head_dim: int, theta: float, l0: int) -> dict:
           "attention_scale_squared": float(scale) ** 2, "inv_freq": jnp.asarray(scaled).tolist()}
 
 
-def report(root: str, docs: str, timing: dict):
-  """docs/extension_results.json, the Markdown table and the plots."""
+def _collect(root: str, rules: list[str], finetune_rules: list[str]) -> tuple[dict, dict, dict]:
+  """One base run and its rules under root -> (the issue's {"base", "rules"} entry, details, raw runs)."""
   base = os.path.join(root, "base")
-  cfg = extend.get_config("base" + _suffix())
-  l0 = cfg.data.seq_len
-  runs, out = {}, {"L0": l0, "factor": extend.FACTOR, "rules": {}, "variants": {}, "details": {}}
-  runs["base"] = _load(base, "none")
-  out["base"] = _summary(runs["base"])
-  out["details"]["base"] = _detail(runs["base"])
-  for rule in FLAGS.rules:
+  runs = {"base": _load(base, "none")}
+  entry, details = {"base": _summary(runs["base"]), "rules": {}}, {"base": _detail(runs["base"])}
+  for rule in rules:
     zs = _load(base, rule)
-    entry = {"zero_shot": _summary(zs)}
-    out["details"][rule] = {"zero_shot": _detail(zs), "bands": frequency_bands(rule, cfg.model.head_dim,
-                                                                                cfg.model.rope_theta, l0)}
+    entry["rules"][rule] = {"zero_shot": _summary(zs)}
+    details[rule] = {"zero_shot": _detail(zs)}
     runs[rule] = zs
     ft_dir = os.path.join(root, rule)
-    if rule in FLAGS.finetune_rules and _latest_step(ft_dir) is not None:
+    if rule in finetune_rules and _latest_step(ft_dir) is not None:
       ft = _load(ft_dir, "")
-      entry["finetune"] = _summary(ft)
-      out["details"][rule]["finetune"] = _detail(ft)
+      entry["rules"][rule]["finetune"] = _summary(ft)
+      details[rule]["finetune"] = _detail(ft)
       runs[rule + "+ft"] = ft
-    out["rules"][rule] = entry
+  return entry, details, runs
+
+
+def _timing(root: str) -> dict:
+  path = os.path.join(root, "timing.json")
+  return json.load(open(path)) if os.path.isfile(path) else {}
+
+
+def report(root: str, docs: str, timing: dict):
+  """docs/extension_results.json, the Markdown table and the plots; variants run under ROOT/VARIANT (their
+  own invocations with --variant) land under "variants" with the rules they ran."""
+  cfg = extend.get_config("base" + _suffix())
+  l0 = cfg.data.seq_len
+  entry, details, runs = _collect(root, FLAGS.rules, FLAGS.finetune_rules)
+  out = {"L0": l0, "factor": extend.FACTOR, "base": entry["base"], "rules": entry["rules"], "variants": {},
+         "details": details}
+  for rule in FLAGS.rules:
+    details[rule]["bands"] = frequency_bands(rule, cfg.model.head_dim, cfg.model.rope_theta, l0)
+  for variant in extend.VARIANTS:
+    vroot = os.path.join(root, variant)
+    if FLAGS.variant or _latest_step(os.path.join(vroot, "base")) is None:
+      continue
+    vrules = [r for r in FLAGS.rules if os.path.isfile(os.path.join(
+        vroot, "base", "eval", str(_latest_step(os.path.join(vroot, "base"))), r, "mqar.json"))]
+    ventry, vdetails, _ = _collect(vroot, vrules, FLAGS.finetune_rules)
+    vcfg = extend.get_config(f"base,{variant}" + (",tiny" if FLAGS.tiny else "")).model
+    ventry["model"] = {"attention_pattern": vcfg.attention_pattern, "window": list(vcfg.window),
+                       "dsa_top_k": vcfg.dsa_top_k}
+    ventry["details"], ventry["timing"] = vdetails, _timing(vroot)
+    out["variants"][variant] = ventry
   out["timing"] = timing
-  out["machine"] = f"{os.cpu_count()}-core CPU shared with other jobs (wall inflated; cpu_s is user+sys)"
+  out["machine"] = f"{os.cpu_count()}-core CPU (wall_s: elapsed; cpu_s: user+sys of the stage's processes)"
   os.makedirs(docs, exist_ok=True)
   name = "extension_results" + (f"_{FLAGS.variant}" if FLAGS.variant else "")
   with open(os.path.join(docs, name + ".json"), "w") as f:
@@ -184,14 +208,16 @@ def report(root: str, docs: str, timing: dict):
   head = ["rule", "fine-tune"] + [f"passkey@{n}" for n in lengths] + [f"mqar@{n}" for n in lengths] + \
          [f"ppl@{n}" for n in lengths]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for rule, entry in out["rules"].items():
-    for kind, s in entry.items():
-      steps = out["details"][rule][kind]["step"] if kind == "finetune" else 0
-      cells = [NAMES.get(rule, rule), f"{steps} steps" if kind == "finetune" else "none"]
-      cells += [f"{s['passkey'][n]:.0%}" if n in s['passkey'] else "-" for n in lengths]
-      cells += [f"{s['mqar'].get(n, float('nan')):.0%}" for n in lengths]
-      cells += [f"{s['ppl'].get(n, float('nan')):.2f}" for n in lengths]
-      lines.append("| " + " | ".join(cells) + " |")
+  tables = [("", out["rules"], out["details"])] + [(f" ({v})", e["rules"], e["details"])
+                                                   for v, e in out["variants"].items()]
+  for label, rule, kind, s, det in ((label, rule, kind, s, det) for label, rules, det in tables
+                                    for rule, entry in rules.items() for kind, s in entry.items()):
+    steps = det[rule][kind]["step"] if kind == "finetune" else 0
+    cells = [NAMES.get(rule, rule) + label, f"{steps} steps" if kind == "finetune" else "none"]
+    cells += [f"{s['passkey'][n]:.0%}" if n in s['passkey'] else "-" for n in lengths]
+    cells += [f"{s['mqar'].get(n, float('nan')):.0%}" for n in lengths]
+    cells += [f"{s['ppl'].get(n, float('nan')):.2f}" for n in lengths]
+    lines.append("| " + " | ".join(cells) + " |")
   table = "\n".join(lines)
   with open(os.path.join(docs, name.replace("results", "table") + ".md"), "w") as f:
     f.write(table + "\n")

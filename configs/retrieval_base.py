@@ -8,21 +8,27 @@ Choices, and the evidence behind them (docs/extension_results.md has the runs):
     so retrieval tokens have meanings of their own (data/mqar.py).
   - L0 = 128: the compact passkey prompt needs ~47 tokens, so 128 leaves real filler; 8x is 1024, where a
     fine-tune step still fits the CPU budget.
-  - d_model 64, 2 layers, 4 heads of dim 16: two layers are the minimum for an induction head (previous-token
-    head, then matching head). In the search runs a d128 model with 4 heads of 32 was no better at step
-    1000 (MQAR 1.8% against 2.0%, passkey 0 for both) at about 2x the CPU time per step. Head dim 16 with
-    theta 1e4: the 8 frequencies have wavelengths 6.3, 20, 63, 199, 628, ... 19,869 tokens; 5 of the 8 never
-    complete a turn within L0 = 128, the regime where PI, NTK and YaRN treat dimensions differently.
+  - d_model 64, 2 layers, 4 heads of dim 16. Head dim 16 with theta 1e4: the 8 frequencies have wavelengths
+    6.3, 20, 63, 199, 628, ... 19,869 tokens; 5 of the 8 never complete a turn within L0 = 128, the regime
+    where PI, NTK and YaRN treat dimensions differently.
+  - Smeared keys (model.smeared_keys; Olsson et al. 2022): every key is a learned mix of its own and the
+    previous token's key, so a query can match "the position right after this key" in one layer. Without
+    them MQAR needs a previous-token head in layer 1 composed with a matching head in layer 2, and on this CPU
+    budget no run formed that pair: every MQAR model sat on a "copy some value of the row" plateau
+    (accuracy ~ 1/pairs; docs/extension_results.md, 8 search runs and 2 full bases). Measured side by side
+    (MQAR rows only, answer loss, same seed and data, 600 steps, ~2 min each): smeared keys 98.2% at L0,
+    plain keys 11.7% (answer loss 0.035 against 1.63). The smear is local (one token back), so it does not
+    touch what the RoPE rules change: the distances between a query and the keys it must find.
+  - mqar_loss "answers" (data.train_dataset): MQAR rows score only their answers, each weighted so an episode
+    counts as much as an episode of text, and the passkey answer is weighted up the same way. Full base runs
+    with smeared keys (2026-12-02): 0/1 answer weights, MQAR 14.5% and passkey 20% at step 4000 (the answers
+    were ~7% of the loss); MQAR answers weighted, MQAR 100% from step 1000 but passkey 52% at 4000 (right at
+    depths 0.75-1, 12-38% earlier); both weighted (this config), MQAR 99-100% from step 1000, passkey 100%
+    from step 2000.
   - Retrieval rows are packs of episodes of 16, 32, 64 and 128 tokens (data.episode_min_len = 16): the
     gradient that turns a head toward the right key shrinks with the number of keys it spreads over, so
-    short episodes make the heads form; long ones teach every distance up to L0. (Earlier whole-row runs did
-    not learn variable-offset induction in 1500-2000 steps; see docs/extension_results.md.)
+    short episodes make the heads form; long ones teach every distance up to L0.
   - 25% natural text, so perplexity is measured on text the model knows.
-  - mqar_loss "all" (every token scored), not "answers": MQAR answer-only loss lifts MQAR-only search runs
-    from 1.4% to 12% at step 150, but they then sit on the "copy some value of the row" plateau (~1/pairs)
-    through 2000 steps; in the full base run (4000 steps, 2026-12-02) it gave MQAR 16% and passkey only 15%
-    at L0, against 12.5% and 100% with every token scored (one run each). Passkey rows always keep every
-    token: predicting their repeating filler by copying is what forms the induction heads.
 """
 
 from training.config import default_config, shrink_for_cpu

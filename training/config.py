@@ -31,7 +31,7 @@ class DataConfig:
   passkey_prompt: str = "landmark"  # data.passkey.PROMPTS: "landmark" (>= 254 tokens) | "compact"
   mqar_rate: float = 0.0  # fraction of training rows replaced by MQAR rows (data/mqar.py)
   episode_min_len: int = 0  # > 0: passkey/MQAR rows are packs of episodes this long and up (data/retrieval.py)
-  mqar_loss: str = "all"  # "answers": MQAR rows score only their answer tokens (data.train_dataset)
+  mqar_loss: str = "all"  # "answers": retrieval answers weighted up, MQAR rows score only theirs (data.train_dataset)
   num_val_batches: int = 4
   mlm_rate: float = 0.3  # encoder only: ModernBERT masks 30% (80% MASK / 10% random / 10% kept)
   loader_threads: int = 2
