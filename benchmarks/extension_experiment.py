@@ -189,21 +189,24 @@ def report(root: str, docs: str, timing: dict):
   out["timing"] = timing
   out["machine"] = f"{os.cpu_count()}-core CPU (wall_s: elapsed; cpu_s: user+sys of the stage's processes)"
   os.makedirs(docs, exist_ok=True)
-  name = "extension_results" + (f"_{FLAGS.variant}" if FLAGS.variant else "")
+  suffix = f"_{FLAGS.variant}" if FLAGS.variant else ""  # a variant reported alone does not overwrite the main
+  name = "extension_results" + suffix
   with open(os.path.join(docs, name + ".json"), "w") as f:
     json.dump(out, f, indent=1)
   labelled = {NAMES.get(k.removesuffix("+ft"), k) + ("+ft" if k.endswith("+ft") else ""): v
               for k, v in runs.items() if k != "base"}
   plots.compare_plot({k: v["perplexity"] for k, v in labelled.items()}, "perplexity",
-                     os.path.join(docs, "extension_perplexity.png"), ylabel="held-out perplexity", log_y=True,
+                     os.path.join(docs, f"extension_perplexity{suffix}.png"), ylabel="held-out perplexity",
+                     log_y=True,
                      train_length=l0, title=f"Perplexity vs length, base trained at {l0} (dashed: no fine-tune)")
   plots.compare_plot({k: dict(v["passkey"], acc=v["passkey"]["accuracy_per_length"]) for k, v in labelled.items()},
-                     "acc", os.path.join(docs, "extension_passkey.png"), ylabel="passkey exact match",
+                     "acc", os.path.join(docs, f"extension_passkey{suffix}.png"), ylabel="passkey exact match",
                      train_length=l0, title="Passkey accuracy vs length (mean over depths)")
   plots.compare_plot({k: v["mqar"] for k, v in labelled.items()}, "accuracy",
-                     os.path.join(docs, "extension_mqar.png"), ylabel="MQAR exact match", train_length=l0,
+                     os.path.join(docs, f"extension_mqar{suffix}.png"), ylabel="MQAR exact match", train_length=l0,
                      title="MQAR accuracy vs length")
-  plots.passkey_heatmaps({k: v["passkey"] for k, v in labelled.items()}, os.path.join(docs, "extension_heatmaps.png"))
+  plots.passkey_heatmaps({k: v["passkey"] for k, v in labelled.items()},
+                         os.path.join(docs, f"extension_heatmaps{suffix}.png"))
   lengths = FLAGS.lengths
   head = ["rule", "fine-tune"] + [f"passkey@{n}" for n in lengths] + [f"mqar@{n}" for n in lengths] + \
          [f"ppl@{n}" for n in lengths]

@@ -35,8 +35,10 @@ def get_config(arg: str = "base"):
     raise ValueError(f"configs/extend_gpu.py: bad argument {arg!r}; use {'|'.join(STAGES)}[,tiny]")
   factor, rows = STAGES[stage]
   c = decoder_125m.get_config("")
-  # Retrieval rows as in configs/retrieval_base.py (episodes from 256 tokens up); mostly natural text.
-  c.data.update(passkey_rate=0.1, passkey_prompt="compact", mqar_rate=0.2, episode_min_len=256)
+  # Retrieval rows, smeared keys and weighted answers as in configs/retrieval_base.py (the choices that made
+  # the CPU base retrieve; episodes from 256 tokens up); mostly natural text.
+  c.model.smeared_keys = True
+  c.data.update(passkey_rate=0.1, passkey_prompt="compact", mqar_rate=0.2, episode_min_len=256, mqar_loss="answers")
   seq = L0 * factor
   c.model.max_len = seq
   c.data.update(seq_len=seq, batch_size=rows)

@@ -16,8 +16,9 @@ Choices, and the evidence behind them (docs/extension_results.md has the runs):
     them MQAR needs a previous-token head in layer 1 composed with a matching head in layer 2, and on this CPU
     budget no run formed that pair: every MQAR model sat on a "copy some value of the row" plateau
     (accuracy ~ 1/pairs; docs/extension_results.md, 8 search runs and 2 full bases). Measured side by side
-    (MQAR rows only, answer loss, same seed and data, 600 steps, ~2 min each): smeared keys 98.2% at L0,
-    plain keys 11.7% (answer loss 0.035 against 1.63). The smear is local (one token back), so it does not
+    by benchmarks/mqar_search.py (docs/mqar_smeared_keys.json; MQAR rows only, answer loss, the same seed and
+    rows, 600 steps, 2-4 min each): smeared keys 94.5% at L0, plain keys 11.7% (answer loss 0.07 against
+    1.63). The smear is local (one token back), so it does not
     touch what the RoPE rules change: the distances between a query and the keys it must find.
   - mqar_loss "answers" (data.train_dataset): MQAR rows score only their answers, each weighted so an episode
     counts as much as an episode of text, and the passkey answer is weighted up the same way. Full base runs

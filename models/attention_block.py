@@ -243,7 +243,8 @@ class Attention(nnx.Module):
     take = new_pos >= start
     src = jnp.clip(new_pos - start, 0, c - 1)[:, :, None, None]
     pick = lambda new, old: jnp.where(take[:, :, None, None], jnp.take_along_axis(new.astype(old.dtype), src, 1), old)
-    cache = dict(cache, k=pick(k, cache["k"]), v=pick(v, cache["v"]), slot_pos=jnp.where(take, new_pos, cache["slot_pos"]))
+    cache = dict(cache, k=pick(k, cache["k"]), v=pick(v, cache["v"]),
+                 slot_pos=jnp.where(take, new_pos, cache["slot_pos"]))
     return self.o(out), cache
 
   def decode(self, x, pos, cache):

@@ -136,6 +136,8 @@ class ModelConfig:
         raise ValueError(f"{name} must be one of {_DTYPES}, got {getattr(self, name)!r}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+    if not isinstance(self.smeared_keys, bool):
+      raise ValueError(f"smeared_keys must be a bool, got {self.smeared_keys!r}")
     if not isinstance(self.attention_impl, str):
       raise ValueError(f"attention_impl must be a string, got {self.attention_impl!r}")
 

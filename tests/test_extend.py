@@ -40,7 +40,7 @@ def test_config_stages():
     assert (c.model.rope_scaling.kind, c.model.rope_scaling.factor) == (kind, float(extend.FACTOR))
     assert c.model.rope_scaling.original_max_len == extend.L0 and c.init_from == extend.BASE_WORKDIR
     assert c.model.rope_scaling.attention_factor == (1.0 if rule == "yarn_notemp" else None)
-  assert extend.get_config("yarn,local").model.attention_pattern == "LG"
+  assert extend.get_config("yarn,local").model.attention_pattern == "GL"
   assert extend.get_config("yarn,dsa").model.dsa_top_k < extend.L0
   with pytest.raises(ValueError, match="bad argument 'cubic'"):
     extend.get_config("cubic")
