@@ -26,10 +26,14 @@ import numpy as np
 from absl import app, flags
 
 import data as data_lib
+from attention import dsa
 from configs import extend
+from data import mqar as mqar_lib
 from data import passkey as passkey_lib
+from eval import mqar as mqar_eval
 from eval import passkey as passkey_eval
 from eval import restore
+from models import AttentionType
 
 flags.DEFINE_string("root", "runs/extension", "The experiment's root (benchmarks/extension_experiment.py).")
 flags.DEFINE_list("rules", list(extend.ZERO_SHOT_RULES), "Rules applied zero-shot to ROOT/base.")
@@ -59,9 +63,6 @@ def layer_attention(model, tokens, query_pos):
 def indexer_recall(model, tokenizer, length: int) -> list[dict]:
   """Per DSA layer, over MQAR rows (eval's seeds): how often a query's top-k holds the definition's value (the
   token the answer copies) and its key. [] for a model without DSA layers."""
-  from attention import dsa  # pylint: disable=g-import-not-at-top
-  from eval import mqar as mqar_eval  # pylint: disable=g-import-not-at-top
-  from data import mqar as mqar_lib  # pylint: disable=g-import-not-at-top
   exs = [mqar_lib.mqar_example(tokenizer, length, mqar_eval.sample_seed(length, s)) for s in range(16)]
   tokens = jnp.asarray(np.stack([e.tokens for e in exs]))
   positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), tokens.shape)
@@ -70,7 +71,7 @@ def indexer_recall(model, tokenizer, length: int) -> list[dict]:
   def top_k(tokens):
     x, out = model.embed(tokens), []
     for block in model.blocks:
-      if block.attn.layer_type.value == "D":
+      if block.attn.layer_type is AttentionType.DSA:
         q_idx, k_idx, w = block.attn._indexer(block._pre(x), positions)
         out.append(dsa.topk_indices(q_idx, k_idx, w, top_k=min(model.cfg.dsa_top_k, length), mask=block.attn.mask,
                                     score_dtype=jnp.float32))  # [E, T, top_k]
