@@ -92,9 +92,9 @@ def indexer_recall(model, tokenizer, length: int) -> list[dict]:
   return result
 
 
-def diagnose(model, tokenizer, length: int) -> dict:
+def diagnose(model, tokenizer, length: int, samples: int) -> dict:
   exs = [passkey_lib.passkey_example(tokenizer, length, d, passkey_eval.sample_seed(length, d, s), "compact")
-         for d in DEPTHS for s in range(FLAGS.samples)]
+         for d in DEPTHS for s in range(samples)]
   tokens = jnp.asarray(np.stack([e.tokens for e in exs]))
   query = jnp.asarray([e.answer_start for e in exs])  # holds " ": its next token is the first digit
   rows = jax.jit(lambda t, qp: layer_attention(model, t, qp))(tokens, query)
@@ -132,7 +132,7 @@ def main(argv):
       runs[rule + "+ft"] = restore.restore(ft, None, None, min_max_len=max(lengths)).model
   out = {"setup": __doc__.split("\n\n")[2].replace("\n", " "), "root": FLAGS.root, "runs": {}}
   for name, model in runs.items():
-    out["runs"][name] = {str(n): diagnose(model, tokenizer, n) for n in lengths}
+    out["runs"][name] = {str(n): diagnose(model, tokenizer, n, FLAGS.samples) for n in lengths}
     print(name, json.dumps({n: [(round(l["needle_mass"], 3), round(l["digit_mass"], 3)) for l in r["layers"]] +
                                [r["passkey"]]
                             for n, r in out["runs"][name].items()}), flush=True)

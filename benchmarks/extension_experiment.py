@@ -178,8 +178,8 @@ def report(root: str, docs: str, timing: dict):
     vroot = os.path.join(root, variant)
     if FLAGS.variant or _latest_step(os.path.join(vroot, "base")) is None:
       continue
-    vrules = [r for r in FLAGS.rules if os.path.isfile(os.path.join(
-        vroot, "base", "eval", str(_latest_step(os.path.join(vroot, "base"))), r, "mqar.json"))]
+    vbase_eval = os.path.join(vroot, "base", "eval", str(_latest_step(os.path.join(vroot, "base"))))
+    vrules = [r for r in FLAGS.rules if os.path.isfile(os.path.join(vbase_eval, r, "mqar.json"))]  # those it ran
     ventry, vdetails, _ = _collect(vroot, vrules, FLAGS.finetune_rules)
     vcfg = extend.get_config(f"base,{variant}" + (",tiny" if FLAGS.tiny else "")).model
     ventry["model"] = {"attention_pattern": vcfg.attention_pattern, "window": list(vcfg.window),
@@ -197,8 +197,8 @@ def report(root: str, docs: str, timing: dict):
               for k, v in runs.items() if k != "base"}
   plots.compare_plot({k: v["perplexity"] for k, v in labelled.items()}, "perplexity",
                      os.path.join(docs, f"extension_perplexity{suffix}.png"), ylabel="held-out perplexity",
-                     log_y=True,
-                     train_length=l0, title=f"Perplexity vs length, base trained at {l0} (dashed: no fine-tune)")
+                     log_y=True, train_length=l0,
+                     title=f"Perplexity vs length, base trained at {l0} (dashed: no fine-tune)")
   plots.compare_plot({k: dict(v["passkey"], acc=v["passkey"]["accuracy_per_length"]) for k, v in labelled.items()},
                      "acc", os.path.join(docs, f"extension_passkey{suffix}.png"), ylabel="passkey exact match",
                      train_length=l0, title="Passkey accuracy vs length (mean over depths)")
@@ -211,12 +211,12 @@ def report(root: str, docs: str, timing: dict):
   head = ["rule", "fine-tune"] + [f"passkey@{n}" for n in lengths] + [f"mqar@{n}" for n in lengths] + \
          [f"ppl@{n}" for n in lengths]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  tables = [("", out["rules"], out["details"])] + [(f" ({v})", e["rules"], e["details"])
-                                                   for v, e in out["variants"].items()]
-  for label, rule, kind, s, det in ((label, rule, kind, s, det) for label, rules, det in tables
-                                    for rule, entry in rules.items() for kind, s in entry.items()):
-    steps = det[rule][kind]["step"] if kind == "finetune" else 0
-    cells = [NAMES.get(rule, rule) + label, f"{steps} steps" if kind == "finetune" else "none"]
+  rows = [(NAMES.get(rule, rule), kind, s, out["details"][rule])
+          for rule, entry in out["rules"].items() for kind, s in entry.items()]
+  rows += [(f"{NAMES.get(rule, rule)} ({v})", kind, s, e["details"][rule])
+           for v, e in out["variants"].items() for rule, entry in e["rules"].items() for kind, s in entry.items()]
+  for label, kind, s, det in rows:
+    cells = [label, f"{det[kind]['step']} steps" if kind == "finetune" else "none"]
     cells += [f"{s['passkey'][n]:.0%}" if n in s['passkey'] else "-" for n in lengths]
     cells += [f"{s['mqar'].get(n, float('nan')):.0%}" for n in lengths]
     cells += [f"{s['ppl'].get(n, float('nan')):.2f}" for n in lengths]

@@ -38,7 +38,8 @@ def get_config(arg: str = "base"):
   # Retrieval rows, smeared keys and weighted answers as in configs/retrieval_base.py (the choices that made
   # the CPU base retrieve; episodes from 256 tokens up); mostly natural text.
   c.model.smeared_keys = True
-  c.data.update(passkey_rate=0.1, passkey_prompt="compact", mqar_rate=0.2, episode_min_len=256, mqar_loss="answers")
+  c.data.update(passkey_rate=0.1, passkey_prompt="compact", mqar_rate=0.2, episode_min_len=256,
+                mqar_loss="answers")
   seq = L0 * factor
   c.model.max_len = seq
   c.data.update(seq_len=seq, batch_size=rows)

@@ -18,14 +18,14 @@ Choices, and the evidence behind them (docs/extension_results.md has the runs):
     (accuracy ~ 1/pairs; docs/extension_results.md, 8 search runs and 2 full bases). Measured side by side
     by benchmarks/mqar_search.py (docs/mqar_smeared_keys.json; MQAR rows only, answer loss, the same seed and
     rows, 600 steps, 2-4 min each): smeared keys 94.5% at L0, plain keys 11.7% (answer loss 0.07 against
-    1.63). The smear is local (one token back), so it does not
-    touch what the RoPE rules change: the distances between a query and the keys it must find.
+    1.63). The smear is local (one token back), so it does not touch what the RoPE rules change: the
+    distances between a query and the keys it must find.
   - mqar_loss "answers" (data.train_dataset): MQAR rows score only their answers, each weighted so an episode
     counts as much as an episode of text, and the passkey answer is weighted up the same way. Full base runs
     with smeared keys (2026-12-02): 0/1 answer weights, MQAR 14.5% and passkey 20% at step 4000 (the answers
     were ~7% of the loss); MQAR answers weighted, MQAR 100% from step 1000 but passkey 52% at 4000 (right at
     depths 0.75-1, 12-38% earlier); both weighted (this config), MQAR 99-100% from step 1000, passkey 100%
-    from step 2000.
+    from step 2000 (eval probes of the checkpoints: docs/extension_probes_20261202/).
   - Retrieval rows are packs of episodes of 16, 32, 64 and 128 tokens (data.episode_min_len = 16): the
     gradient that turns a head toward the right key shrinks with the number of keys it spreads over, so
     short episodes make the heads form; long ones teach every distance up to L0.

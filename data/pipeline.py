@@ -103,11 +103,13 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
   while episode_min_len and passkey_min < passkey.min_length(tokenizer, passkey_prompt):
     passkey_min *= 2
 
+  def passkey_weighted(ex):
+    # Every token, plus the answer weighted as much as the rest of the episode together.
+    return (ex.tokens, 1.0 + ex.answer_weights() * (ex.tokens.size / ex.answer_len)) if answers else ex.tokens
+
   def passkey_tokens(n, s):
     depth = float(np.random.default_rng([s, 1]).random())
-    ex = passkey.passkey_example(tokenizer, n, depth, s, passkey_prompt)
-    # Every token, plus the answer weighted as much as the rest of the episode together.
-    return (ex.tokens, 1.0 + ex.answer_weights() * (n / ex.answer_len)) if answers else ex.tokens
+    return passkey_weighted(passkey.passkey_example(tokenizer, n, depth, s, passkey_prompt))
 
   def mqar_tokens(n, s):
     ex = mqar.mqar_example(tokenizer, n, s)
@@ -128,7 +130,8 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
       return retrieval.episodes_row(passkey_tokens, tokenizer, seq_len, int(rng.integers(2**31)), passkey_min,
                                     weighted=answers)
     if u < passkey_rate:
-      return one_row(passkey_tokens(seq_len, int(rng.integers(2**31))))
+      depth, s = float(rng.random()), int(rng.integers(2**31))
+      return one_row(passkey_weighted(passkey.passkey_example(tokenizer, seq_len, depth, s, passkey_prompt)))
     if u < passkey_rate + mqar_rate and episode_min_len:
       return retrieval.episodes_row(mqar_tokens, tokenizer, seq_len, int(rng.integers(2**31)), episode_min_len,
                                     weighted=answers)

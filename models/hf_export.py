@@ -117,7 +117,8 @@ def _decoder_config(cfg: ModelConfig, family: str) -> dict:
 
 
 def _modernbert_config(cfg: ModelConfig) -> dict:
-  for field, value, want in (("smeared_keys", cfg.smeared_keys, False),("mlp_kind", cfg.mlp_kind, "geglu"), ("norm_kind", cfg.norm_kind, "layer"),
+  for field, value, want in (("smeared_keys", cfg.smeared_keys, False), ("mlp_kind", cfg.mlp_kind, "geglu"),
+                             ("norm_kind", cfg.norm_kind, "layer"),
                              ("num_kv_heads", cfg.num_kv_heads, cfg.num_heads),
                              ("head_dim", cfg.head_dim, cfg.d_model // cfg.num_heads),
                              ("qkv_bias", cfg.qkv_bias and not cfg.attention_bias, False),

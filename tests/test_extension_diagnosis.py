@@ -1,0 +1,49 @@
+"""benchmarks/extension_diagnosis.py: its attention rows are the model's attention, and its indexer recall
+counts the keys the lightning indexer selects."""
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import data
+from attention import Mask, reference
+from benchmarks import extension_diagnosis as diag
+from models import build_model, presets
+
+
+def _model(pattern, **kw):
+  cfg = presets.get("decoder_tiny").replace(vocab_size=272, num_layers=len(pattern), attention_pattern=pattern,
+                                            smeared_keys=True, dsa_index_heads=2, dsa_index_dim=8, dsa_rope_dim=4,
+                                            dsa_score_dtype="float32", **kw)
+  return build_model(cfg, rngs=nnx.Rngs(0))
+
+
+def test_attention_rows_reproduce_the_layer_attention():
+  model = _model("GG")
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 24)), jnp.int32)
+  query = jnp.array([5, 23])
+  rows = diag.layer_attention(model, tokens, query)  # per layer [B, N, T]
+  positions = jnp.broadcast_to(jnp.arange(24), (2, 24))
+  x = model.embed(tokens)
+  for block, p in zip(model.blocks, rows):
+    q, k, v, _ = block.attn._qkv(block._pre(x), positions)
+    want = reference.attention(q, k, v, mask=Mask(causal=True))[jnp.arange(2), query]  # [B, N, H]
+    v = jnp.repeat(v, q.shape[2] // v.shape[2], axis=2)
+    np.testing.assert_allclose(jnp.einsum("bns,bsnh->bnh", p, v), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-6)
+    assert float(jnp.abs(p[0, :, 6:]).max()) == 0.0  # causal: nothing after the query
+    x, _ = block(x, positions)
+
+
+def test_indexer_recall_and_passkey_diagnosis():
+  tok = data.get_tokenizer()
+  everything = diag.indexer_recall(_model("DG", dsa_top_k=128), tok, 64)  # top_k >= length: every key is kept
+  assert len(everything) == 1 and everything[0]["value_in_top_k"] == everything[0]["key_in_top_k"] == 1.0
+  few = diag.indexer_recall(_model("DG", dsa_top_k=4), tok, 64)[0]
+  assert few["top_k"] == 4 and 0.0 <= few["value_in_top_k"] < 1.0 and few["queries"] == 16 * 4
+  assert diag.indexer_recall(_model("GG"), tok, 64) == []  # no DSA layer
+  res = diag.diagnose(_model("GG"), tok, 96, samples=1)
+  assert 0.0 <= res["passkey"] <= 1.0 and len(res["layers"]) == 2
+  for layer in res["layers"]:
+    assert 0.0 <= layer["digit_mass"] <= layer["needle_mass"] <= 1.0 + 1e-6
+    assert 0.0 <= layer["entropy"] <= res["uniform_entropy"] + 1e-6
