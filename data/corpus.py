@@ -17,10 +17,17 @@ import glob
 import gzip
 import hashlib
 import json
+import logging
 import os
 import sysconfig
+import zlib
 
 BUILTIN = "builtin:stdlib"
+BAD_FILES = ("error", "skip")  # what load_documents does with a file it cannot read as text
+# What reading a damaged or mislabelled file raises: OSError (unreadable, gzip.BadGzipFile), EOFError and
+# zlib.error (truncated or corrupt gzip), ValueError (UnicodeDecodeError, pyarrow's ArrowInvalid, ours).
+_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +59,22 @@ def stdlib_documents() -> list[Document]:
   return load_documents(BUILTIN)
 
 
+# Bytes that text in any 8-bit or UTF-8 encoding does not hold (C0 controls other than tab, newlines, form
+# feed and escape): like git and grep, a file with a NUL is binary; other controls count past 1% of bytes.
+_CONTROL = bytes(sorted(set(range(32)) - {9, 10, 11, 12, 13, 27}))
+
+
 def _read(path: str) -> str:
+  """A plain text file's text, decoded as UTF-8 with replacement characters (a Latin-1 or KOI8-R file of
+  the standard library keeps its ASCII). Binary data (an archive, an image, a checkpoint shard) raises
+  rather than training on noise."""
   with open(path, "rb") as f:
-    return f.read().decode("utf-8", errors="replace")
+    data = f.read()
+  controls = len(data) - len(data.translate(None, _CONTROL))
+  if b"\0" in data or controls * 100 > len(data):
+    what = "NUL bytes" if b"\0" in data else f"{controls} control bytes in {len(data)}"
+    raise ValueError(f"corpus file {path!r} is not text: it holds {what} (a binary file?)")
+  return data.decode("utf-8", errors="replace")
 
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -153,10 +173,11 @@ def _source_files(source: str) -> list[str]:
 
 
 def load_documents(sources: tuple[str, ...] | list[str] | str, max_documents: int = 0,
-                   text_field: str = "text") -> list[Document]:
+                   text_field: str = "text", bad_files: str = "error") -> list[Document]:
   """Read documents from `sources`: file paths, directories (all files below), globs, or "builtin:stdlib".
 
-  A .jsonl / .jsonl.gz / .parquet file holds one document per line / row, its text in `text_field`.
+  A .jsonl / .jsonl.gz / .parquet file holds one document per line / row, its text in `text_field`; any
+  other file is one UTF-8 text document.
 
   Every source must match at least one file; a source that matches nothing raises ValueError naming it.
   Documents are named by `document_name` (relative to their source's root); two different files with one
@@ -164,7 +185,13 @@ def load_documents(sources: tuple[str, ...] | list[str] | str, max_documents: in
   keeps that many, chosen by a hash of their names (the same subset on every machine and for every seed),
   before anything is read. Documents come back sorted by name, so the result does not depend on the file
   system's order or on where the corpus lies.
+
+  A file that cannot be read as what its name says (binary data in a text file, a .jsonl.gz that is not
+  gzip, a .parquet that is not Parquet, a line that is not JSON) raises ValueError naming the file and the
+  reason with `bad_files="error"`; with "skip" its documents are left out and counted in one warning.
   """
+  if bad_files not in BAD_FILES:
+    raise ValueError(f"bad_files must be one of {BAD_FILES}, got {bad_files!r}")
   if isinstance(sources, str):
     sources = (sources,)
   if not sources:
@@ -181,13 +208,26 @@ def load_documents(sources: tuple[str, ...] | list[str] | str, max_documents: in
         raise ValueError(f"corpus: two files have the document name {name!r} (the path relative to their "
                          f"source): {files[name]!r} and {path!r}; rename one or list a common parent folder")
       files[name] = path
+  skipped: list[str] = []
+
+  def read(path: str, fn, *args):
+    """fn(*args); a read error names `path` and raises, or (bad_files="skip") is counted and gives None."""
+    try:
+      return fn(*args)
+    except _READ_ERRORS as e:
+      reason = str(e) if str(e).startswith("corpus file ") else f"corpus file {path!r} cannot be read: {e}"
+      if bad_files == "error":
+        raise ValueError(reason) from None
+      skipped.append(reason)
+      return None
+
   # (document name -> (path, row or None)): a multi-document file contributes one name per row.
   where: dict[str, tuple[str, int | None]] = {}
   for name, path in files.items():
-    if _is_multi(path):
-      where.update((document_name(name, row), (path, row)) for row in _rows(path, text_field))
-    else:
+    if not _is_multi(path):
       where[name] = (path, None)
+    elif (rows := read(path, _rows, path, text_field)) is not None:
+      where.update((document_name(name, row), (path, row)) for row in rows)
   names = sorted(where)
   if max_documents:
     names = sorted(sorted(names, key=lambda n: name_hash("subset:" + n))[:max_documents])
@@ -195,13 +235,17 @@ def load_documents(sources: tuple[str, ...] | list[str] | str, max_documents: in
   for n in names:
     path, row = where[n]
     if row is None:
-      texts[n] = _read(path)
+      if (text := read(path, _read, path)) is not None:
+        texts[n] = text
     else:
       wanted.setdefault(path, {})[row] = n
   for path, rows in wanted.items():
-    for row, text in _texts(path, text_field, set(rows)):
+    for row, text in read(path, lambda: list(_texts(path, text_field, set(rows)))) or ():
       texts[rows[row]] = text
-  return [Document(n, texts[n]) for n in names]
+  if skipped:
+    _log.warning("corpus: skipped %d unreadable file(s) (data.bad_files='skip'); the first: %s", len(skipped),
+                 skipped[0])
+  return [Document(n, texts[n]) for n in names if n in texts]
 
 
 def name_hash(name: str) -> float:

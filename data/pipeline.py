@@ -30,15 +30,15 @@ class PackedSplits:
 
 
 def load_splits(sources, tokenizer, *, seq_len: int, val_fraction: float, seed: int,
-                max_documents: int = 0, text_field: str = "text") -> PackedSplits:
+                max_documents: int = 0, text_field: str = "text", bad_files: str = "error") -> PackedSplits:
   """Read, split (by document name), tokenize (BOS + text + EOS) and pack both splits.
 
   Training documents are laid out in a seed-dependent order before packing, so which documents share a row
   depends on the seed too; validation documents keep their sorted order, so validation never changes.
   `max_documents` > 0 keeps a seed-independent subset (see corpus.load_documents) for small runs;
-  `text_field` names the text in .jsonl / .parquet files.
+  `text_field` names the text in .jsonl / .parquet files; `bad_files` says what an unreadable file does.
   """
-  docs = corpus_lib.load_documents(sources, max_documents, text_field)
+  docs = corpus_lib.load_documents(sources, max_documents, text_field, bad_files)
   train_docs, val_docs = corpus_lib.split_documents(docs, val_fraction)
   order = np.random.default_rng(seed).permutation(len(train_docs))
   encode = lambda d: tokenizer.encode(d.text, bos=True, eos=True)

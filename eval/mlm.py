@@ -29,7 +29,7 @@ def mlm_accuracy(model, config: TrainConfig, tokenizer, lengths: list[int], *, m
   for n in result["lengths"]:
     splits = data_lib.load_splits(config.data.corpus, tokenizer, seq_len=n, val_fraction=config.data.val_fraction,
                                   seed=config.seed, max_documents=config.data.max_documents,
-                                  text_field=config.data.text_field)
+                                  text_field=config.data.text_field, bad_files=config.data.bad_files)
     rows = {k: jnp.asarray(v[:max_rows]) for k, v in splits.val.items()}  # [R, n]
     inputs, targets, weights = mlm_targets(rows, jax.random.key(seed), rate=config.data.mlm_rate,
                                            mask_id=tokenizer.mask_id, num_regular=tokenizer.num_regular_tokens)

@@ -62,7 +62,8 @@ def validation_loss(model, config: TrainConfig, tokenizer) -> float:
   """train.py's validation loss (nats per token): the same rows, batches and target rule."""
   splits = data_lib.load_splits(config.data.corpus, tokenizer, seq_len=config.data.seq_len,
                                 val_fraction=config.data.val_fraction, seed=config.seed,
-                                max_documents=config.data.max_documents, text_field=config.data.text_field)
+                                max_documents=config.data.max_documents, text_field=config.data.text_field,
+                                bad_files=config.data.bad_files)
   micro = config.data.batch_size // config.optim.grad_accum_steps
   score = make_scorer(model)
   ce_sum, count = 0.0, 0.0
@@ -85,13 +86,14 @@ def heldout_documents(config: TrainConfig, tokenizer, min_tokens: int, max_docs:
   (the split keys on each document's name alone, so they are held out for the subset too), and the
   protocol says that as well.
   """
-  docs = corpus_lib.load_documents(config.data.corpus, config.data.max_documents, config.data.text_field)
+  docs = corpus_lib.load_documents(config.data.corpus, config.data.max_documents, config.data.text_field,
+                                   config.data.bad_files)
   train, val = corpus_lib.split_documents(docs, config.data.val_fraction)  # train.py's validation documents
   encoded = [tokenizer.encode(d.text, bos=True, eos=True) for d in val]
   where = ""
   if config.data.max_documents and sum(t.size for t in encoded) < min_tokens:
     subset_tokens = sum(t.size for t in encoded)
-    everything = corpus_lib.load_documents(config.data.corpus, 0, config.data.text_field)
+    everything = corpus_lib.load_documents(config.data.corpus, 0, config.data.text_field, config.data.bad_files)
     # The subset's own validation documents stay; any other document is held out by its name's hash,
     # unless the subset trained on it (split_documents gives a tiny subset's lone held-out pick back).
     trained, kept = {d.name for d in train}, {d.name for d in val}

@@ -56,6 +56,15 @@ def test_all_experiment_configs_are_present():
 def test_config_full_size_validates(path):
   cfg = from_config_dict(_load(path))
   assert cfg.data.seq_len <= cfg.model.max_len
+  # ml_collections cannot override a list from the command line (--config.model.window=64,0): tuples only.
+  for arg in ("", TINY_ARGS.get(os.path.basename(path), "tiny")):
+    todo = [("", _load(path, arg).to_dict())]
+    while todo:
+      prefix, d = todo.pop()
+      for k, v in d.items():
+        assert not isinstance(v, list), f"{os.path.basename(path)}:{arg} {prefix}{k} is a list"
+        if isinstance(v, dict):
+          todo.append((f"{prefix}{k}.", v))
   with pytest.raises(ValueError, match="huge"):
     _load(path, "huge")
 

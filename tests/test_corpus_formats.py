@@ -96,3 +96,34 @@ def test_hugging_face_tokenizer_json(tmp_path):
   build_tokenizer(tmp_path / "bare" / "tokenizer.json", special=("<x>",))
   with pytest.raises(ValueError, match="names no EOS token"):
     get_tokenizer(str(tmp_path / "bare"))
+
+
+def test_unreadable_corpus_files_name_the_file_or_are_skipped_and_counted(tmp_path, caplog):
+  rng = np.random.default_rng(0)
+  good = tmp_path / "good"
+  good.mkdir()
+  (good / "a.txt").write_text("plain text " * 50)
+  (good / "latin1.txt").write_bytes("caf\u00e9 cr\u00e8me br\u00fbl\u00e9e ".encode("latin-1") * 20)  # stray bytes
+  assert len(load_documents([str(good)])) == 2
+  junk = {"noise.txt": rng.integers(0, 256, 4000, dtype=np.uint8).tobytes(),
+          "shard.bin": np.arange(1000, dtype=np.int32).tobytes(),
+          "few_controls.txt": bytes(rng.integers(1, 32, 300, dtype=np.uint8)) + b"text" * 10,
+          "docs.jsonl": rng.integers(128, 256, 500, dtype=np.uint8).tobytes(),
+          "docs.jsonl.gz": b"this is not gzip\n" * 10,
+          "table.parquet": b"PAR1 but not really a parquet file",
+          "lines.jsonl": b'{"text": "ok"}\n{"text": \n'}
+  reasons = {"noise.txt": "is not text: it holds NUL bytes", "shard.bin": "is not text: it holds NUL bytes",
+             "few_controls.txt": "control bytes in 340", "docs.jsonl": "cannot be read: 'utf-8' codec",
+             "docs.jsonl.gz": "cannot be read: Not a gzipped file", "table.parquet": "cannot be read:",
+             "lines.jsonl": "line 2 is not valid JSON"}
+  for name, data in junk.items():
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match=f"corpus file '{tmp_path / name}'") as e:
+      load_documents([str(good), str(tmp_path / name)])
+    assert reasons[name] in str(e.value) and "\n" not in str(e.value)
+  with caplog.at_level("WARNING", logger="data.corpus"):
+    docs = load_documents([str(good), *(str(tmp_path / n) for n in junk)], bad_files="skip")
+  assert sorted(d.name for d in docs) == ["a.txt", "latin1.txt"]  # a bad line drops its whole file
+  assert "skipped 7 unreadable file(s)" in caplog.text
+  with pytest.raises(ValueError, match="bad_files must be one of"):
+    load_documents([str(good)], bad_files="ignore")

@@ -268,19 +268,25 @@ def test_workdir_is_checked_before_anything_slow_and_nothing_is_left_on_a_bad_co
 
 
 def test_train_py_config_errors_are_one_line_with_exit_status_2(tmp_path):
-  cases = {"--config.optim.lr=3": "--config.optim.lr=3: unknown config key 'optim.lr'; did you mean "
-                                  "'optim.learning_rate'?",
-           "--config.num_steps=abc": "--config.num_steps=abc: invalid literal for int()",
-           "--config=configs/decoder_tinyy.py": "--config=configs/decoder_tinyy.py: no such file; did you mean "
-                                                "'configs/decoder_tiny.py'?",
-           "--config.data.seq_len=4096": "config.data.seq_len=4096: exceeds model.max_len=128"}
-  runs = {arg: _train_py(*([] if arg.startswith("--config=") else ["--config=configs/decoder_tiny.py:tiny"]),
-                         f"--workdir={tmp_path / 'w'}", arg) for arg in cases}
-  for arg, proc in runs.items():
+  junk = tmp_path / "junk.jsonl.gz"
+  junk.write_bytes(b"not gzip at all\n" * 8)
+  cases = {("--config.optim.lr=3",): "--config.optim.lr=3: unknown config key 'optim.lr'; did you mean "
+                                     "'optim.learning_rate'?",
+           ("--config.num_steps=abc",): "--config.num_steps=abc: invalid literal for int()",
+           ("--config=configs/decoder_tinyy.py",): "--config=configs/decoder_tinyy.py: no such file; did you mean "
+                                                   "'configs/decoder_tiny.py'?",
+           ("--config.data.seq_len=4096",): "config.data.seq_len=4096: exceeds model.max_len=128",
+           # A tuple field is set from the command line: the error is the next one, not the window's.
+           ("--config.model.window=64,0", "--config.data.seq_len=4096"): "config.data.seq_len=4096: exceeds",
+           ("--config.model.window=64",): "window must be a pair of ints >= 0 (left, right), got (64,)",
+           (f"--config.data.corpus={junk}",): f"corpus file {str(junk)!r} cannot be read: Not a gzipped file"}
+  runs = {args: _train_py(*([] if args[0].startswith("--config=") else ["--config=configs/decoder_tiny.py:tiny"]),
+                          f"--workdir={tmp_path / 'w'}", *args) for args in cases}
+  for args, proc in runs.items():
     _, err = proc.communicate(timeout=300)
     lines = [line for line in err.splitlines() if line.strip()]
-    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (arg, err[-3000:])
-    assert cases[arg] in lines[0], lines[0]
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (args, err[-3000:])
+    assert cases[args] in lines[0], lines[0]
   assert not (tmp_path / "w").exists()
 
 

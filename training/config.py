@@ -14,7 +14,7 @@ from typing import Any
 
 import ml_collections
 
-from data.corpus import BUILTIN
+from data.corpus import BAD_FILES, BUILTIN
 from models import ModelConfig, presets
 
 
@@ -22,6 +22,7 @@ from models import ModelConfig, presets
 class DataConfig:
   corpus: tuple[str, ...] = (BUILTIN,)  # files, directories, globs or "builtin:stdlib"
   text_field: str = "text"  # the document's field / column in .jsonl(.gz) and .parquet corpus files
+  bad_files: str = "error"  # a corpus file that cannot be read as text: "error" | "skip" (left out, counted)
   tokenizer_path: str = ""  # "" = bytes; a tokenizer.json or a model folder holding one; else a JSON vocabulary
   seq_len: int = 256
   batch_size: int = 8  # global batch (rows per optimizer step, summed over accumulation and devices)
@@ -98,7 +99,7 @@ class TrainConfig:
 def default_config(model_preset: str) -> ml_collections.ConfigDict:
   """The full ConfigDict with every key and its default; config files override what they need."""
   c = ml_collections.ConfigDict()
-  c.model = ml_collections.ConfigDict(presets.get(model_preset).to_dict())
+  c.model = ml_collections.ConfigDict(_tuples(presets.get(model_preset).to_dict()))
   for name, cls in (("data", DataConfig), ("optim", OptimConfig), ("checkpoint", CheckpointConfig),
                     ("mesh", MeshConfig)):
     c[name] = ml_collections.ConfigDict(dataclasses.asdict(cls()))
@@ -106,6 +107,13 @@ def default_config(model_preset: str) -> ml_collections.ConfigDict:
     if f.name not in c:
       c[f.name] = f.default
   return c
+
+
+def _tuples(d: dict) -> dict:
+  """`d` with every list made a tuple: ml_collections overrides tuple fields from the command line
+  (`--config.model.window=64,0`) but refuses list-typed ones, and a list assigned later to a tuple field
+  becomes a tuple."""
+  return {k: _tuples(v) if isinstance(v, dict) else tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -191,6 +199,7 @@ def _validate(c: TrainConfig):
   _check(len(d.corpus) >= 1, "data.corpus", d.corpus, "must name at least one source")
   _check(all(isinstance(x, str) for x in d.corpus), "data.corpus", d.corpus,
          "must be paths, directories, globs or 'builtin:stdlib' (strings)")
+  _check(d.bad_files in BAD_FILES, "data.bad_files", d.bad_files, f"must be one of {BAD_FILES}")
   _check(d.seq_len >= 2, "data.seq_len", d.seq_len, "must be >= 2")
   _check(d.seq_len <= c.model.max_len, "data.seq_len", d.seq_len, f"exceeds model.max_len={c.model.max_len}")
   _check(d.batch_size >= 1, "data.batch_size", d.batch_size, "must be >= 1")

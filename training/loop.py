@@ -103,7 +103,8 @@ def _setup_data(cfg: TrainConfig) -> _Data:
   _validate_shapes(cfg, tokenizer, mesh)
   splits = data_lib.load_splits(cfg.data.corpus, tokenizer, seq_len=cfg.data.seq_len,
                                 val_fraction=cfg.data.val_fraction, seed=cfg.seed,
-                                max_documents=cfg.data.max_documents, text_field=cfg.data.text_field)
+                                max_documents=cfg.data.max_documents, text_field=cfg.data.text_field,
+                                bad_files=cfg.data.bad_files)
   _log.info("corpus: %d train / %d validation documents -> %d / %d rows of %d tokens",
             splits.num_train_documents, splits.num_val_documents, len(splits.train["tokens"]),
             len(splits.val["tokens"]), cfg.data.seq_len)
