@@ -32,23 +32,24 @@ flags.DEFINE_integer("mqar_samples", 16, "MQAR rows per length (each holds one q
 flags.mark_flag_as_required("workdir")
 
 
-def _ints(name: str, values: list[str]) -> list[int]:
+def _numbers(name: str, values: list[str], kind: type, low: float, high: float = float("inf")) -> list:
+  """--NAME's comma-separated values as `kind`, each in [low, high]; else a ValueError naming the flag."""
   try:
-    out = [int(v) for v in values]
+    out = [kind(v) for v in values]
   except ValueError:
-    raise ValueError(f"--{name} must be comma-separated integers, got {','.join(values)!r}") from None
-  if not out or min(out) < 2:
-    raise ValueError(f"--{name} must be integers >= 2, got {out}")
+    raise ValueError(f"--{name}={','.join(values)}: must be comma-separated {kind.__name__}s") from None
+  if not out or not all(low <= v <= high for v in out):
+    raise ValueError(f"--{name}={','.join(values)}: every value must be in [{low}, {high}]")
   return out
 
 
 def main(argv):
   overrides = restore.parse_overrides(argv[1:])
   results = evaluate(FLAGS.workdir, step=FLAGS.step, tasks=FLAGS.tasks,
-                     lengths=None if FLAGS.lengths is None else _ints("lengths", FLAGS.lengths),
+                     lengths=None if FLAGS.lengths is None else _numbers("lengths", FLAGS.lengths, int, 2),
                      overrides=overrides, tag=FLAGS.tag, ppl_documents=FLAGS.ppl_documents,
                      passkey_samples=FLAGS.passkey_samples,
-                     passkey_depths=[float(d) for d in FLAGS.passkey_depths], mqar_samples=FLAGS.mqar_samples)
+                     passkey_depths=_numbers("passkey_depths", FLAGS.passkey_depths, float, 0, 1), mqar_samples=FLAGS.mqar_samples)
   print(summary(results))
 
 

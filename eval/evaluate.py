@@ -65,7 +65,10 @@ def summary(results: dict) -> str:
   lines = []
   if "perplexity" in results:
     p = results["perplexity"]
-    lines.append(f"validation loss (train.py's rows): {p['validation_loss']:.4f}")
+    lines.append(f"validation loss {p['validation_loss']:.4f} nats/token: train.py's packed validation rows, "
+                 "the number training reports (not the tokens scored below)")
+    lines.append(f"perplexity over {p['documents']} x {p['lengths'][-1]} held-out tokens, cut into windows of each "
+                 f"length ({p['protocol']}):")
     lines += [f"perplexity @ {n:>6}: {ppl:9.3f}   bits/byte {bpb:.3f}"
               for n, ppl, bpb in zip(p["lengths"], p["perplexity"], p["bits_per_byte"])]
   if "passkey" in results:

@@ -16,7 +16,7 @@ import data
 import models
 from configs import decoder_tiny, encoder_tiny
 from eval import mlm, passkey, perplexity, restore
-from eval.evaluate import evaluate
+from eval.evaluate import evaluate, summary
 from training import from_config_dict, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,6 +82,10 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
                        capture_output=True, text=True, timeout=120)
   assert out.returncode != 0
   assert "error: workdir=" in out.stderr and "has no checkpoints directory" in out.stderr
+  out = subprocess.run([sys.executable, "-m", "eval", f"--workdir={tmp_path}", "--passkey_depths=0.5,abc"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 2 and out.stderr.strip() == ("error: --passkey_depths=0.5,abc: must be comma-separated "
+                                                        "floats")
 
 
 def test_evaluate_writes_json_and_plots(run):
@@ -96,6 +100,9 @@ def test_evaluate_writes_json_and_plots(run):
   assert p["tokens"] == [p["documents"] * (256 - 256 // n) for n in (64, 128, 256)]
   # Byte tokenizer: one byte per scored token, so bits per byte is log2(perplexity).
   np.testing.assert_allclose(p["bits_per_byte"], np.log2(p["perplexity"]), rtol=1e-9)
+  text = summary(res).splitlines()
+  assert text[0].startswith("validation loss ") and "packed validation rows" in text[0]
+  assert text[1].startswith(f"perplexity over {p['documents']} x 256 held-out tokens")
   k = res["passkey"]
   assert k["lengths"] == [256] and k["skipped_lengths"] == [64, 128]
   assert np.asarray(k["accuracy"]).shape == (1, 2)
