@@ -4,28 +4,17 @@ small slice; `tiny` runs the same architecture at toy size on the CPU.
 python train.py --config=configs/decoder_125m.py --workdir=/tmp/decoder_125m
 """
 
-from training.config import default_config, shrink_for_cpu
+from training.config import default_config, sized
 
 
 def get_config(arg: str = ""):
   c = default_config("decoder_125m")
   c.model.dtype = "bfloat16"
-  c.data.seq_len = 2048
-  c.data.batch_size = 64
-  c.data.val_fraction = 0.01
-  c.data.num_val_batches = 8
-  c.data.passkey_rate = 0.02
-  c.optim.learning_rate = 6e-4
-  c.optim.warmup_steps = 500
-  c.num_steps = 20_000
-  c.log_every = 20
-  c.eval_every = 500
+  c.data.update(seq_len=2048, batch_size=64, val_fraction=0.01, num_val_batches=8, passkey_rate=0.02)
+  c.optim.update(learning_rate=6e-4, warmup_steps=500)
+  c.update(num_steps=20_000, log_every=20, eval_every=500)
   c.checkpoint.every = 1000
-  if arg == "tiny":
-    return shrink_for_cpu(c)
-  if arg:
-    raise ValueError(f"configs/decoder_125m.py: unknown argument {arg!r} (use '' or 'tiny')")
-  return c
+  return sized(c, arg, "configs/decoder_125m.py")
 
 
 def get_sweep():

@@ -5,29 +5,15 @@ the CPU.
 python train.py --config=configs/decoder_1b.py --workdir=/tmp/decoder_1b
 """
 
-from training.config import default_config, shrink_for_cpu
+from training.config import default_config, sized
 
 
 def get_config(arg: str = ""):
   c = default_config("decoder_1b")
   c.model.dtype = "bfloat16"
-  c.data.seq_len = 4096
-  c.data.batch_size = 256
-  c.data.val_fraction = 0.005
-  c.data.num_val_batches = 8
-  c.data.passkey_rate = 0.02
-  c.optim.learning_rate = 3e-4
-  c.optim.schedule = "wsd"
-  c.optim.warmup_steps = 1000
-  c.optim.grad_accum_steps = 8
-  c.num_steps = 50_000
-  c.log_every = 10
-  c.eval_every = 1000
+  c.data.update(seq_len=4096, batch_size=256, val_fraction=0.005, num_val_batches=8, passkey_rate=0.02)
+  c.optim.update(learning_rate=3e-4, schedule="wsd", warmup_steps=1000, grad_accum_steps=8)
+  c.update(num_steps=50_000, log_every=10, eval_every=1000)
   c.checkpoint.every = 500
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  if arg == "tiny":
-    return shrink_for_cpu(c)
-  if arg:
-    raise ValueError(f"configs/decoder_1b.py: unknown argument {arg!r} (use '' or 'tiny')")
-  return c
+  c.mesh.update(data=1, fsdp=-1)
+  return sized(c, arg, "configs/decoder_1b.py")

@@ -7,27 +7,15 @@ Sliding-window layers (a 128-token window) alternate with global layers, the Gem
 python train.py --config=configs/demo.py --workdir=runs/demo
 """
 
-from training.config import default_config, shrink_for_cpu
+from training.config import default_config, sized
 
 
 def get_config(arg: str = ""):
   c = default_config("decoder_tiny")
   c.model.update(vocab_size=272, d_model=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
-                 mlp_dim=384, max_len=512, attention_pattern="LG", window=[128, 0])
-  c.data.seq_len = 512
-  c.data.batch_size = 8
-  c.data.val_fraction = 0.02
-  c.data.num_val_batches = 4
-  c.data.passkey_rate = 0.1
-  c.optim.learning_rate = 3e-3
-  c.optim.warmup_steps = 30
-  c.optim.weight_decay = 0.1
-  c.num_steps = 1500
-  c.log_every = 20
-  c.eval_every = 500
+                 mlp_dim=384, max_len=512, attention_pattern="LG", window=(128, 0))
+  c.data.update(seq_len=512, batch_size=8, val_fraction=0.02, num_val_batches=4, passkey_rate=0.1)
+  c.optim.update(learning_rate=3e-3, warmup_steps=30, weight_decay=0.1)
+  c.update(num_steps=1500, log_every=20, eval_every=500)
   c.checkpoint.every = 500
-  if arg == "tiny":
-    return shrink_for_cpu(c)
-  if arg:
-    raise ValueError(f"configs/demo.py: unknown argument {arg!r} (use '' or 'tiny')")
-  return c
+  return sized(c, arg, "configs/demo.py")

@@ -48,7 +48,7 @@ def scaling(rule: str, l0: int) -> dict:
 
 def _variant(c, variant: str):
   if variant == "local":
-    c.model.update(attention_pattern="GL", window=[32, 0])
+    c.model.update(attention_pattern="GL", window=(32, 0))
   elif variant == "dsa":
     c.model.update(attention_pattern="DG", dsa_top_k=32, dsa_index_heads=2, dsa_index_dim=16, dsa_rope_dim=8)
 
@@ -63,7 +63,7 @@ def get_config(arg: str = "base"):
   if variant:
     _variant(c, variant[0])
     if tiny:
-      c.model.update(window=[8, 0], dsa_top_k=8)
+      c.model.update(window=(8, 0), dsa_top_k=8)
   if stage == "base":
     return c
   l0 = c.data.seq_len

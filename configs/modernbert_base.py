@@ -5,7 +5,7 @@ the same architecture at toy size on the CPU.
 python train.py --config=configs/modernbert_base.py --workdir=/tmp/modernbert_base --config.data.corpus='("/data/*.txt",)'
 """
 
-from training.config import default_config, shrink_for_cpu
+from training.config import default_config, sized
 
 
 def get_config(arg: str = "", *, preset: str = "modernbert_base", batch_size: int = 64,
@@ -13,24 +13,11 @@ def get_config(arg: str = "", *, preset: str = "modernbert_base", batch_size: in
   """ModernBERT's recipe; configs/modernbert_large.py reuses it with its own preset, batch and rate."""
   c = default_config(preset)
   c.model.dtype = "bfloat16"  # float32 master weights (param_dtype), bf16 compute
-  c.data.seq_len = 8192
-  c.data.batch_size = batch_size
-  c.data.val_fraction = 0.005
-  c.data.num_val_batches = 8
-  c.optim.learning_rate = learning_rate
-  c.optim.schedule = "wsd"  # ModernBERT trains with warmup-stable-decay
-  c.optim.warmup_steps = 2000
-  c.optim.weight_decay = 1e-5
-  c.optim.b2 = 0.98
-  c.optim.eps = 1e-6
-  c.num_steps = 100_000
-  c.log_every = 50
-  c.eval_every = 1000
+  c.data.update(seq_len=8192, batch_size=batch_size, val_fraction=0.005, num_val_batches=8)
+  # ModernBERT trains with warmup-stable-decay.
+  c.optim.update(learning_rate=learning_rate, schedule="wsd", warmup_steps=2000, weight_decay=1e-5, b2=0.98,
+                 eps=1e-6)
+  c.update(num_steps=100_000, log_every=50, eval_every=1000)
   c.checkpoint.every = 1000
-  c.mesh.data = 1
-  c.mesh.fsdp = -1
-  if arg == "tiny":
-    return shrink_for_cpu(c)
-  if arg:
-    raise ValueError(f"configs/{preset}.py: unknown argument {arg!r} (use '' or 'tiny')")
-  return c
+  c.mesh.update(data=1, fsdp=-1)
+  return sized(c, arg, f"configs/{preset}.py")

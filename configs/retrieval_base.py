@@ -32,7 +32,7 @@ Choices, and the evidence behind them (docs/extension_results.md has the runs):
   - 25% natural text, so perplexity is measured on text the model knows.
 """
 
-from training.config import default_config, shrink_for_cpu
+from training.config import default_config, sized
 
 L0 = 128
 
@@ -47,10 +47,7 @@ def get_config(arg: str = ""):
   c.optim.update(learning_rate=3e-3, warmup_steps=100, weight_decay=0.1)
   c.update(num_steps=4000, log_every=100, eval_every=1000)
   c.checkpoint.update(every=1000, max_to_keep=5)
+  c = sized(c, arg, "configs/retrieval_base.py")
   if arg == "tiny":
-    c = shrink_for_cpu(c)
     c.data.update(passkey_rate=0.0, mqar_rate=0.5, episode_min_len=16)
-    return c
-  if arg:
-    raise ValueError(f"configs/retrieval_base.py: unknown argument {arg!r} (use '' or 'tiny')")
   return c

@@ -109,6 +109,16 @@ def default_config(model_preset: str) -> ml_collections.ConfigDict:
   return c
 
 
+def sized(c: ml_collections.ConfigDict, arg: str, path: str) -> ml_collections.ConfigDict:
+  """A config file's `c` for its argument: "" as written, "tiny" shrunk for a CPU smoke run; any other
+  argument raises ValueError naming the file (`path`, e.g. "configs/demo.py")."""
+  if arg == "tiny":
+    return shrink_for_cpu(c)
+  if arg:
+    raise ValueError(f"{path}: unknown argument {arg!r} (use '' or 'tiny')")
+  return c
+
+
 def _tuples(d: dict) -> dict:
   """`d` with every list made a tuple: ml_collections overrides tuple fields from the command line
   (`--config.model.window=64,0`) but refuses list-typed ones, and a list assigned later to a tuple field
@@ -123,7 +133,7 @@ def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   ratio = max(1, m.num_heads // m.num_kv_heads)
   m.update(d_model=64, num_heads=4, num_kv_heads=max(1, 4 // ratio), head_dim=16, mlp_dim=128,
            num_layers=min(m.num_layers, 3), vocab_size=272, max_len=128, dsa_index_heads=2, dsa_index_dim=16,
-           dsa_rope_dim=8, dsa_top_k=16, window=[min(w, 16) for w in m.window])
+           dsa_rope_dim=8, dsa_top_k=16, window=tuple(min(w, 16) for w in m.window))
   c.data.update(corpus=(BUILTIN,), tokenizer_path="", seq_len=32, batch_size=8, max_documents=40,
                 num_val_batches=1, passkey_rate=0.0, mqar_rate=0.0)
   c.optim.update(warmup_steps=1, grad_accum_steps=1)
