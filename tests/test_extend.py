@@ -14,8 +14,8 @@ from eval import restore
 from training import train_and_evaluate
 
 
-def _tiny(arg, **overrides):
-  c = extend.get_config(arg + ",tiny")
+def _tiny(arg, config=extend, **overrides):
+  c = config.get_config(arg + ",tiny")
   c.model.attention_impl = "reference"
   c.mesh.data = 1
   c.update(num_steps=1, eval_every=1)
@@ -57,14 +57,7 @@ def test_gpu_recipe_stages_dry_run(tmp_path):
   assert all(c.num_steps > 100 for c in full.values())
   base = str(tmp_path / "base")
   for stage in extend_gpu.STAGES:
-    c = extend_gpu.get_config(stage + ",tiny")
-    c.model.attention_impl = "reference"
-    c.mesh.data = 1
-    c.update(num_steps=1, eval_every=1)
-    c.optim.warmup_steps = 0
-    c.checkpoint.every = 1
-    if stage != "base":
-      c.init_from = base
+    c = _tiny(stage, extend_gpu, **({} if stage == "base" else {"init_from": base}))
     assert train_and_evaluate(c, base if stage == "base" else str(tmp_path / stage))["step"] == 1
 
 

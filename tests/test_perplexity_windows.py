@@ -13,12 +13,17 @@ from eval.perplexity import heldout_documents
 from training import from_config_dict
 
 
-def test_long_windows_come_from_the_concatenated_heldout_documents(tmp_path):
-  for i in range(6):
-    (tmp_path / f"doc{i}.txt").write_text(f"document {i} " * (20 + i))
+def _corpus(folder, texts, max_documents):
+  """(the tiny config on a corpus of one file per text, the byte tokenizer)."""
+  for i, text in enumerate(texts):
+    (folder / f"doc{i:02d}.txt").write_text(text)
   c = decoder_tiny.get_config("tiny")
-  c.data.update(corpus=(str(tmp_path),), max_documents=0, val_fraction=0.5)
-  cfg, tok = from_config_dict(c), ByteTokenizer()
+  c.data.update(corpus=(str(folder),), max_documents=max_documents, val_fraction=0.5)
+  return from_config_dict(c), ByteTokenizer()
+
+
+def test_long_windows_come_from_the_concatenated_heldout_documents(tmp_path):
+  cfg, tok = _corpus(tmp_path, [f"document {i} " * (20 + i) for i in range(6)], 0)
   short, protocol = heldout_documents(cfg, tok, 50, max_docs=2)
   assert len(short) == 2 and "concatenated" not in protocol
   windows, protocol = heldout_documents(cfg, tok, 400, max_docs=8)
@@ -31,11 +36,7 @@ def test_long_windows_come_from_the_concatenated_heldout_documents(tmp_path):
 def test_a_small_subset_scores_the_heldout_documents_of_the_whole_corpus(tmp_path):
   # The tiny configs' 40-document subset holds ~52K held-out tokens, too few for 128K windows: eval then
   # reads the whole corpus's held-out documents (never one the subset trained on). The same at 1/100 scale.
-  for i in range(40):
-    (tmp_path / f"doc{i:02d}.txt").write_text(f"<{i:02d}>" * (30 + i))
-  c = decoder_tiny.get_config("tiny")
-  c.data.update(corpus=(str(tmp_path),), max_documents=6, val_fraction=0.5)
-  cfg, tok = from_config_dict(c), ByteTokenizer()
+  cfg, tok = _corpus(tmp_path, [f"<{i:02d}>" * (30 + i) for i in range(40)], 6)
   train, val = corpus_lib.split_documents(corpus_lib.load_documents(str(tmp_path), 6), 0.5)
   subset_tokens = sum(len(d.text) + 2 for d in val)
   length = subset_tokens + 100
