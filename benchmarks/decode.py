@@ -1,7 +1,7 @@
 """Long-context decoding of the tiny decoder on the CPU: KV-cache bytes, chunked-prefill time and memory,
 per-token decode time, and a teacher-forced check of the generated tokens, at 8K / 32K / 128K tokens.
 
-  nice -n 10 python -m benchmarks.decode --json=docs/decode_results.json [--patterns=G,L,D]
+  nice -n 10 python -m benchmarks.decode --json=docs/results/decode_results.json [--patterns=G,L,D]
       [--contexts=8192,32768,131072] [--prefill_chunk=8192] [--new_tokens=8] [--reps=20]
 
 One model per attention pattern ("G" global, "L" sliding window, "D" DSA): configs/decoder_tiny.py:tiny's
@@ -204,7 +204,7 @@ def markdown(results: dict) -> str:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--json", default="docs/decode_results.json")
+  p.add_argument("--json", default="docs/results/decode_results.json")
   p.add_argument("--patterns", default="G,L,D")
   p.add_argument("--contexts", default="8192,32768,131072")
   p.add_argument("--prefill_chunk", type=int, default=8192)
