@@ -183,7 +183,7 @@ def run_row(pattern: str, context: int, *, prefill_chunk: int, new_tokens: int, 
 
 
 def markdown(results: dict) -> str:
-  """The README's tables from a results JSON (python -m benchmarks.decode --table --json=PATH)."""
+  """The tables of docs/results.md from a results JSON (python -m benchmarks.decode --table --json=PATH)."""
   mib = lambda b: f"{b / 2**20:.2f}"
   lines = ["| pattern | context | KV cache MiB | decode ms/token (wall, median) | decode CPU ms/token | reps | "
            "prefill s (wall / CPU) | prefill temp MiB, chunked / one-shot | 8 greedy tokens = teacher-forced argmax |",
@@ -211,7 +211,7 @@ def main(argv=None):
   p.add_argument("--new_tokens", type=int, default=8)
   p.add_argument("--reps", type=int, default=20)
   p.add_argument("--reps_at", default="", help="per-row repeat counts, e.g. G:131072=10 (fewer where slow)")
-  p.add_argument("--table", action="store_true", help="print the README tables of --json and exit")
+  p.add_argument("--table", action="store_true", help="print the docs/results.md tables of --json and exit")
   args = p.parse_args(argv)
   if args.table:
     with open(args.json) as f:

@@ -1,4 +1,4 @@
-"""The README's 128K memory plan: runs benchmarks.train_memory for each row (one process per row, one
+"""The 128K memory plan of docs/results.md: runs benchmarks.train_memory for each row (one process per row, one
 JSON per row under --out, rows already measured are kept), then writes the table (--out/table.md) and
 the plot (--out/train_memory.png) from those JSON files only.
 
