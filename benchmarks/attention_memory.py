@@ -11,7 +11,7 @@ Method:
   kernel's for pallas_gpu; its backward kernels use their own). Their memory needs the hardware's own
   compiler (Triton / Mosaic), so it is measured on the device, not here.
 
-  python -m benchmarks.attention_memory [--lengths=1024,...] [--out=docs/attention_memory.png]
+  python -m benchmarks.attention_memory [--lengths=1024,...] [--out=docs/results/attention_memory.png]
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def main():
   parser.add_argument("--head_dim", type=int, default=64)
   parser.add_argument("--max_time_len", type=int, default=8192, help="time the xla impl up to this L")
   parser.add_argument("--max_time_len_ref", type=int, default=4096, help="time the reference up to this L")
-  parser.add_argument("--out", default="docs/attention_memory.png", help="PNG plot ('' for none)")
+  parser.add_argument("--out", default="docs/results/attention_memory.png", help="PNG plot ('' for none)")
   parser.add_argument("--pallas", action=argparse.BooleanOptionalAction, default=True,
                       help="also print the Pallas kernels' block-map FLOPs")
   args = parser.parse_args()

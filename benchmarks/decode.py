@@ -1,7 +1,7 @@
 """Long-context decoding of the tiny decoder on the CPU: KV-cache bytes, chunked-prefill time and memory,
 per-token decode time, and a teacher-forced check of the generated tokens, at 8K / 32K / 128K tokens.
 
-  nice -n 10 python -m benchmarks.decode --json=docs/decode_results.json [--patterns=G,L,D]
+  nice -n 10 python -m benchmarks.decode --json=docs/results/decode_results.json [--patterns=G,L,D]
       [--contexts=8192,32768,131072] [--prefill_chunk=8192] [--new_tokens=8] [--reps=20]
 
 One model per attention pattern ("G" global, "L" sliding window, "D" DSA): configs/decoder_tiny.py:tiny's
@@ -183,7 +183,7 @@ def run_row(pattern: str, context: int, *, prefill_chunk: int, new_tokens: int, 
 
 
 def markdown(results: dict) -> str:
-  """The README's tables from a results JSON (python -m benchmarks.decode --table --json=PATH)."""
+  """The tables of docs/results.md from a results JSON (python -m benchmarks.decode --table --json=PATH)."""
   mib = lambda b: f"{b / 2**20:.2f}"
   lines = ["| pattern | context | KV cache MiB | decode ms/token (wall, median) | decode CPU ms/token | reps | "
            "prefill s (wall / CPU) | prefill temp MiB, chunked / one-shot | 8 greedy tokens = teacher-forced argmax |",
@@ -204,14 +204,14 @@ def markdown(results: dict) -> str:
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--json", default="docs/decode_results.json")
+  p.add_argument("--json", default="docs/results/decode_results.json")
   p.add_argument("--patterns", default="G,L,D")
   p.add_argument("--contexts", default="8192,32768,131072")
   p.add_argument("--prefill_chunk", type=int, default=8192)
   p.add_argument("--new_tokens", type=int, default=8)
   p.add_argument("--reps", type=int, default=20)
   p.add_argument("--reps_at", default="", help="per-row repeat counts, e.g. G:131072=10 (fewer where slow)")
-  p.add_argument("--table", action="store_true", help="print the README tables of --json and exit")
+  p.add_argument("--table", action="store_true", help="print the docs/results.md tables of --json and exit")
   args = p.parse_args(argv)
   if args.table:
     with open(args.json) as f:

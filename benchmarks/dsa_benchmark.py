@@ -17,7 +17,7 @@ Method:
 Default shapes follow DeepSeek-V3.2 (MLA in MQA mode, as DSA is instantiated): N=128 query heads sharing one
 kv head of dim 576 (512 latent + 64 RoPE) with Hv=512; indexer Hi=64 heads of Di=128; k=2048.
 
-  python -m benchmarks.dsa_benchmark [--lengths=4096,...,65536] [--out_prefix=docs/dsa]
+  python -m benchmarks.dsa_benchmark [--lengths=4096,...,65536] [--out_prefix=docs/results/dsa]
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def main():
   parser.add_argument("--index_dim", type=int, default=128)
   parser.add_argument("--time_lengths", default="1024,2048,4096", help="CPU timing lengths ('' for none)")
   parser.add_argument("--time_top_k", type=int, default=256)
-  parser.add_argument("--out_prefix", default="docs/dsa", help="writes <prefix>_flops.png, <prefix>_memory.png")
+  parser.add_argument("--out_prefix", default="docs/results/dsa", help="writes <prefix>_flops.png, <prefix>_memory.png")
   a = parser.parse_args()
   lengths = [int(x) for x in a.lengths.split(",")]
   n, kv, h, hv, hi, di, top_k = a.heads, a.kv_heads, a.head_dim, a.head_dim_v, a.index_heads, a.index_dim, a.top_k

@@ -1,7 +1,7 @@
 """Where a RoPE rule breaks retrieval: per layer, how the query that must produce the passkey's first digit
 spreads its attention, for the base and each rule (zero-shot and fine-tuned).
 
-python -m benchmarks.extension_diagnosis --root=runs/extension [--out=docs/extension_diagnosis.json]
+python -m benchmarks.extension_diagnosis --root=runs/extension [--out=docs/results/extension_diagnosis.json]
 
 For each run (ROOT/base with every rule applied as an eval override, and ROOT/RULE's fine-tuned
 checkpoint) and length, over compact passkey prompts (eval's fixed seeds, depths 0..1): for every layer, the
@@ -39,7 +39,7 @@ flags.DEFINE_string("root", "runs/extension", "The experiment's root (benchmarks
 flags.DEFINE_list("rules", list(extend.ZERO_SHOT_RULES), "Rules applied zero-shot to ROOT/base.")
 flags.DEFINE_list("lengths", [str(extend.L0), str(extend.L0 * extend.FACTOR)], "Prompt lengths.")
 flags.DEFINE_integer("samples", 4, "Prompts per (length, depth).")
-flags.DEFINE_string("out", "docs/extension_diagnosis.json", "Output JSON.")
+flags.DEFINE_string("out", "docs/results/extension_diagnosis.json", "Output JSON.")
 FLAGS = flags.FLAGS
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

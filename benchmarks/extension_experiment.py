@@ -1,6 +1,6 @@
 """The context-extension experiment on retrieval, end to end: the base model of configs/retrieval_base.py at
 L0, then 8x with each RoPE scaling rule, zero-shot and after a short fine-tune; passkey exact match by
-length and depth, MQAR exact match by length and gap, perplexity by length; docs/extension_results.json.
+length and depth, MQAR exact match by length and gap, perplexity by length; docs/results/extension_results.json.
 
 python -m benchmarks.extension_experiment --root=runs/extension [--stages=base,zero_shot,finetune,report]
 
@@ -8,8 +8,8 @@ Stages (each skips work whose results already exist, so a rerun resumes):
   base       train.py --config=configs/extend.py:base                         -> ROOT/base
   zero_shot  python -m eval on the base checkpoint with each rule as an override -> ROOT/base/eval/STEP/RULE
   finetune   train.py --config=configs/extend.py:RULE --config.init_from=ROOT/base -> ROOT/RULE, then eval
-  report     docs/extension_results.json (the schema of the issue, plus per-depth / per-gap detail and the
-             wall and CPU seconds of every stage), docs/extension_results.md's table, and the plots
+  report     docs/results/extension_results.json (the schema of the issue, plus per-depth / per-gap detail and the
+             wall and CPU seconds of every stage), docs/results/extension_table.md, and the plots
 Variants (--variant=local|dsa) train their own base and rules under ROOT/VARIANT and land under "variants".
 """
 
@@ -39,7 +39,7 @@ flags.DEFINE_integer("ppl_documents", 8, "Held-out documents per length.")
 flags.DEFINE_integer("passkey_samples", 4, "Passkey keys per (length, depth) cell.")
 flags.DEFINE_integer("mqar_samples", 16, "MQAR rows per length.")
 flags.DEFINE_string("variant", "", "'' (all-global base), 'local' or 'dsa' (configs/extend.py).")
-flags.DEFINE_string("docs", "docs", "Where the report stage writes its JSON, plots and table.")
+flags.DEFINE_string("docs", "docs/results", "Where the report stage writes its JSON, plots and table.")
 flags.DEFINE_bool("tiny", False, "Smoke run: the configs' `tiny` variants (set --lengths to e.g. 32,64,128,256).")
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,7 +165,7 @@ def _timing(root: str) -> dict:
 
 
 def report(root: str, docs: str, timing: dict):
-  """docs/extension_results.json, the Markdown table and the plots; variants run under ROOT/VARIANT (their
+  """docs/results/extension_results.json, the Markdown table and the plots; variants run under ROOT/VARIANT (their
   own invocations with --variant) land under "variants" with the rules they ran."""
   cfg = extend.get_config("base" + _suffix())
   l0 = cfg.data.seq_len

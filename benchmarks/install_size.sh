@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Size of a fresh virtual environment for each README install command; writes docs/install_sizes.json.
+# Size of a fresh virtual environment for each README install command; writes docs/results/install_sizes.json.
 #   bash benchmarks/install_size.sh [OUT.json]
 # main: `pip install -e .` (what train.py needs); test: the CPU torch build, then `pip install -e ".[test]"`.
 # TORCH_SPEC picks the CPU torch: the PyTorch CPU index on a user's machine, the local wheel on CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="${1:-docs/install_sizes.json}"
+out="${1:-docs/results/install_sizes.json}"
 torch_spec="${TORCH_SPEC:-torch==2.13.0}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

@@ -1,7 +1,7 @@
 """Smeared keys against plain keys on MQAR alone, side by side: the measurement behind configs/retrieval_base.py's
 choice of model.smeared_keys.
 
-python -m benchmarks.mqar_search [--steps=600] [--out=docs/mqar_smeared_keys.json]
+python -m benchmarks.mqar_search [--steps=600] [--out=docs/results/mqar_smeared_keys.json]
 
 Each setting (smeared or plain keys, attention pattern: "G" is two global layers, "LG" / "GL" a sliding window
 of 32 first / second) trains the base's decoder shape (d_model 64, 2 layers, 4 heads of 16, byte vocabulary
@@ -30,7 +30,7 @@ from models import ModelConfig, build_model
 
 flags.DEFINE_integer("steps", 600, "Training steps per setting.")
 flags.DEFINE_integer("every", 100, "Evaluate every this many steps.")
-flags.DEFINE_string("out", "docs/mqar_smeared_keys.json", "Where the curves go.")
+flags.DEFINE_string("out", "docs/results/mqar_smeared_keys.json", "Where the curves go.")
 flags.DEFINE_list("settings", ["smeared_G", "plain_G", "smeared_LG", "smeared_GL"], "KEYS_PATTERN settings to run.")
 FLAGS = flags.FLAGS
 L0, BATCH, LR = 128, 32, 3e-3

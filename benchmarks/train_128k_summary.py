@@ -1,8 +1,8 @@
-"""The README's 128K CPU run numbers, from the files benchmarks/train_128k_cpu.sh leaves in its workdir:
+"""The 128K CPU run numbers of docs/results.md, from the files benchmarks/train_128k_cpu.sh leaves in its workdir:
 metrics.jsonl (train.py: seconds per step without compile, loss), time_*.txt (/usr/bin/time: wall and
 CPU seconds, peak RSS of each invocation) and eval/STEP/perplexity.json (python -m eval).
 
-  python -m benchmarks.train_128k_summary --workdir=runs/128k_G --json=docs/train_128k/G.json
+  python -m benchmarks.train_128k_summary --workdir=runs/128k_G --json=docs/results/train_128k/G.json
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""The README's 128K memory plan: runs benchmarks.train_memory for each row (one process per row, one
+"""The 128K memory plan of docs/results.md: runs benchmarks.train_memory for each row (one process per row, one
 JSON per row under --out, rows already measured are kept), then writes the table (--out/table.md) and
 the plot (--out/train_memory.png) from those JSON files only.
 
 Compile-only, on the CPU compiler (see benchmarks/train_memory.py); a 1B step at 128K compiles in
 minutes on 2 cores, so only the rows below are measured.
 
-  python -m benchmarks.train_memory_table [--out=docs/train_memory] [--only_table]
+  python -m benchmarks.train_memory_table [--out=docs/results/train_memory] [--only_table]
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def _plot(rows, path):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default="docs/train_memory")
+  parser.add_argument("--out", default="docs/results/train_memory")
   parser.add_argument("--only_table", action="store_true", help="do not measure missing rows")
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)

@@ -15,8 +15,8 @@ python train.py --config=configs/extend_progressive.py:8k,yarn --workdir=runs/ex
 python train.py --config=configs/extend_progressive.py:32k,yarn --workdir=runs/extend_progressive/32k_yarn
 python train.py --config=configs/extend_progressive.py:128k,yarn --workdir=runs/extend_progressive/128k_yarn
 
-Long stages use remat "full" and a chunked loss (memory plan: README "Training at 128K"); the 128K stage
-with context parallelism (mesh.context) where one device does not hold it.
+Long stages use remat "full" and a chunked loss (memory plan: docs/results.md, "Training memory at 128K");
+the 128K stage with context parallelism (mesh.context) where one device does not hold it.
 """
 
 from training.config import default_config, shrink_for_cpu

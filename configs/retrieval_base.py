@@ -3,7 +3,7 @@ passkey, MQAR), trained on the built-in text corpus with retrieval rows mixed in
 
 python train.py --config=configs/retrieval_base.py --workdir=runs/extension/base
 
-Choices, and the evidence behind them (docs/extension_results.md has the runs):
+Choices, and the evidence behind them (docs/extension.md has the runs):
   - Byte tokenizer; keys and values of MQAR from byte ids 128-191 / 192-255, which ASCII text never uses,
     so retrieval tokens have meanings of their own (data/mqar.py).
   - L0 = 128: the compact passkey prompt needs ~47 tokens, so 128 leaves real filler; 8x is 1024, where a
@@ -15,8 +15,8 @@ Choices, and the evidence behind them (docs/extension_results.md has the runs):
     previous token's key, so a query can match "the position right after this key" in one layer. Without
     them MQAR needs a previous-token head in layer 1 composed with a matching head in layer 2, and on this CPU
     budget no run formed that pair: every MQAR model sat on a "copy some value of the row" plateau
-    (accuracy ~ 1/pairs; docs/extension_results.md, 8 search runs and 2 full bases). Measured side by side
-    by benchmarks/mqar_search.py (docs/mqar_smeared_keys.json; MQAR rows only, answer loss, the same seed and
+    (accuracy ~ 1/pairs; docs/extension.md, 8 search runs and 2 full bases). Measured side by side
+    by benchmarks/mqar_search.py (docs/results/mqar_smeared_keys.json; MQAR rows only, answer loss, the same seed and
     rows, 600 steps, 2-4 min each): smeared keys 94.5% at L0, plain keys 11.7% (answer loss 0.07 against
     1.63). The smear is local (one token back), so it does not touch what the RoPE rules change: the
     distances between a query and the keys it must find.
@@ -25,7 +25,7 @@ Choices, and the evidence behind them (docs/extension_results.md has the runs):
     with smeared keys (2026-12-02): 0/1 answer weights, MQAR 14.5% and passkey 20% at step 4000 (the answers
     were ~7% of the loss); MQAR answers weighted, MQAR 100% from step 1000 but passkey 52% at 4000 (right at
     depths 0.75-1, 12-38% earlier); both weighted (this config), MQAR 99-100% from step 1000, passkey 100%
-    from step 2000 (eval probes of the checkpoints: docs/extension_probes_20261202/).
+    from step 2000 (eval probes of the checkpoints: docs/results/extension_probes_20261202/).
   - Retrieval rows are packs of episodes of 16, 32, 64 and 128 tokens (data.episode_min_len = 16): the
     gradient that turns a head toward the right key shrinks with the number of keys it spreads over, so
     short episodes make the heads form; long ones teach every distance up to L0.
