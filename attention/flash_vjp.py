@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attention.kernel_utils import default_scale
 from attention.mask import BlockSizes, Mask, default_kv_segment_ids
 
 
@@ -53,7 +54,7 @@ def _prepare(q, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes,
   static = (mask, scale, block_sizes, static q_offset or None, sorted option items) is hashable.
   """
   seg = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
-  scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+  scale = default_scale(q.shape[-1], scale)
   if isinstance(q_offset, (int, np.integer)) and not isinstance(q_offset, bool):
     static_offset, traced_offset = int(q_offset), None
   else:

@@ -28,10 +28,11 @@ import numpy as np
 from jax import lax
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from attention import attend
+from attention.api import attend
 from attention.checks import validate
-from attention.registry import Impl, flash_registry, resolve_impl
+from attention.kernel_utils import default_scale
 from attention.mask import BlockSizes, Mask, block_map, segment_block_overlap
+from attention.registry import Impl, flash_registry, resolve_impl
 
 # ----------------------------------------------------------------------------------------------------------
 # Layout: which chunks a device holds.
@@ -336,7 +337,7 @@ def ring_attention_shard(q, k, v, *, axis_name: str = "context", mask: Mask = Ma
     raise ValueError("balanced_input=True needs load_balance=True")
   kernels = flash_registry()
   name, interpret = resolve_impl(impl, interpret, registry=kernels, op="ring_attention")
-  scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+  scale = default_scale(q.shape[-1], scale)
   cfg = _Config(axis_name, _make_plan(mask, seq_len, n, load_balance), mask, scale, kernels[name], interpret,
                 block_sizes)
   seg = None if segment_ids is None else jnp.asarray(segment_ids, jnp.int32)

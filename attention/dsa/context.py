@@ -28,8 +28,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import AxisType, PartitionSpec as P
 
-from attention import attend
-from attention.dsa import sparse_attend, topk_indices
+from attention.api import attend
+from attention.dsa.api import sparse_attend, topk_indices
 from attention.dsa.losses import indexer_kl_terms
 
 
