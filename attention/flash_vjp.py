@@ -79,8 +79,11 @@ class Flash:
   attention: Callable
 
 
-def make_flash(forward: Callable, backward: Callable) -> Flash:
-  """Wrap a kernel's forward and backward (module docstring contract) in one custom_vjp."""
+def make_flash(forward: Callable, backward: Callable, name: str | None = None) -> Flash:
+  """Wrap a kernel's forward and backward (module docstring contract) in one custom_vjp.
+
+  name: the kernel module the docstrings name (default: forward's module).
+  """
 
   @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
   def flash(static, q, k, v, q_offset, q_seg, kv_seg):
@@ -123,7 +126,7 @@ def make_flash(forward: Callable, backward: Callable) -> Flash:
                   (attention, "-> out [B, T, N, Hv], differentiable in q, k, v."),
                   (public_forward, "-> (out, lse), forward only."),
                   (public_backward, "-> (dq, dk, dv) from the saved out and lse and the cotangents.")):
-    fn.__doc__ = f"FlashAttention of {forward.__module__} {doc} See attention.flash_vjp."
+    fn.__doc__ = f"FlashAttention of {name or forward.__module__} {doc} See attention.flash_vjp."
   return Flash(public_forward, public_backward, attention_with_lse, attention)
 
 

@@ -1,7 +1,8 @@
-"""What the attention kernels share besides the mask rules: padding, the default scale, query offsets.
+"""What every attention op and kernel shares besides the mask rules: the default scale, padding, offsets.
 
-attention.mask holds the element rule and the tile protocol; attention.flash_vjp the custom_vjp. This
-module holds the small array plumbing every kernel file would otherwise write again.
+attention.mask holds the element rule and the tile protocol; attention.flash_vjp the custom_vjp;
+attention.gpu_flash what the two GPU FlashAttention kernels share. This module holds the array plumbing
+every kernel file would otherwise write again.
 """
 
 from __future__ import annotations
