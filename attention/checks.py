@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -91,3 +92,22 @@ def check_scale(scale):
   """scale must be a Python number or None (a traced scale would change the kernels' static arguments)."""
   if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
     raise ValueError(f"scale must be a Python number or None, got {scale!r}")
+
+
+def check_indices(indices, b: int, t: int, s: int):
+  """sparse_attend's rule for indices, the same for every impl: int32 [B, T, k >= 1], each in [-1, S).
+
+  Concrete (not traced) indices are checked here, with a ValueError naming the first bad value, at the cost
+  of a min and a max. Traced ones cannot be inspected: every entry outside [0, S) is treated as -1 (an
+  empty slot), here, before any impl sees them. Returns the indices with that treatment applied.
+  """
+  check_rank("indices", indices, 3)
+  if indices.dtype != jnp.int32:
+    raise ValueError(f"indices must be int32, got dtype {indices.dtype}")
+  if indices.shape[:2] != (b, t) or indices.shape[2] < 1:
+    raise ValueError(f"indices must have shape [B={b}, T={t}, top_k>=1], got {indices.shape}")
+  if not isinstance(indices, jax.core.Tracer):
+    lo, hi = int(jnp.min(indices)), int(jnp.max(indices))
+    if lo < -1 or hi >= s:
+      raise ValueError(f"indices must lie in [-1, S={s}) (-1: an empty slot), got {lo if lo < -1 else hi}")
+  return jnp.where((indices >= 0) & (indices < s), indices, -1)

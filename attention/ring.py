@@ -303,7 +303,7 @@ _ring.defvjp(_ring_fwd, _ring_bwd)
 
 
 def ring_attention_shard(q, k, v, *, axis_name: str = "context", mask: Mask = Mask(), segment_ids=None,
-                         scale=None, impl: str = "xla", interpret: bool | None = None, load_balance: bool = True,
+                         scale=None, impl: str = "auto", interpret: bool | None = None, load_balance: bool = True,
                          balanced_input: bool = False, block_sizes: BlockSizes | None = None):
   """Ring attention on local shards; call it inside jax.shard_map (with check_vma=False) over `axis_name`.
 
@@ -313,7 +313,8 @@ def ring_attention_shard(q, k, v, *, axis_name: str = "context", mask: Mask = Ma
     mask: causal and/or sliding window, in global positions.
     segment_ids: [B, L/n] int, this device's share; packed documents never see each other.
     scale: logit scale, default 1/sqrt(H).
-    impl: local kernel: "xla" | "pallas" | "pallas_gpu" | "pallas_tpu" | "auto".
+    impl: local kernel: "xla" | "pallas" | "pallas_gpu" | "pallas_tpu" | "pallas_mgpu" | "auto" (as in attend:
+      the backend's first FlashAttention row whose auto_for lists it).
     interpret: Pallas interpret mode; None means "exactly when the default backend is the CPU".
     load_balance: hold chunks d and 2n-1-d instead of one contiguous shard (balances causal work).
     balanced_input: the shards already are in the load-balanced layout (to_load_balanced on the data);
@@ -350,7 +351,7 @@ def ring_attention_shard(q, k, v, *, axis_name: str = "context", mask: Mask = Ma
 
 
 def ring_attention(q, k, v, *, mesh, axis_name: str = "context", mask: Mask = Mask(), segment_ids=None,
-                   scale=None, impl: str = "xla", load_balance: bool = True, block_sizes: BlockSizes | None = None,
+                   scale=None, impl: str = "auto", load_balance: bool = True, block_sizes: BlockSizes | None = None,
                    interpret: bool | None = None):
   """Exact self-attention of global arrays whose sequence axis is sharded over `axis_name` of `mesh`.
 

@@ -13,11 +13,14 @@ does not pick them.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attention.checks import check_float, check_q_offset, check_rank, check_scale, check_segments, validate_qkv
+from attention.checks import (check_float, check_indices, check_q_offset, check_rank, check_scale, check_segments,
+                              validate_qkv)
 from attention.dsa.indexer import SCORE_DTYPES
 from attention.dsa.sparse_pallas_gpu import sparse_pallas_gpu
 from attention.dsa.sparse_pallas_tpu import sparse_pallas_tpu
@@ -31,15 +34,28 @@ from attention.registry import Impl, resolve_impl
 
 _ANY = ("cpu", "gpu", "tpu")
 
-# fn(q, k, v, indices, *, scale, interpret) -> [B, T, N, Hv]
-SPARSE_REGISTRY: dict[str, Impl] = {
+class SparseFn(Protocol):
+  """The signature of a SPARSE_REGISTRY row's fn: -> [B, T, N, Hv]."""
+
+  def __call__(self, q, k, v, indices, *, scale, interpret):
+    ...
+
+
+class TopkFn(Protocol):
+  """The signature of a TOPK_REGISTRY row's fn: -> int32 [B, T, top_k]."""
+
+  def __call__(self, q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype,
+               chunk_size, interpret):
+    ...
+
+
+SPARSE_REGISTRY: dict[str, Impl[SparseFn]] = {
     "reference": Impl(sparse_reference),
     "xla": Impl(sparse_xla, auto_for=_ANY),  # auto: "xla" only (see the module docstring)
     "pallas_gpu": Impl(sparse_pallas_gpu, platforms=("gpu",), interpretable=True),
     "pallas_tpu": Impl(sparse_pallas_tpu, platforms=("tpu",), interpretable=True),
 }
-# fn(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype, chunk_size, interpret)
-TOPK_REGISTRY: dict[str, Impl] = {
+TOPK_REGISTRY: dict[str, Impl[TopkFn]] = {
     "reference": Impl(topk_reference),
     "xla": Impl(topk_xla, auto_for=_ANY),
     "pallas_gpu": Impl(topk_pallas_gpu, platforms=("gpu",), interpretable=True),
@@ -108,7 +124,9 @@ def sparse_attend(q, k, v, indices, *, scale=None, impl: str = "auto", interpret
   Args:
     q: [B, T, N, H]; k: [B, S, K, H]; v: [B, S, K, Hv], N % K == 0 (GQA: a group's heads share the keys).
     indices: int32 [B, T, k] key positions in [0, S), -1 for an empty slot; distinct within a row (as
-      topk_indices returns them).
+      topk_indices returns them). The rule is the same for every impl: concrete indices outside [-1, S)
+      raise ValueError naming the value; under a trace (jit, vmap) they cannot be inspected, and every
+      entry outside [0, S) counts as -1 (ignored).
     scale: logit scale, default 1/sqrt(H).
     impl: "reference" | "xla" | "pallas" | "pallas_gpu" | "pallas_tpu" | "auto", as in attend().
     interpret: Pallas interpret mode; None means "exactly when the default backend is the CPU".
@@ -117,14 +135,10 @@ def sparse_attend(q, k, v, indices, *, scale=None, impl: str = "auto", interpret
   """
   validate_qkv(q, k, v)
   b, t, _, h = q.shape
-  check_rank("indices", indices, 3)
-  if indices.dtype != jnp.int32:
-    raise ValueError(f"indices must be int32, got dtype {indices.dtype}")
-  if indices.shape[:2] != (b, t) or indices.shape[2] < 1:
-    raise ValueError(f"indices must have shape [B={b}, T={t}, top_k>=1], got {indices.shape}")
+  indices = check_indices(indices, b, t, k.shape[1])
   check_scale(scale)
   name, interpret = resolve_impl(impl, interpret, registry=SPARSE_REGISTRY, op="sparse_attend")
   return SPARSE_REGISTRY[name].fn(q, k, v, indices, scale=default_scale(h, scale), interpret=interpret)
 
 
-__all__ = ["SPARSE_REGISTRY", "TOPK_REGISTRY", "sparse_attend", "topk_indices"]
+__all__ = ["SPARSE_REGISTRY", "TOPK_REGISTRY", "SparseFn", "TopkFn", "sparse_attend", "topk_indices"]
