@@ -55,7 +55,8 @@ def _batch_axes(mesh, batch: int, axis_name: str) -> tuple[str, ...]:
   divides it, in mesh order."""
   axes, size = [], 1
   for name in ("data", "fsdp"):
-    if name != axis_name and name in mesh.axis_names and mesh.shape[name] > 1 and batch % (size * mesh.shape[name]) == 0:
+    if (name != axis_name and name in mesh.axis_names and mesh.shape[name] > 1
+        and batch % (size * mesh.shape[name]) == 0):
       axes.append(name)
       size *= mesh.shape[name]
   return tuple(axes)
