@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attention.kernel_utils import default_scale
 from attention.mask import BlockSizes, Mask, default_kv_segment_ids
 
 
@@ -53,7 +54,7 @@ def _prepare(q, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes,
   static = (mask, scale, block_sizes, static q_offset or None, sorted option items) is hashable.
   """
   seg = lambda x: None if x is None else jnp.asarray(x, jnp.int32)
-  scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+  scale = default_scale(q.shape[-1], scale)
   if isinstance(q_offset, (int, np.integer)) and not isinstance(q_offset, bool):
     static_offset, traced_offset = int(q_offset), None
   else:
@@ -78,8 +79,11 @@ class Flash:
   attention: Callable
 
 
-def make_flash(forward: Callable, backward: Callable) -> Flash:
-  """Wrap a kernel's forward and backward (module docstring contract) in one custom_vjp."""
+def make_flash(forward: Callable, backward: Callable, name: str | None = None) -> Flash:
+  """Wrap a kernel's forward and backward (module docstring contract) in one custom_vjp.
+
+  name: the kernel module the docstrings name (default: forward's module).
+  """
 
   @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
   def flash(static, q, k, v, q_offset, q_seg, kv_seg):
@@ -122,7 +126,7 @@ def make_flash(forward: Callable, backward: Callable) -> Flash:
                   (attention, "-> out [B, T, N, Hv], differentiable in q, k, v."),
                   (public_forward, "-> (out, lse), forward only."),
                   (public_backward, "-> (dq, dk, dv) from the saved out and lse and the cotangents.")):
-    fn.__doc__ = f"FlashAttention of {forward.__module__} {doc} See attention.flash_vjp."
+    fn.__doc__ = f"FlashAttention of {name or forward.__module__} {doc} See attention.flash_vjp."
   return Flash(public_forward, public_backward, attention_with_lse, attention)
 
 

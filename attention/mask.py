@@ -265,15 +265,20 @@ def segment_block_overlap(q_seg, k_seg):
   return jnp.any(ranges_overlap(q_seg.min(-1), q_seg.max(-1), k_seg.min(-1), k_seg.max(-1)))
 
 
-def walk_tiles(ranges, body, carry, overlap=None):
+def walk_tiles(ranges, body, carry, overlap=None, *, last_separately=False):
   """Run body(j, carry, masked) over one row of BlockMap.ranges(): the masked head, the fully visible
   middle (masked=False: no element-wise mask) and the masked tail, as lax.fori_loop loops.
 
-  ranges: (start, full_start, full_end, end) scalars. overlap(j) -> bool, if given, is asked before each
-  masked tile (segment ranges); tiles where it is False are skipped (lax.cond). Shared by the XLA blockwise
-  code and the Pallas GPU kernels; the TPU kernels walk a grid axis instead.
+  ranges: (start, full_start, full_end, end) scalars, start <= full_start <= full_end <= end. overlap(j)
+  -> bool, if given, is asked before each masked tile (segment ranges); tiles where it is False are skipped
+  (lax.cond). last_separately: stop before the last tile, which the caller runs itself (software pipelines
+  such as pallas_mgpu's forward, which issue a tile's successor inside the body); the range must not be
+  empty. Shared by the XLA blockwise code and the Pallas GPU kernels; the TPU kernels walk a grid axis.
   """
   start, full_start, full_end, end = ranges
+  if last_separately:
+    end = end - 1
+    full_start, full_end = jnp.minimum(full_start, end), jnp.minimum(full_end, end)
 
   def masked_body(j, c):
     if overlap is None:

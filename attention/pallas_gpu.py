@@ -22,15 +22,14 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from attention.flash_vjp import make_flash
-from attention.mask import BlockSizes, Mask, block_map, element_mask, ranges_overlap, segment_tile_ranges, walk_tiles
+from attention.gpu_flash import LOG2E, Configs, Problem, gpu_problem, make_gpu_flash
+from attention.kernel_utils import pad_axis
+from attention.mask import BlockSizes, block_map, element_mask, ranges_overlap, segment_tile_ranges, walk_tiles
 
-_LOG2E = math.log2(math.e)
 _LN2 = math.log(2.0)
 NATIVE_HEAD_DIMS = (64, 128, 256)
 
@@ -45,16 +44,8 @@ class KernelConfig:
   num_stages: int
 
 
-@dataclasses.dataclass(frozen=True)
-class Configs:
-  """One KernelConfig per kernel: forward, dK/dV (kv tile outer) and dQ (q tile outer)."""
-
-  fwd: KernelConfig
-  dkv: KernelConfig
-  dq: KernelConfig
-
-
-# (padded head dim, 2-byte dtype?) -> Configs. Register pressure decides: a program holds a [block, H]
+# (padded head dim, 2-byte dtype?) -> Configs (one KernelConfig per kernel: forward, dK/dV with the kv tile
+# outer, dQ with the q tile outer). Register pressure decides: a program holds a [block, H]
 # float32 accumulator (two of them in dK/dV), so large head dims and float32 inputs get smaller tiles.
 # The bf16 head-dim-128 row was swept on an H200 (benchmarks/gpu_check.py --sweep, causal L=16K): forward
 # 128x128 tiles 425 TFLOP/s vs 378 for 128x64. That sweep's backward numbers (293-297 TFLOP/s for every
@@ -185,7 +176,7 @@ def _dkv_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta
       rows = pl.ds(pl.multiple_of(i * bq, bq), bq)
       q = q_ref[rows, g, :]  # [bq, H]
       do = do_ref[rows, g, :]  # [bq, Hv]
-      st = _dot(k, q, trans_b=True) * (scale * _LOG2E)  # [bk, bq]
+      st = _dot(k, q, trans_b=True) * (scale * LOG2E)  # [bk, bq]
       if masked:
         q_seg = qseg_ref[rows] if has_seg else None
         vis = _visible(mask, kv_len, off + i * bq, j * bk, bq, bk, q_seg, k_seg, transposed=True)
@@ -220,7 +211,7 @@ def _dq_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_
   def body(j, dq, masked):
     kv = pl.ds(pl.multiple_of(j * bk, bk), bk)
     k = k_ref[kv, :]  # [bk, H]
-    s = _dot(q, k, trans_b=True) * (scale * _LOG2E)  # [bq, bk]
+    s = _dot(q, k, trans_b=True) * (scale * LOG2E)  # [bq, bk]
     if masked:
       k_seg = kseg_ref[kv] if has_seg else None
       s = jnp.where(_visible(mask, kv_len, q_first, j * bk, bq, bk, q_seg, k_seg), s, -jnp.inf)
@@ -233,37 +224,13 @@ def _dq_kernel(ranges_ref, off_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_
   dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
 
 
-def _pad_to(x, axis, size, value=0):
-  if x.shape[axis] == size:
-    return x
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, pad, constant_values=value)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Problem:
-  """Static facts of one call: lengths, padded sizes, group size, configs."""
-
-  t: int
-  s: int
-  tp: int
-  sp: int
-  groups: int
-  hp: int
-  hvp: int
-  cfg: Configs
-  mask: Mask
-  scale: float
-  has_seg: bool
-  interpret: bool
-
-
 def _check_configs(configs) -> Configs:
   if not isinstance(configs, Configs):
     raise ValueError(f"pallas_gpu configs must be a pallas_gpu.Configs, got {configs!r}")
   for kernel in ("fwd", "dkv", "dq"):
     c = getattr(configs, kernel)
+    if not isinstance(c, KernelConfig):
+      raise ValueError(f"pallas_gpu configs.{kernel} must be a pallas_gpu.KernelConfig, got {c!r}")
     for name in ("block_q", "block_k"):
       b = getattr(c, name)
       if not isinstance(b, int) or b < 16 or b & (b - 1):
@@ -271,40 +238,21 @@ def _check_configs(configs) -> Configs:
   return configs
 
 
-def _problem(q, k, v, *, mask, segment_ids, scale, block_sizes, interpret, configs=None) -> _Problem:
-  if not isinstance(mask, Mask):
-    raise ValueError(f"mask must be an attention.Mask, got {mask!r}")
-  t, s, h, hv = q.shape[1], k.shape[1], q.shape[3], v.shape[3]
+def _problem(q, k, v, *, mask, segment_ids, scale, block_sizes, interpret, configs=None) -> Problem:
   # An explicit Configs (benchmarks sweep them) replaces the default table and block_sizes.
-  cfg = configs_for(t, s, h, q.dtype, block_sizes) if configs is None else _check_configs(configs)
-  mq = max(c.block_q for c in (cfg.fwd, cfg.dkv, cfg.dq))
-  mk = max(c.block_k for c in (cfg.fwd, cfg.dkv, cfg.dq))
-  scale = h ** -0.5 if scale is None else float(scale)
-  return _Problem(t, s, -(-t // mq) * mq, -(-s // mk) * mk, q.shape[2] // k.shape[2], padded_head_dim(h),
-                  padded_head_dim(hv), cfg, mask, scale, segment_ids is not None, bool(interpret))
-
-
-def _offsets(q_offset, b):
-  """Static int (kept for a NumPy block map) or traced int32 [B]; plus the kernels' int32 [B] operand."""
-  if isinstance(q_offset, (int, np.integer)) and not isinstance(q_offset, bool):
-    return int(q_offset), jnp.full((b,), int(q_offset), jnp.int32)
-  off = jnp.broadcast_to(jnp.reshape(jnp.asarray(q_offset, jnp.int32), (-1,)), (b,))
-  return off, off
-
-
-def _seg_operands(pb, segment_ids, kv_segment_ids, b):
-  if segment_ids is None:
-    return None, None
-  q_seg = _pad_to(segment_ids.reshape(b, pb.t), 1, pb.tp)
-  kv_seg = _pad_to(kv_segment_ids.reshape(b, pb.s), 1, pb.sp)
-  return q_seg, kv_seg
+  cfg = configs_for(q.shape[1], k.shape[1], q.shape[3], q.dtype, block_sizes) if configs is None else \
+      _check_configs(configs)
+  kernels = (cfg.fwd, cfg.dkv, cfg.dq)  # tiles are powers of two: the largest is a multiple of the others
+  return gpu_problem(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, interpret=interpret, configs=cfg,
+                     q_multiple=max(c.block_q for c in kernels), kv_multiple=max(c.block_k for c in kernels),
+                     padded_head_dim=padded_head_dim)
 
 
 def _segment_inputs(c: KernelConfig, q_seg, kv_seg, q_spec, kv_spec):
   """Specs and operands of the segment ids (q ids, kv ids as the kernel reads them) and the per-tile
   segment ranges q_lo, q_hi [B, nq'], k_lo, k_hi [B, nk'] at this kernel's tiles, each row zero-padded to a
   power of two (Triton blocks); a kernel reads entry i for q tile i and entry j for kv tile j."""
-  pad = lambda x: _pad_to(x, 1, _pow2_at_least(x.shape[1]))
+  pad = lambda x: pad_axis(x, 1, _pow2_at_least(x.shape[1]))
   rng = [pad(x) for x in (*segment_tile_ranges(q_seg, c.block_q), *segment_tile_ranges(kv_seg, c.block_k))]
   row_spec = lambda x: pl.BlockSpec((None, x.shape[1]), lambda _, bi, h: (bi, 0))  # grids are (tile, B, head)
   return [q_spec, kv_spec, *map(row_spec, rng)], [q_seg, kv_seg, *rng]
@@ -329,9 +277,9 @@ def _params(c: KernelConfig):
   return plgpu.CompilerParams(num_warps=c.num_warps, num_stages=c.num_stages)
 
 
-def _forward_call(pb: _Problem, q, k, v, static_off, off, q_seg, kv_seg):
+def _forward_call(pb: Problem, q, k, v, static_off, off, q_seg, kv_seg):
   """Padded q [B, Tp, N, Hp], k [B, Sp, K, Hp], v [B, Sp, K, Hvp] -> out [B, Tp, N, Hvp], lse [B, N, Tp]."""
-  c = pb.cfg.fwd
+  c = pb.configs.fwd
   bm = _block_map(pb, c, static_off)
   r = _heaviest_first(bm.num_q_blocks)
   b, _, n, _ = q.shape
@@ -348,7 +296,7 @@ def _forward_call(pb: _Problem, q, k, v, static_off, off, q_seg, kv_seg):
     specs, ops = _segment_inputs(c, q_seg, kv_seg, pl.BlockSpec((None, c.block_q), lambda i, bi, h: (bi, r(i))),
                                  pl.BlockSpec((None, pb.sp), lambda i, bi, h: (bi, 0)))
     in_specs, args = in_specs + specs, args + ops
-  kernel = functools.partial(_fwd_kernel, mask=pb.mask, scale2=pb.scale * _LOG2E, bq=c.block_q, bk=c.block_k,
+  kernel = functools.partial(_fwd_kernel, mask=pb.mask, scale2=pb.scale2, bq=c.block_q, bk=c.block_k,
                              kv_len=pb.s, has_seg=pb.has_seg)
   return pl.pallas_call(
       kernel,
@@ -364,12 +312,12 @@ def _forward_call(pb: _Problem, q, k, v, static_off, off, q_seg, kv_seg):
   )(*args)
 
 
-def _backward_call(pb: _Problem, q, k, v, do, lse2, delta, static_off, off, q_seg, kv_seg):
+def _backward_call(pb: Problem, q, k, v, do, lse2, delta, static_off, off, q_seg, kv_seg):
   """Padded operands, lse2 = lse * log2(e) and delta [B, N, Tp] -> dq, dk, dv (padded, input dtypes)."""
   b, _, n, _ = q.shape
   kh, g = k.shape[2], pb.groups
 
-  c = pb.cfg.dkv
+  c = pb.configs.dkv
   bm = _block_map(pb, c, static_off)
   in_specs = [
       pl.BlockSpec((4, None), lambda j, bi, h: (0, j)),
@@ -400,7 +348,7 @@ def _backward_call(pb: _Problem, q, k, v, do, lse2, delta, static_off, off, q_se
       name="flash_bwd_dkv",
   )(*args)
 
-  c = pb.cfg.dq
+  c = pb.configs.dq
   bm = _block_map(pb, c, static_off)
   r = _heaviest_first(bm.num_q_blocks)
   in_specs = [
@@ -433,47 +381,10 @@ def _backward_call(pb: _Problem, q, k, v, do, lse2, delta, static_off, off, q_se
   return dq, dk, dv
 
 
-def _pad_qkv(pb: _Problem, q, k, v):
-  q = _pad_to(_pad_to(q, 1, pb.tp), 3, pb.hp)  # zero head-dim padding leaves q.k unchanged
-  k = _pad_to(_pad_to(k, 1, pb.sp), 3, pb.hp)
-  v = _pad_to(_pad_to(v, 1, pb.sp), 3, pb.hvp)  # zero v columns give zero output columns, sliced off
-  return q, k, v
-
-
-def _flash_forward(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes, interpret=False,
-                   configs=None):
-  """attention.flash_vjp's forward: (out [B, T, N, Hv] in q's dtype, lse [B, N, T] float32).
-
-  interpret=True runs the kernels in Pallas interpret mode (any backend), else they lower through Triton.
-  configs: an explicit Configs for all three kernels instead of the default table (benchmarks/gpu_check.py).
-  """
-  pb = _problem(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
-                interpret=interpret, configs=configs)
-  b = q.shape[0]
-  static_off, off = _offsets(q_offset, b)
-  q_seg, kv_seg = _seg_operands(pb, segment_ids, kv_segment_ids, b)
-  out, lse = _forward_call(pb, *_pad_qkv(pb, q, k, v), static_off, off, q_seg, kv_seg)
-  return out[:, :pb.t, :, :v.shape[3]], lse[:, :, :pb.t]
-
-
-def _flash_backward(q, k, v, lse, do, delta, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes,
-                    interpret=False, configs=None):
-  """attention.flash_vjp's backward: (dq, dk, dv) from lse and delta [B, N, T], three kernels."""
-  pb = _problem(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
-                interpret=interpret, configs=configs)
-  b, t, n, _ = q.shape
-  static_off, off = _offsets(q_offset, b)
-  q_seg, kv_seg = _seg_operands(pb, segment_ids, kv_segment_ids, b)
-  delta = _pad_to(delta, 2, pb.tp)
-  lse2 = _pad_to(lse.astype(jnp.float32) * _LOG2E, 2, pb.tp, jnp.inf)  # padded rows: p = exp2(-inf) = 0
-  qp, kp, vp = _pad_qkv(pb, q, k, v)
-  dop = _pad_to(_pad_to(do.astype(q.dtype), 1, pb.tp), 3, pb.hvp)
-  dq, dk, dv = _backward_call(pb, qp, kp, vp, dop, lse2, delta, static_off, off, q_seg, kv_seg)
-  return dq[:, :t, :, :q.shape[3]], dk[:, :pb.s, :, :k.shape[3]], dv[:, :pb.s, :, :v.shape[3]]
-
-
-FLASH = make_flash(_flash_forward, _flash_backward)
-# The public functions (arguments and results: attention.flash_vjp), plus `interpret`.
+# interpret=True runs the kernels in Pallas interpret mode (any backend), else they lower through Triton;
+# configs: an explicit Configs for all three kernels instead of the default table (benchmarks/gpu_check.py).
+FLASH = make_gpu_flash(_problem, _forward_call, _backward_call, __name__)
+# The public functions (arguments and results: attention.flash_vjp), plus `interpret` and `configs`.
 flash_forward = FLASH.forward
 flash_backward = FLASH.backward
 flash_attention_with_lse = FLASH.attention_with_lse

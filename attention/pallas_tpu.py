@@ -34,6 +34,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from attention.flash_vjp import make_flash
+from attention.kernel_utils import pad_axis, round_up, split_offset
 from attention.mask import BlockSizes, Mask, block_map, element_mask, ranges_overlap, segment_tile_ranges
 
 NUM_LANES = 128
@@ -44,12 +45,8 @@ _NN = (((1,), (0,)), ((), ()))  # a @ b
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 
 
-def _round_up(x: int, m: int) -> int:
-  return -(-x // m) * m
-
-
 def _padded_head_dim(h: int) -> int:
-  return h if h == 64 or h % NUM_LANES == 0 else (64 if h < 64 else _round_up(h, NUM_LANES))
+  return h if h == 64 or h % NUM_LANES == 0 else (64 if h < 64 else round_up(h, NUM_LANES))
 
 
 def _interpret_arg(interpret: bool):
@@ -60,8 +57,8 @@ def _interpret_arg(interpret: bool):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Config:
-  """Static description of one call, shared by the three kernels and their index maps."""
+class _Problem:
+  """Static facts of one call (the one name every kernel file uses), shared by the kernels and index maps."""
 
   mask: Mask
   scale: float
@@ -80,27 +77,27 @@ def _lanes(x, width):
   return jnp.tile(x, (1, -(-width // NUM_LANES)))[:, :width]
 
 
-def _tile_visible(cfg, off, i, j, q_seg_ref, kv_seg_ref, *, kv_major=False):
+def _tile_visible(pb, off, i, j, q_seg_ref, kv_seg_ref, *, kv_major=False):
   """Bool [bq, bk] ([bk, bq] if kv_major) of tile (q tile i, kv tile j): the shared element-wise rule.
 
   Segment ids arrive replicated along the axis they are broadcast over: q-major tiles read q ids
   [bq, 128] and kv ids [8, bk]; kv-major tiles read kv ids [bk, 128] and q ids [8, bq].
   """
-  bq, bk = cfg.block_q, cfg.block_k
+  bq, bk = pb.block_q, pb.block_k
   shape, q_axis = ((bk, bq), 1) if kv_major else ((bq, bk), 0)
   q_pos = off + i * bq + lax.broadcasted_iota(jnp.int32, shape, q_axis)
   k_pos = j * bk + lax.broadcasted_iota(jnp.int32, shape, 1 - q_axis)
   q_ids = k_ids = None
-  if cfg.has_seg and kv_major:
+  if pb.has_seg and kv_major:
     q_ids = jnp.broadcast_to(q_seg_ref[:1, :], shape)
     k_ids = _lanes(kv_seg_ref[...], bq)
-  elif cfg.has_seg:
+  elif pb.has_seg:
     q_ids = _lanes(q_seg_ref[...], bk)
     k_ids = jnp.broadcast_to(kv_seg_ref[:1, :], shape)
-  return element_mask(cfg.mask, q_pos, k_pos, cfg.kv_len, q_ids, k_ids)
+  return element_mask(pb.mask, q_pos, k_pos, pb.kv_len, q_ids, k_ids)
 
 
-def _run_tile(cfg, ranges, seg_rng, b, i, j, tile, *, kv_major=False):
+def _run_tile(pb, ranges, seg_rng, b, i, j, tile, *, kv_major=False):
   """Call tile(masked) under pl.when if tile (q tile i, kv tile j) is visited.
 
   ranges [4, n]: BlockMap.ranges() (start, full_start, full_end, end), per q tile (per kv tile in the
@@ -110,20 +107,20 @@ def _run_tile(cfg, ranges, seg_rng, b, i, j, tile, *, kv_major=False):
   outer, inner = (j, i) if kv_major else (i, j)
   run = inner < ranges[3, outer]
   masked = (inner < ranges[1, outer]) | (inner >= ranges[2, outer])
-  if cfg.has_seg:  # i or j may step past the last tile here (then run is already False): clamp the lookup
+  if pb.has_seg:  # i or j may step past the last tile here (then run is already False): clamp the lookup
     q_lo, q_hi, k_lo, k_hi = seg_rng
-    qi = b * cfg.q_tiles + jnp.minimum(i, cfg.q_tiles - 1)
-    kj = b * cfg.kv_tiles + jnp.minimum(j, cfg.kv_tiles - 1)
+    qi = b * pb.q_tiles + jnp.minimum(i, pb.q_tiles - 1)
+    kj = b * pb.kv_tiles + jnp.minimum(j, pb.kv_tiles - 1)
     overlap = ranges_overlap(q_lo[qi], q_hi[qi], k_lo[kj], k_hi[kj])
     run &= jnp.logical_not(masked) | overlap
   pl.when(run & masked)(functools.partial(tile, True))
   pl.when(run & jnp.logical_not(masked))(functools.partial(tile, False))
 
 
-def _split_prefetch(cfg, refs):
+def _split_prefetch(pb, refs):
   """(ranges, off, seg_rng or None, remaining refs) from a kernel's argument list."""
   ranges, off, refs = refs[0], refs[1], refs[2:]
-  if cfg.has_seg:
+  if pb.has_seg:
     return ranges, off, refs[:4], refs[4:]
   return ranges, off, None, refs
 
@@ -138,14 +135,14 @@ def _dot(a, b, dims=_NN):
   return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=jnp.float32)
 
 
-def _scores(cfg, a, b, visible):
+def _scores(pb, a, b, visible):
   """a [ra, H], b [rb, H] -> f32 [ra, rb] scaled logits a @ b.T, -inf where not visible (None: all)."""
-  s = _dot(a, b, _NT) * cfg.scale
+  s = _dot(a, b, _NT) * pb.scale
   return s if visible is None else jnp.where(visible, s, -jnp.inf)
 
 
-def _fwd_kernel(*refs, cfg, num_steps):
-  ranges, off, seg_rng, refs = _split_prefetch(cfg, refs)
+def _fwd_kernel(*refs, pb, num_steps):
+  ranges, off, seg_rng, refs = _split_prefetch(pb, refs)
   q_ref, k_ref, v_ref, q_seg_ref, kv_seg_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc = refs
   b, i, step = pl.program_id(0), pl.program_id(2), pl.program_id(3)
   j = ranges[0, i] + step
@@ -158,12 +155,12 @@ def _fwd_kernel(*refs, cfg, num_steps):
     acc_sc[...] = jnp.zeros(acc_sc.shape, jnp.float32)
 
   def tile(masked):
-    visible = _tile_visible(cfg, off[b], i, j, q_seg_ref, kv_seg_ref) if masked else None
-    s = _scores(cfg, q_ref[...], k_ref[...], visible)  # [bq, bk]
+    visible = _tile_visible(pb, off[b], i, j, q_seg_ref, kv_seg_ref) if masked else None
+    s = _scores(pb, q_ref[...], k_ref[...], visible)  # [bq, bk]
     m_prev = m_sc[...]  # [bq, 128]
     m_new = jnp.maximum(m_prev, lax.broadcast_in_dim(s.max(-1), m_prev.shape, (0,)))
     m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)  # a row that has seen nothing yet: avoid inf - inf
-    p = jnp.exp(s - _lanes(m_safe, cfg.block_k))  # [bq, bk]
+    p = jnp.exp(s - _lanes(m_safe, pb.block_k))  # [bq, bk]
     corr = jnp.exp(m_prev - m_safe)  # [bq, 128]
     m_sc[...] = m_new
     l_sc[...] = l_sc[...] * corr + lax.broadcast_in_dim(p.sum(-1), m_prev.shape, (0,))
@@ -171,7 +168,7 @@ def _fwd_kernel(*refs, cfg, num_steps):
     pv = _dot(p.astype(v.dtype), v)  # [bq, Hv]
     acc_sc[...] = acc_sc[...] * _lanes(corr, hv) + pv
 
-  _run_tile(cfg, ranges, seg_rng, b, i, j, tile)
+  _run_tile(pb, ranges, seg_rng, b, i, j, tile)
 
   @pl.when(step == num_steps - 1)
   def _finalize():
@@ -181,17 +178,17 @@ def _fwd_kernel(*refs, cfg, num_steps):
     lse_ref[...] = lse.T[:NUM_SUBLANES]  # [8, bq]: a row per q tile, not 128 copies of each value
 
 
-def _softmax_grad(cfg, s, dp, lse, delta):
+def _softmax_grad(pb, s, dp, lse, delta):
   """Recomputed p = exp(s - lse) and ds = p * (dP - delta) * scale (FlashAttention-2, Alg. 2), f32.
 
   lse = +inf on rows that see no key, so p = 0 there. All arguments are broadcast to the tile's shape.
   """
   p = jnp.exp(s - lse)
-  return p, p * (dp - delta) * cfg.scale
+  return p, p * (dp - delta) * pb.scale
 
 
-def _dkdv_kernel(*refs, cfg, num_steps):
-  ranges, off, seg_rng, refs = _split_prefetch(cfg, refs)
+def _dkdv_kernel(*refs, pb, num_steps):
+  ranges, off, seg_rng, refs = _split_prefetch(pb, refs)
   (q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_seg_ref, dk_ref, dv_ref,
    dk_sc, dv_sc) = refs
   b, j, g, step = pl.program_id(0), pl.program_id(2), pl.program_id(3), pl.program_id(4)
@@ -205,25 +202,25 @@ def _dkdv_kernel(*refs, cfg, num_steps):
   def tile(masked):
     # Kv-major tiles (s transposed, as in splash attention): dV = P^T dO and dK = dS^T Q become plain
     # matmuls, and the per-query lse and delta are rows [1, bq] broadcast over sublanes.
-    visible = _tile_visible(cfg, off[b], i, j, q_seg_ref, kv_seg_ref, kv_major=True) if masked else None
+    visible = _tile_visible(pb, off[b], i, j, q_seg_ref, kv_seg_ref, kv_major=True) if masked else None
     q, do = q_ref[...], do_ref[...]  # [bq, H], [bq, Hv]
-    s = _scores(cfg, k_ref[...], q, visible)  # [bk, bq]
+    s = _scores(pb, k_ref[...], q, visible)  # [bk, bq]
     dp = _dot(v_ref[...], do, _NT)  # [bk, bq]
     row = lambda ref: jnp.broadcast_to(ref[...], s.shape)  # [1, bq] -> [bk, bq]
-    p, ds = _softmax_grad(cfg, s, dp, row(lse_ref), row(delta_ref))
+    p, ds = _softmax_grad(pb, s, dp, row(lse_ref), row(delta_ref))
     dv_sc[...] += _dot(p.astype(do.dtype), do)  # [bk, Hv]
     dk_sc[...] += _dot(ds.astype(q.dtype), q)  # [bk, H]
 
-  _run_tile(cfg, ranges, seg_rng, b, i, j, tile, kv_major=True)
+  _run_tile(pb, ranges, seg_rng, b, i, j, tile, kv_major=True)
 
-  @pl.when((g == cfg.groups - 1) & (step == num_steps - 1))
+  @pl.when((g == pb.groups - 1) & (step == num_steps - 1))
   def _finalize():
     dk_ref[...] = dk_sc[...].astype(dk_ref.dtype)
     dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
 
 
-def _dq_kernel(*refs, cfg, num_steps):
-  ranges, off, seg_rng, refs = _split_prefetch(cfg, refs)
+def _dq_kernel(*refs, pb, num_steps):
+  ranges, off, seg_rng, refs = _split_prefetch(pb, refs)
   q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, q_seg_ref, kv_seg_ref, dq_ref, dq_sc = refs
   b, i, step = pl.program_id(0), pl.program_id(2), pl.program_id(3)
   j = ranges[0, i] + step
@@ -233,15 +230,15 @@ def _dq_kernel(*refs, cfg, num_steps):
     dq_sc[...] = jnp.zeros(dq_sc.shape, jnp.float32)
 
   def tile(masked):
-    visible = _tile_visible(cfg, off[b], i, j, q_seg_ref, kv_seg_ref) if masked else None
+    visible = _tile_visible(pb, off[b], i, j, q_seg_ref, kv_seg_ref) if masked else None
     k = k_ref[...]  # [bk, H]
-    s = _scores(cfg, q_ref[...], k, visible)  # [bq, bk]
+    s = _scores(pb, q_ref[...], k, visible)  # [bq, bk]
     dp = _dot(do_ref[...], v_ref[...], _NT)  # [bq, bk]
     col = lambda ref: lax.broadcast_in_dim(ref[0], s.shape, (0,))  # [1, bq] -> [bq, bk]
-    _, ds = _softmax_grad(cfg, s, dp, col(lse_ref), col(delta_ref))
+    _, ds = _softmax_grad(pb, s, dp, col(lse_ref), col(delta_ref))
     dq_sc[...] += _dot(ds.astype(k.dtype), k)  # [bq, H]
 
-  _run_tile(cfg, ranges, seg_rng, b, i, j, tile)
+  _run_tile(pb, ranges, seg_rng, b, i, j, tile)
 
   @pl.when(step == num_steps - 1)
   def _finalize():
@@ -270,53 +267,44 @@ def _default_block_sizes(head_dim: int) -> BlockSizes:
   return DEFAULT_BLOCK_SIZES[min(fits)] if fits else BlockSizes(128, 256)
 
 
-def _config(q, k, v, *, mask, segment_ids, scale, block_sizes, interpret) -> _Config:
+def _problem(q, k, v, *, mask, segment_ids, scale, block_sizes, interpret) -> _Problem:
   t, s, h, hv = q.shape[1], k.shape[1], q.shape[-1], v.shape[-1]
   if block_sizes is not None and (block_sizes.block_q % NUM_LANES or block_sizes.block_k % NUM_LANES):
     raise ValueError(f"pallas_tpu needs block_sizes that are multiples of {NUM_LANES} (TPU tiling), "
                      f"got {block_sizes!r}")
   bs = block_sizes or _default_block_sizes(max(_padded_head_dim(h), _padded_head_dim(hv)))
   # Tiles never larger than the (128-rounded) sequence: decoding with T=1 must not pad to 512 rows.
-  bq, bk = min(bs.block_q, _round_up(t, NUM_LANES)), min(bs.block_k, _round_up(s, NUM_LANES))
-  scale = h ** -0.5 if scale is None else float(scale)
+  bq, bk = min(bs.block_q, round_up(t, NUM_LANES)), min(bs.block_k, round_up(s, NUM_LANES))
   interpret = jax.default_backend() == "cpu" if interpret is None else bool(interpret)
-  return _Config(mask, scale, s, bq, bk, -(-t // bq), -(-s // bk), q.shape[2] // k.shape[2],
+  return _Problem(mask, scale, s, bq, bk, -(-t // bq), -(-s // bk), q.shape[2] // k.shape[2],
                  segment_ids is not None, interpret)
-
-
-def _pad(x, axis, size, mode="constant", value=0):
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, pad, mode=mode) if mode == "edge" else jnp.pad(x, pad, constant_values=value)
 
 
 def _head_major(x, rows, d):
   """[B, L, N, D] -> [B, N, Lp, Dp] zero-padded; float16 becomes float32 (TPUs have no fp16 matmul)."""
   x = x.astype(jnp.float32) if x.dtype == jnp.float16 else x
-  return _pad(_pad(x, 1, rows), 3, d).transpose(0, 2, 1, 3)
+  return pad_axis(pad_axis(x, 1, rows), 3, d).transpose(0, 2, 1, 3)
 
 
-def _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset) -> _Operands:
+def _operands(pb, q, k, v, segment_ids, kv_segment_ids, q_offset) -> _Operands:
   b, t, s = q.shape[0], q.shape[1], k.shape[1]
-  bq, bk = cfg.block_q, cfg.block_k
-  tp, sp = _round_up(t, bq), _round_up(s, bk)
+  bq, bk = pb.block_q, pb.block_k
+  tp, sp = round_up(t, bq), round_up(s, bk)
   hp, hvp = _padded_head_dim(q.shape[-1]), _padded_head_dim(v.shape[-1])
-  traced = not isinstance(q_offset, (int, np.integer))
-  bm = block_map(cfg.mask, t, s, BlockSizes(bq, bk), has_segments=cfg.has_seg,
-                 q_offset=q_offset if traced else int(q_offset))
+  static_off, off = split_offset(q_offset, b)
+  traced = not isinstance(static_off, int)
+  bm = block_map(pb.mask, t, s, BlockSizes(bq, bk), has_segments=pb.has_seg, q_offset=static_off)
   ranges, ranges_t = bm.ranges(), bm.ranges(kv_major=True)
   if traced:  # ranges unknown at trace time: enough steps for any
     kv_steps, q_steps = bm.num_kv_blocks, bm.num_q_blocks
-    off = jnp.broadcast_to(jnp.reshape(jnp.asarray(q_offset, jnp.int32), (-1,)), (b,))
   else:
     kv_steps = max(1, int(np.max(bm.kv_end - bm.kv_start)))
     q_steps = max(1, int(np.max(bm.q_end - bm.q_start)))
-    off = np.full((b,), int(q_offset), np.int32)
   q_ids = kv_ids = None
   seg_rng = ()
-  if cfg.has_seg:
-    q_ids = _pad(segment_ids, 1, tp, "edge")  # edge padding keeps tile ranges tight
-    kv_ids = _pad(kv_segment_ids, 1, sp, "edge")
+  if pb.has_seg:
+    q_ids = pad_axis(segment_ids, 1, tp, mode="edge")  # edge padding keeps tile ranges tight
+    kv_ids = pad_axis(kv_segment_ids, 1, sp, mode="edge")
     seg_rng = tuple(x.reshape(-1) for x in (*segment_tile_ranges(q_ids, bq), *segment_tile_ranges(kv_ids, bk)))
   return _Operands(_head_major(q, tp, hp), _head_major(k, sp, hp), _head_major(v, sp, hvp), q_ids, kv_ids,
                    ranges, ranges_t, off, seg_rng, kv_steps, q_steps)
@@ -339,14 +327,14 @@ def _clamped(ranges, i, step):
   return jnp.minimum(ranges[0, i] + step, jnp.maximum(ranges[3, i] - 1, ranges[0, i]))
 
 
-def _call(kernel, cfg, prefetch, grid, in_specs, args, out_specs, out_shape, scratch, name):
+def _call(kernel, pb, prefetch, grid, in_specs, args, out_specs, out_shape, scratch, name):
   """pallas_call over `grid`; its leading axes are independent, the trailing accumulation axes sequential."""
   grid_spec = pltpu.PrefetchScalarGridSpec(num_scalar_prefetch=len(prefetch), grid=grid, in_specs=in_specs,
                                            out_specs=out_specs, scratch_shapes=scratch)
   semantics = ("parallel",) * 3 + ("arbitrary",) * (len(grid) - 3)
   return pl.pallas_call(kernel, grid_spec=grid_spec, out_shape=out_shape,
                         compiler_params=pltpu.CompilerParams(dimension_semantics=semantics),
-                        interpret=_interpret_arg(cfg.interpret), name=name)(*prefetch, *args)
+                        interpret=_interpret_arg(pb.interpret), name=name)(*prefetch, *args)
 
 
 def _block(rows, cols, index_map):
@@ -354,14 +342,14 @@ def _block(rows, cols, index_map):
   return pl.BlockSpec((None, None, rows, cols), index_map)
 
 
-def _q_major(cfg, ops, kernel, num_steps, args, sides, out_shape, out_sides, scratch, name):
+def _q_major(pb, ops, kernel, num_steps, args, sides, out_shape, out_sides, scratch, name):
   """Run a q-major kernel: grid (B, N, q tiles, kv steps).
 
   args and outputs are [B, heads, L, d] arrays read as [bq, d] tiles of the q tile (side "q"), [bk, d]
   tiles of the kv tile being visited ("kv"), or [r, bq] rows of per-query values of [B, N, r, Tp]
   arrays ("row"). Segment ids are appended to args (q ids [bq, 128] lane-replicated, kv ids [8, bk]).
   """
-  bq, bk, g = cfg.block_q, cfg.block_k, cfg.groups
+  bq, bk, g = pb.block_q, pb.block_k, pb.groups
   q_map = lambda b, n, i, t, ranges, *_: (b, n, i, 0)
   kv_map = lambda b, n, i, t, ranges, *_: (b, lax.div(n, g), _clamped(ranges, i, t), 0)  # GQA: n // G
   row_map = lambda b, n, i, t, ranges, *_: (b, n, 0, i)
@@ -369,35 +357,35 @@ def _q_major(cfg, ops, kernel, num_steps, args, sides, out_shape, out_sides, scr
            "row": lambda x: _block(x.shape[2], bq, row_map)}
   in_specs = [block[side](x) for x, side in zip(args, sides)]
   seg_specs = [None, None]
-  if cfg.has_seg:
+  if pb.has_seg:
     seg_specs = [pl.BlockSpec((None, bq, NUM_LANES), lambda b, n, i, t, *_: (b, i, 0)),
                  pl.BlockSpec((None, NUM_SUBLANES, bk), lambda b, n, i, t, r, *_: (b, 0, _clamped(r, i, t)))]
   b, n, tp, _ = ops.q.shape
-  return _call(functools.partial(kernel, cfg=cfg, num_steps=num_steps), cfg,
+  return _call(functools.partial(kernel, pb=pb, num_steps=num_steps), pb,
                (ops.ranges, ops.off, *ops.seg_rng), (b, n, tp // bq, num_steps), in_specs + seg_specs,
                (*args, _as_lanes(ops.q_ids), _as_sublanes(ops.kv_ids)),
                [block[side](x) for x, side in zip(out_shape, out_sides)], out_shape, scratch, name)
 
 
-def _forward(cfg, ops):
+def _forward(pb, ops):
   """-> out [B, N, Tp, Hvp], lse [B, N, 8, Tp] (sublane-replicated)."""
   b, n, tp, _ = ops.q.shape
   hvp, f32 = ops.v.shape[-1], jnp.float32
   out_shape = [jax.ShapeDtypeStruct((b, n, tp, hvp), ops.q.dtype),
                jax.ShapeDtypeStruct((b, n, NUM_SUBLANES, tp), f32)]
-  scratch = [pltpu.VMEM((cfg.block_q, NUM_LANES), f32), pltpu.VMEM((cfg.block_q, NUM_LANES), f32),
-             pltpu.VMEM((cfg.block_q, hvp), f32)]  # m, l, acc
-  return _q_major(cfg, ops, _fwd_kernel, ops.kv_steps, (ops.q, ops.k, ops.v), ("q", "kv", "kv"), out_shape,
+  scratch = [pltpu.VMEM((pb.block_q, NUM_LANES), f32), pltpu.VMEM((pb.block_q, NUM_LANES), f32),
+             pltpu.VMEM((pb.block_q, hvp), f32)]  # m, l, acc
+  return _q_major(pb, ops, _fwd_kernel, ops.kv_steps, (ops.q, ops.k, ops.v), ("q", "kv", "kv"), out_shape,
                   ("q", "row"), scratch, "flash_fwd_tpu")
 
 
-def _backward(cfg, ops, do, lse, delta):
+def _backward(pb, ops, do, lse, delta):
   """do [B, N, Tp, Hvp], lse and delta [B, N, 1, Tp] f32 -> dq [B, N, Tp, Hp], dk, dv [B, K, Sp, .]."""
   b, hp = ops.q.shape[0], ops.q.shape[-1]
   kh, sp, hvp = ops.k.shape[1], ops.k.shape[2], ops.v.shape[-1]
-  bq, bk, g = cfg.block_q, cfg.block_k, cfg.groups
+  bq, bk, g = pb.block_q, pb.block_k, pb.groups
   f32 = jnp.float32
-  dq, = _q_major(cfg, ops, _dq_kernel, ops.kv_steps, (ops.q, ops.k, ops.v, do, lse, delta),
+  dq, = _q_major(pb, ops, _dq_kernel, ops.kv_steps, (ops.q, ops.k, ops.v, do, lse, delta),
                  ("q", "kv", "kv", "q", "row", "row"), [jax.ShapeDtypeStruct(ops.q.shape, ops.q.dtype)], ("q",),
                  [pltpu.VMEM((bq, hp), f32)], "flash_dq_tpu")
 
@@ -406,12 +394,12 @@ def _backward(cfg, ops, do, lse, delta):
   row_map = lambda b_, h, j, g_, t, ranges_t, *_: (b_, h * g + g_, 0, _clamped(ranges_t, j, t))
   kv_map = lambda b_, h, j, g_, t, *_: (b_, h, j, 0)
   seg_specs = [None, None]
-  if cfg.has_seg:
+  if pb.has_seg:
     q_seg_map = lambda b_, h, j, g_, t, ranges_t, *_: (b_, 0, _clamped(ranges_t, j, t))
     seg_specs = [pl.BlockSpec((None, NUM_SUBLANES, bq), q_seg_map),
                  pl.BlockSpec((None, bk, NUM_LANES), lambda b_, h, j, g_, t, *_: (b_, j, 0))]
   dk, dv = _call(
-      functools.partial(_dkdv_kernel, cfg=cfg, num_steps=ops.q_steps), cfg,
+      functools.partial(_dkdv_kernel, pb=pb, num_steps=ops.q_steps), pb,
       (ops.ranges_t, ops.off, *ops.seg_rng), (b, kh, sp // bk, g, ops.q_steps),
       [_block(bq, hp, q_map), _block(bk, hp, kv_map), _block(bk, hvp, kv_map), _block(bq, hvp, q_map),
        _block(1, bq, row_map), _block(1, bq, row_map), *seg_specs],
@@ -433,10 +421,10 @@ def _flash_forward(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scal
   interpret: None means interpret mode exactly when the default backend is the CPU; False compiles for
   TPU, also when cross-lowering from another host.
   """
-  cfg = _config(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
+  pb = _problem(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
                 interpret=interpret)
-  ops = _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset)
-  out, lse = _forward(cfg, ops)
+  ops = _operands(pb, q, k, v, segment_ids, kv_segment_ids, q_offset)
+  out, lse = _forward(pb, ops)
   t = q.shape[1]
   return _from_head_major(out, t, v.shape[-1], q.dtype), lse[:, :, 0, :t]
 
@@ -444,14 +432,14 @@ def _flash_forward(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scal
 def _flash_backward(q, k, v, lse, do, delta, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes,
                     interpret=None):
   """attention.flash_vjp's backward: (dq, dk, dv) from lse and delta [B, N, T], a dQ and a dK/dV kernel."""
-  cfg = _config(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
+  pb = _problem(q, k, v, mask=mask, segment_ids=segment_ids, scale=scale, block_sizes=block_sizes,
                 interpret=interpret)
-  ops = _operands(cfg, q, k, v, segment_ids, kv_segment_ids, q_offset)
+  ops = _operands(pb, q, k, v, segment_ids, kv_segment_ids, q_offset)
   t, s, h, hv = q.shape[1], k.shape[1], q.shape[-1], v.shape[-1]
   tp, hvp = ops.q.shape[2], ops.v.shape[-1]
   do_h = _head_major(do.astype(ops.q.dtype), tp, hvp)  # [B, N, Tp, Hvp]
-  rows = lambda x, fill: _pad(x.astype(jnp.float32), 2, tp, value=fill)[:, :, None]  # [B, N, 1, Tp]
-  dq, dk, dv = _backward(cfg, ops, do_h, rows(lse, jnp.inf), rows(delta, 0.0))
+  rows = lambda x, fill: pad_axis(x.astype(jnp.float32), 2, tp, value=fill)[:, :, None]  # [B, N, 1, Tp]
+  dq, dk, dv = _backward(pb, ops, do_h, rows(lse, jnp.inf), rows(delta, 0.0))
   return (_from_head_major(dq, t, h, q.dtype), _from_head_major(dk, s, h, k.dtype),
           _from_head_major(dv, s, hv, v.dtype))
 

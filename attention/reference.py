@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from attention.kernel_utils import default_scale
 from attention.mask import Mask, default_kv_segment_ids, element_mask
 
 
@@ -56,7 +57,7 @@ def attention_with_lse(q, k, v, visible, scale):
 
 def attention(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None):
   """Dense reference attention; same arguments and semantics as attention.attend(). Returns [B, T, N, Hv]."""
-  scale = q.shape[-1] ** -0.5 if scale is None else scale
+  scale = default_scale(q.shape[-1], scale)
   visible = dense_mask(mask, q.shape[1], k.shape[1], segment_ids=segment_ids, kv_segment_ids=kv_segment_ids,
                        q_offset=q_offset)
   out, _ = attention_with_lse(q, k, v, visible, scale)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable
+from typing import Generic, Protocol, TypeVar
 
 import jax
 
@@ -20,19 +20,29 @@ from attention.flash_vjp import Flash
 _log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Impl:
-  """One way to compute attention.
+class AttendFn(Protocol):
+  """The signature of a REGISTRY row's fn: attend's arguments, validated and normalised (scale a float)."""
 
-  fn: attend-style function (q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, interpret,
-    block_sizes) -> out (for the DSA registries: that op's own signature).
+  def __call__(self, q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, interpret, block_sizes):
+    ...
+
+
+Fn = TypeVar("Fn")
+
+
+@dataclasses.dataclass(frozen=True)
+class Impl(Generic[Fn]):
+  """One way to compute an op: a row of that op's table (attention's REGISTRY: Impl[AttendFn]; the DSA
+  tables: Impl[SparseFn], Impl[TopkFn] of attention.dsa.api). The table fixes fn's signature.
+
+  fn: the op's function, called with validated arguments.
   platforms: backends it runs on natively (None: any); interpretable: runs anywhere in interpret mode
     (and its kernels then take an `interpret` option).
   flash: the kernel's attention.flash_vjp.Flash (forward, backward, ...), for FlashAttention kernels.
   auto_for: backends where impl="auto" may pick it (the first such row of the table wins).
   """
 
-  fn: Callable
+  fn: Fn
   platforms: tuple[str, ...] | None = None
   interpretable: bool = False
   flash: Flash | None = None
@@ -43,7 +53,7 @@ class Impl:
     return {"interpret": interpret} if self.interpretable else {}
 
 
-def flash_impl(flash: Flash, *, platform: str | None = None, auto_for: tuple[str, ...] = ()) -> Impl:
+def flash_impl(flash: Flash, *, platform: str | None = None, auto_for: tuple[str, ...] = ()) -> Impl[AttendFn]:
   """The row of a FlashAttention kernel: native on `platform` and interpretable anywhere (Pallas), or any
   backend (platform=None, plain JAX)."""
 
@@ -74,7 +84,7 @@ def _cudnn(q, k, v, *, mask, segment_ids, kv_segment_ids, q_offset, scale, inter
                                       local_window_size=mask.window, implementation="cudnn")
 
 
-REGISTRY: dict[str, Impl] = {
+REGISTRY: dict[str, Impl[AttendFn]] = {
     "pallas_gpu": flash_impl(pallas_gpu.FLASH, platform="gpu", auto_for=("gpu",)),
     "pallas_tpu": flash_impl(pallas_tpu.FLASH, platform="tpu", auto_for=("tpu",)),
     # Hopper only and not in "auto" until a compiled GPU check has passed and timed it faster than pallas_gpu.
@@ -128,4 +138,4 @@ def resolve_impl(impl: str, interpret: bool | None, *, registry: dict[str, Impl]
   return impl, interpret
 
 
-__all__ = ["Impl", "REGISTRY", "flash_impl", "flash_registry", "resolve_impl"]
+__all__ = ["AttendFn", "Impl", "REGISTRY", "flash_impl", "flash_registry", "resolve_impl"]

@@ -28,10 +28,11 @@ import numpy as np
 from jax import lax
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from attention import attend
+from attention.api import attend
 from attention.checks import validate
-from attention.registry import Impl, flash_registry, resolve_impl
+from attention.kernel_utils import default_scale
 from attention.mask import BlockSizes, Mask, block_map, segment_block_overlap
+from attention.registry import Impl, flash_registry, resolve_impl
 
 # ----------------------------------------------------------------------------------------------------------
 # Layout: which chunks a device holds.
@@ -142,7 +143,9 @@ def _make_plan(mask: Mask, seq_len: int, n: int, load_balance: bool) -> _Plan:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Config:
+class _Problem:
+  """Static facts of one ring call: the ring axis, its plan, mask, scale and the local kernel's row."""
+
   axis_name: str
   plan: _Plan
   mask: Mask
@@ -168,10 +171,10 @@ def _split(x, slots, axis=1):
   return [None] * slots if x is None else jnp.split(x, slots, axis=axis)
 
 
-def _pairs(cfg: _Config, shift, q_segs, kv_segs):
+def _pairs(pb: _Problem, shift, q_segs, kv_segs):
   """Yield (a, b, visible, q_offset) for every (query slot a, key slot b) at this ring step."""
-  plan = cfg.plan
-  idx = lax.axis_index(cfg.axis_name)
+  plan = pb.plan
+  idx = lax.axis_index(pb.axis_name)
   src = jnp.mod(idx - shift, plan.num_shards)  # the device whose K/V this one holds now
   owned, visible = jnp.asarray(plan.owned, jnp.int32), jnp.asarray(plan.visible)
   slots = len(plan.owned[0])
@@ -195,16 +198,16 @@ def _merge(acc, out, lse):
   return acc_out * w_acc + out.astype(jnp.float32) * w_new, new
 
 
-def _forward_step(cfg, shift, qs, q_segs, kv, acc):
+def _forward_step(pb, shift, qs, q_segs, kv, acc):
   k, v, kv_seg = kv
   slots = len(qs)
   ks, vs, kv_segs = _split(k, slots), _split(v, slots), _split(kv_seg, slots)
   acc = list(acc)
-  for a, b, vis, q_offset in _pairs(cfg, shift, q_segs, kv_segs):
+  for a, b, vis, q_offset in _pairs(pb, shift, q_segs, kv_segs):
 
     def attend_pair(acc_a, a=a, b=b, q_offset=q_offset):
-      out, lse = cfg.kernels.forward(qs[a], ks[b], vs[b], segment_ids=q_segs[a], kv_segment_ids=kv_segs[b],
-                                           q_offset=q_offset, **cfg.kernel_kwargs())
+      out, lse = pb.kernels.forward(qs[a], ks[b], vs[b], segment_ids=q_segs[a], kv_segment_ids=kv_segs[b],
+                                           q_offset=q_offset, **pb.kernel_kwargs())
       return _merge(acc_a, out, jnp.where(jnp.isposinf(lse), -jnp.inf, lse))
 
     acc[a] = lax.cond(vis, attend_pair, lambda acc_a: acc_a, acc[a])
@@ -224,19 +227,19 @@ def _unroll_ring() -> bool:
   return UNROLL_ON_CPU and jax.default_backend() == "cpu"
 
 
-def _ring_forward(cfg: _Config, q, k, v, seg):
-  plan = cfg.plan
+def _ring_forward(pb: _Problem, q, k, v, seg):
+  plan = pb.plan
   n, slots = plan.num_shards, len(plan.owned[0])
   qs, q_segs = _split(q, slots), _split(seg, slots)
   b, c, heads, hv = qs[0].shape[:3] + (v.shape[-1],)
   acc = [(jnp.zeros((b, c, heads, hv), jnp.float32), jnp.full((b, heads, c), -jnp.inf, jnp.float32))] * slots
-  kv = _shift((k, v, seg), cfg.axis_name, n, plan.first_shift)
+  kv = _shift((k, v, seg), pb.axis_name, n, plan.first_shift)
 
   # One traced step (compile time); the last step's transfer is unused, one of n.
   def step(t, carry):
     kv, acc = carry
-    nxt = _shift(kv, cfg.axis_name, n, 1)  # issued before the compute so the transfer can overlap it
-    return nxt, _forward_step(cfg, plan.first_shift + t, qs, q_segs, kv, acc)
+    nxt = _shift(kv, pb.axis_name, n, 1)  # issued before the compute so the transfer can overlap it
+    return nxt, _forward_step(pb, plan.first_shift + t, qs, q_segs, kv, acc)
 
   _, acc = lax.fori_loop(0, plan.num_steps, step, (kv, acc), unroll=_unroll_ring())
   out = jnp.concatenate([o for o, _ in acc], axis=1).astype(q.dtype)  # [B, T/n, N, Hv]
@@ -244,18 +247,18 @@ def _ring_forward(cfg: _Config, q, k, v, seg):
   return out, jnp.where(jnp.isneginf(lse), jnp.inf, lse)  # +inf: exp(s - lse) = 0 in the backward
 
 
-def _backward_step(cfg, shift, qs, q_segs, outs, lses, dos, kv, dkv, dqs):
+def _backward_step(pb, shift, qs, q_segs, outs, lses, dos, kv, dkv, dqs):
   k, v, kv_seg = kv
   slots = len(qs)
   ks, vs, kv_segs = _split(k, slots), _split(v, slots), _split(kv_seg, slots)
   dks, dvs = _split(dkv[0], slots), _split(dkv[1], slots)
   dqs = list(dqs)
-  for a, b, vis, q_offset in _pairs(cfg, shift, q_segs, kv_segs):
+  for a, b, vis, q_offset in _pairs(pb, shift, q_segs, kv_segs):
 
     def grad_pair(grads, a=a, b=b, q_offset=q_offset):
-      dq, dk, dv = cfg.kernels.backward(qs[a], ks[b], vs[b], outs[a], lses[a], dos[a],
+      dq, dk, dv = pb.kernels.backward(qs[a], ks[b], vs[b], outs[a], lses[a], dos[a],
                                               segment_ids=q_segs[a], kv_segment_ids=kv_segs[b],
-                                              q_offset=q_offset, **cfg.kernel_kwargs())
+                                              q_offset=q_offset, **pb.kernel_kwargs())
       return tuple(g + d.astype(jnp.float32) for g, d in zip(grads, (dq, dk, dv)))
 
     dqs[a], dks[b], dvs[b] = lax.cond(vis, grad_pair, lambda g: g, (dqs[a], dks[b], dvs[b]))
@@ -263,34 +266,34 @@ def _backward_step(cfg, shift, qs, q_segs, outs, lses, dos, kv, dkv, dqs):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _ring(cfg, q, k, v, seg):
-  return _ring_forward(cfg, q, k, v, seg)[0]
+def _ring(pb, q, k, v, seg):
+  return _ring_forward(pb, q, k, v, seg)[0]
 
 
-def _ring_fwd(cfg, q, k, v, seg):
-  out, lse = _ring_forward(cfg, q, k, v, seg)
+def _ring_fwd(pb, q, k, v, seg):
+  out, lse = _ring_forward(pb, q, k, v, seg)
   return out, (q, k, v, seg, out, lse)
 
 
-def _ring_bwd(cfg, res, do):
+def _ring_bwd(pb, res, do):
   q, k, v, seg, out, lse = res
-  plan = cfg.plan
+  plan = pb.plan
   n, slots = plan.num_shards, len(plan.owned[0])
   qs, q_segs, outs, dos = _split(q, slots), _split(seg, slots), _split(out, slots), _split(do, slots)
   lses = _split(lse, slots, axis=2)
   dqs = [jnp.zeros(x.shape, jnp.float32) for x in qs]
-  kv = _shift((k, v, seg), cfg.axis_name, n, plan.first_shift)
+  kv = _shift((k, v, seg), pb.axis_name, n, plan.first_shift)
   dkv = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
 
   def step(t, carry):
     kv, dkv, dqs = carry
-    nxt = _shift(kv, cfg.axis_name, n, 1)
-    dkv, dqs = _backward_step(cfg, plan.first_shift + t, qs, q_segs, outs, lses, dos, kv, dkv, dqs)
-    return nxt, _shift(dkv, cfg.axis_name, n, 1), dqs  # dK/dV travel with their K/V
+    nxt = _shift(kv, pb.axis_name, n, 1)
+    dkv, dqs = _backward_step(pb, plan.first_shift + t, qs, q_segs, outs, lses, dos, kv, dkv, dqs)
+    return nxt, _shift(dkv, pb.axis_name, n, 1), dqs  # dK/dV travel with their K/V
 
   _, dkv, dqs = lax.fori_loop(0, plan.num_steps, step, (kv, dkv, dqs), unroll=_unroll_ring())
   # dK/dV now sit first_shift + num_steps devices downstream of their owner (0 for a full ring): send home.
-  dk, dv = _shift(dkv, cfg.axis_name, n, -(plan.first_shift + plan.num_steps))
+  dk, dv = _shift(dkv, pb.axis_name, n, -(plan.first_shift + plan.num_steps))
   return jnp.concatenate(dqs, axis=1).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
@@ -302,7 +305,7 @@ _ring.defvjp(_ring_fwd, _ring_bwd)
 
 
 def ring_attention_shard(q, k, v, *, axis_name: str = "context", mask: Mask = Mask(), segment_ids=None,
-                         scale=None, impl: str = "xla", interpret: bool | None = None, load_balance: bool = True,
+                         scale=None, impl: str = "auto", interpret: bool | None = None, load_balance: bool = True,
                          balanced_input: bool = False, block_sizes: BlockSizes | None = None):
   """Ring attention on local shards; call it inside jax.shard_map (with check_vma=False) over `axis_name`.
 
@@ -312,7 +315,8 @@ def ring_attention_shard(q, k, v, *, axis_name: str = "context", mask: Mask = Ma
     mask: causal and/or sliding window, in global positions.
     segment_ids: [B, L/n] int, this device's share; packed documents never see each other.
     scale: logit scale, default 1/sqrt(H).
-    impl: local kernel: "xla" | "pallas" | "pallas_gpu" | "pallas_tpu" | "auto".
+    impl: local kernel: "xla" | "pallas" | "pallas_gpu" | "pallas_tpu" | "pallas_mgpu" | "auto" (as in attend:
+      the backend's first FlashAttention row whose auto_for lists it).
     interpret: Pallas interpret mode; None means "exactly when the default backend is the CPU".
     load_balance: hold chunks d and 2n-1-d instead of one contiguous shard (balances causal work).
     balanced_input: the shards already are in the load-balanced layout (to_load_balanced on the data);
@@ -336,20 +340,20 @@ def ring_attention_shard(q, k, v, *, axis_name: str = "context", mask: Mask = Ma
     raise ValueError("balanced_input=True needs load_balance=True")
   kernels = flash_registry()
   name, interpret = resolve_impl(impl, interpret, registry=kernels, op="ring_attention")
-  scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-  cfg = _Config(axis_name, _make_plan(mask, seq_len, n, load_balance), mask, scale, kernels[name], interpret,
+  scale = default_scale(q.shape[-1], scale)
+  pb = _Problem(axis_name, _make_plan(mask, seq_len, n, load_balance), mask, scale, kernels[name], interpret,
                 block_sizes)
   seg = None if segment_ids is None else jnp.asarray(segment_ids, jnp.int32)
   reorder = load_balance and not balanced_input
   if reorder:
     q, k, v = (_shards_to_balanced(x, axis_name, n) for x in (q, k, v))
     seg = None if seg is None else _shards_to_balanced(seg, axis_name, n)
-  out = _ring(cfg, q, k, v, seg)
+  out = _ring(pb, q, k, v, seg)
   return _shards_from_balanced(out, axis_name, n) if reorder else out
 
 
 def ring_attention(q, k, v, *, mesh, axis_name: str = "context", mask: Mask = Mask(), segment_ids=None,
-                   scale=None, impl: str = "xla", load_balance: bool = True, block_sizes: BlockSizes | None = None,
+                   scale=None, impl: str = "auto", load_balance: bool = True, block_sizes: BlockSizes | None = None,
                    interpret: bool | None = None):
   """Exact self-attention of global arrays whose sequence axis is sharded over `axis_name` of `mesh`.
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attention import attend, reference
+from attention.kernel_utils import default_scale
 from attention.mask import Mask
 
 TOL = {jnp.float32: 1e-5, jnp.bfloat16: 2e-2, jnp.float16: 2e-2}
@@ -45,7 +46,7 @@ def reference_with_lse(q, k, v, *, mask=Mask(), segment_ids=None, kv_segment_ids
   """Dense (out [B, T, N, Hv] in q's dtype, lse [B, N, T] float32, +inf for rows that see no key)."""
   visible = reference.dense_mask(mask, q.shape[1], k.shape[1], segment_ids=segment_ids,
                                  kv_segment_ids=kv_segment_ids, q_offset=q_offset)
-  out, lse = reference.attention_with_lse(q, k, v, visible, q.shape[-1] ** -0.5 if scale is None else scale)
+  out, lse = reference.attention_with_lse(q, k, v, visible, default_scale(q.shape[-1], scale))
   return out.astype(q.dtype), lse
 
 

@@ -17,19 +17,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention.flash_vjp import make_flash
+from attention.kernel_utils import pad_axis, round_up
 from attention.mask import BlockSizes, block_map, element_mask, ranges_overlap, segment_tile_ranges, walk_tiles
 
 DEFAULT_BLOCK_SIZES = BlockSizes(block_q=256, block_k=256)
 
 
-def _pad_axis(x, axis, size):
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, pad)
-
-
-class _Tiles:
-  """Padded head-major operands and the per-tile helpers shared by forward and backward."""
+class _Problem:
+  """Facts of one call (lengths, tiles, offsets, padded segment ids) and the per-tile helpers of both passes."""
 
   def __init__(self, mask, q_len, kv_len, bs, q_offset, q_seg, kv_seg, scale):
     self.mask, self.q_len, self.kv_len, self.bs, self.scale = mask, q_len, kv_len, bs, scale
@@ -69,10 +64,10 @@ class _Tiles:
     return s
 
 
-def _forward(tiles: _Tiles, q, k, v):
+def _forward(pb: _Problem, q, k, v):
   """q [B, K, G, Tp, H], k [B, K, Sp, H], v [B, K, Sp, Hv] -> out [B, K, G, Tp, Hv] f32, lse [B, K, G, Tp]."""
-  bq, bk = tiles.bs.block_q, tiles.bs.block_k
-  bm = tiles.map
+  bq, bk = pb.bs.block_q, pb.bs.block_k
+  bm = pb.map
   b, kh, g, _, _ = q.shape
   hv = v.shape[-1]
 
@@ -83,7 +78,7 @@ def _forward(tiles: _Tiles, q, k, v):
       m, l, acc = carry
       kj = lax.dynamic_slice_in_dim(k, j * bk, bk, 2)  # [B, K, bk, H]
       vj = lax.dynamic_slice_in_dim(v, j * bk, bk, 2)  # [B, K, bk, Hv]
-      s = tiles.scores(qi, kj, i, j, masked)  # [B, K, G, bq, bk]
+      s = pb.scores(qi, kj, i, j, masked)  # [B, K, G, bq, bk]
       m_new = jnp.maximum(m, s.max(-1))
       m_safe = jnp.where(jnp.isneginf(m_new), 0.0, m_new)  # a row with nothing visible yet
       p = jnp.exp(s - m_safe[..., None])
@@ -93,7 +88,7 @@ def _forward(tiles: _Tiles, q, k, v):
 
     init = (jnp.full((b, kh, g, bq), -jnp.inf, jnp.float32), jnp.zeros((b, kh, g, bq), jnp.float32),
             jnp.zeros((b, kh, g, bq, hv), jnp.float32))
-    m, l, acc = tiles.walk(jnp.asarray(bm.ranges())[:, i], body, init, lambda j: (i, j))
+    m, l, acc = pb.walk(jnp.asarray(bm.ranges())[:, i], body, init, lambda j: (i, j))
     out = acc / jnp.where(l == 0, 1.0, l)[..., None]  # a row that sees no key returns zeros
     lse = jnp.where(l > 0, m + jnp.log(l), jnp.inf)  # +inf makes exp(s - lse) = 0 in the backward
     return out, lse
@@ -104,10 +99,10 @@ def _forward(tiles: _Tiles, q, k, v):
   return out, lse
 
 
-def _backward(tiles: _Tiles, q, k, v, lse, delta, do):
+def _backward(pb: _Problem, q, k, v, lse, delta, do):
   """dq, dk, dv (f32, head-major) from the saved lse [B, K, G, Tp] and delta = rowsum(dO * O)."""
-  bq, bk = tiles.bs.block_q, tiles.bs.block_k
-  bm = tiles.map
+  bq, bk = pb.bs.block_q, pb.bs.block_k
+  bm = pb.map
 
   def one_kv_block(j, dq):
     kj = lax.dynamic_slice_in_dim(k, j * bk, bk, 2)  # [B, K, bk, H]
@@ -119,19 +114,19 @@ def _backward(tiles: _Tiles, q, k, v, lse, delta, do):
       doi = lax.dynamic_slice_in_dim(do, i * bq, bq, 3)  # [B, K, G, bq, Hv]
       lse_i = lax.dynamic_slice_in_dim(lse, i * bq, bq, 3)  # [B, K, G, bq]
       delta_i = lax.dynamic_slice_in_dim(delta, i * bq, bq, 3)
-      s = tiles.scores(qi, kj, i, j, masked)  # [B, K, G, bq, bk]
+      s = pb.scores(qi, kj, i, j, masked)  # [B, K, G, bq, bk]
       p = jnp.exp(s - lse_i[..., None])
       # Summing over g (the query heads of one kv head) gives GQA its dK/dV without repeating K, V.
       dv = dv + jnp.einsum("bkgqs,bkgqh->bksh", p.astype(do.dtype), doi, preferred_element_type=jnp.float32)
       dp = jnp.einsum("bkgqh,bksh->bkgqs", doi, vj, preferred_element_type=jnp.float32)
-      ds = p * (dp - delta_i[..., None]) * tiles.scale
+      ds = p * (dp - delta_i[..., None]) * pb.scale
       dk = dk + jnp.einsum("bkgqs,bkgqh->bksh", ds.astype(q.dtype), qi, preferred_element_type=jnp.float32)
       dqi = lax.dynamic_slice_in_dim(dq, i * bq, bq, 3) + jnp.einsum(
           "bkgqs,bksh->bkgqh", ds.astype(k.dtype), kj, preferred_element_type=jnp.float32)
       return lax.dynamic_update_slice_in_dim(dq, dqi, i * bq, 3), dk, dv
 
     init = (dq, jnp.zeros(kj.shape, jnp.float32), jnp.zeros(vj.shape, jnp.float32))
-    return tiles.walk(jnp.asarray(bm.ranges(kv_major=True))[:, j], body, init, lambda i: (i, j))
+    return pb.walk(jnp.asarray(bm.ranges(kv_major=True))[:, j], body, init, lambda i: (i, j))
 
   def scan_body(dq, j):
     dq, dk, dv = one_kv_block(j, dq)
@@ -148,10 +143,10 @@ def _to_head_major(q, k, v, bs):
   """BTNH -> padded [B, K, G, Tp, H], [B, K, Sp, H], [B, K, Sp, Hv]."""
   b, t, n, h = q.shape
   kh = k.shape[2]
-  tp, sp = -(-t // bs.block_q) * bs.block_q, -(-k.shape[1] // bs.block_k) * bs.block_k
-  qh = _pad_axis(q, 1, tp).reshape(b, tp, kh, n // kh, h).transpose(0, 2, 3, 1, 4)
-  kh_ = _pad_axis(k, 1, sp).transpose(0, 2, 1, 3)
-  vh = _pad_axis(v, 1, sp).transpose(0, 2, 1, 3)
+  tp, sp = round_up(t, bs.block_q), round_up(k.shape[1], bs.block_k)
+  qh = pad_axis(q, 1, tp).reshape(b, tp, kh, n // kh, h).transpose(0, 2, 3, 1, 4)
+  kh_ = pad_axis(k, 1, sp).transpose(0, 2, 1, 3)
+  vh = pad_axis(v, 1, sp).transpose(0, 2, 1, 3)
   return qh, kh_, vh
 
 
@@ -161,37 +156,37 @@ def _from_head_major(x, t):
   return x.transpose(0, 3, 1, 2, 4)[:, :t].reshape(b, t, kh * g, d)
 
 
-def _tiles(q, k, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes) -> _Tiles:
+def _problem(q, k, *, mask, segment_ids, kv_segment_ids, q_offset, scale, block_sizes) -> _Problem:
   """The tiles of one call (arguments normalised by attention.flash_vjp)."""
   t, s = q.shape[1], k.shape[1]
   bs = block_sizes or DEFAULT_BLOCK_SIZES
   # Tiles never larger than the (8-rounded) sequence: decoding with T=1 must not pad to 512 rows.
-  bs = BlockSizes(min(bs.block_q, -(-t // 8) * 8), min(bs.block_k, -(-s // 8) * 8))
-  tp, sp = -(-t // bs.block_q) * bs.block_q, -(-s // bs.block_k) * bs.block_k
+  bs = BlockSizes(min(bs.block_q, round_up(t, 8)), min(bs.block_k, round_up(s, 8)))
+  tp, sp = round_up(t, bs.block_q), round_up(s, bs.block_k)
   # Edge padding keeps the last tile's segment range tight (padding is masked by position anyway).
-  pad_seg = lambda seg, n: None if seg is None else jnp.pad(seg, ((0, 0), (0, n - seg.shape[1])), mode="edge")
-  return _Tiles(mask, t, s, bs, q_offset, pad_seg(segment_ids, tp), pad_seg(kv_segment_ids, sp), scale)
+  pad_seg = lambda seg, n: None if seg is None else pad_axis(seg, 1, n, mode="edge")
+  return _Problem(mask, t, s, bs, q_offset, pad_seg(segment_ids, tp), pad_seg(kv_segment_ids, sp), scale)
 
 
 def _flash_forward(q, k, v, **kw):
   """attention.flash_vjp's forward: (out [B, T, N, Hv] in q's dtype, lse [B, N, T] float32)."""
-  tiles = _tiles(q, k, **kw)
+  pb = _problem(q, k, **kw)
   t = q.shape[1]
-  qh, kh, vh = _to_head_major(q, k, v, tiles.bs)
-  out, lse = _forward(tiles, qh, kh, vh)
+  qh, kh, vh = _to_head_major(q, k, v, pb.bs)
+  out, lse = _forward(pb, qh, kh, vh)
   b, n = q.shape[0], q.shape[2]
   return _from_head_major(out, t).astype(q.dtype), lse[:, :, :, :t].reshape(b, n, t)
 
 
 def _flash_backward(q, k, v, lse, do, delta, **kw):
   """attention.flash_vjp's backward: (dq, dk, dv) from lse and delta [B, N, T], tile by tile."""
-  tiles = _tiles(q, k, **kw)
+  pb = _problem(q, k, **kw)
   t, s = q.shape[1], k.shape[1]
-  qh, kh, vh = _to_head_major(q, k, v, tiles.bs)
-  doh = _to_head_major(do, k, v, tiles.bs)[0]
+  qh, kh, vh = _to_head_major(q, k, v, pb.bs)
+  doh = _to_head_major(do, k, v, pb.bs)[0]
   b, kvh, g, tp, _ = qh.shape
-  to_rows = lambda x: _pad_axis(x.astype(jnp.float32).reshape(b, kvh, g, t), 3, tp)  # [B, N, T] -> [B, K, G, Tp]
-  dq, dk, dv = _backward(tiles, qh, kh, vh, to_rows(lse), to_rows(delta), doh.astype(q.dtype))
+  to_rows = lambda x: pad_axis(x.astype(jnp.float32).reshape(b, kvh, g, t), 3, tp)  # [B, N, T] -> [B, K, G, Tp]
+  dq, dk, dv = _backward(pb, qh, kh, vh, to_rows(lse), to_rows(delta), doh.astype(q.dtype))
   dq = _from_head_major(dq, t).astype(q.dtype)
   dk = dk.transpose(0, 2, 1, 3)[:, :s].astype(k.dtype)
   dv = dv.transpose(0, 2, 1, 3)[:, :s].astype(v.dtype)

@@ -26,7 +26,6 @@ import functools
 import glob
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -37,10 +36,10 @@ import numpy as np
 from jax import lax
 
 from attention import Mask, attention_flops, pallas_gpu, pallas_mgpu, reference
-from attention.testing import rel_err
+from attention.testing import random_qkv, reference_with_lse, rel_err, tolerance
 from benchmarks import gpu_check_dsa
+from benchmarks.common import time_fn
 
-TOL = {"float32": 1e-4, "bfloat16": 2e-2, "float16": 2e-2}
 KERNELS = {"pallas_gpu": pallas_gpu, "pallas_mgpu": pallas_mgpu}
 
 
@@ -86,19 +85,15 @@ TINY_CASES = (  # --interpret on a CPU: the same code paths, small enough to run
 
 
 def _inputs(case: Case, seed: int):
-  keys = jax.random.split(jax.random.PRNGKey(seed), 6)
-  dt = jnp.dtype(case.dtype)
-  q = jax.random.normal(keys[0], (case.b, case.t, case.n, case.h), jnp.float32).astype(dt)
-  k = jax.random.normal(keys[1], (case.b, case.s, case.k, case.h), jnp.float32).astype(dt)
-  v = jax.random.normal(keys[2], (case.b, case.s, case.k, case.hv), jnp.float32).astype(dt)
-  do = jax.random.normal(keys[3], (case.b, case.t, case.n, case.hv), jnp.float32).astype(dt)
-  dlse = jax.random.normal(keys[4], (case.b, case.n, case.t), jnp.float32)
+  q, k, v, do = random_qkv(seed, case.b, case.t, case.s, case.n, case.k, case.h, case.hv, jnp.dtype(case.dtype))
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), 2)
+  dlse = jax.random.normal(keys[0], (case.b, case.n, case.t), jnp.float32)
   kw = dict(mask=case.mask)
   if case.segments:  # 3 documents per row; query segment 3 never appears among the keys (empty rows)
     kw["segment_ids"] = (jnp.arange(case.t)[None] * 4 // case.t).astype(jnp.int32).repeat(case.b, 0)
     kw["kv_segment_ids"] = jnp.minimum(jnp.arange(case.s)[None] * 4 // case.s, 2).astype(jnp.int32).repeat(case.b, 0)
   if case.q_offset == "array":
-    kw["q_offset"] = jax.random.randint(keys[5], (case.b,), 0, case.s, jnp.int32)
+    kw["q_offset"] = jax.random.randint(keys[1], (case.b,), 0, case.s, jnp.int32)
   else:
     kw["q_offset"] = case.q_offset
   return q, k, v, do, dlse, kw
@@ -116,27 +111,20 @@ def _outputs_and_grads(attn_with_lse, q, k, v, do, dlse, use_dlse):
   return outs, grads
 
 
-def _reference_with_lse(q, k, v, *, mask, segment_ids=None, kv_segment_ids=None, q_offset=0):
-  up = lambda x: x.astype(jnp.float32)
-  visible = reference.dense_mask(mask, q.shape[1], k.shape[1], segment_ids=segment_ids,
-                                 kv_segment_ids=kv_segment_ids, q_offset=q_offset)
-  return reference.attention_with_lse(up(q), up(k), up(v), visible, q.shape[-1] ** -0.5)
-
-
 def supports(impl: str, dtype: str) -> bool:
   """pallas_mgpu multiplies on wgmma in bf16/fp16 only; pallas_gpu takes float32 too."""
   return impl != "pallas_mgpu" or dtype in ("bfloat16", "float16")
 
 
-def check_case(case: Case, *, interpret: bool, impl: str = "pallas_gpu", config=None, seed: int = 0) -> dict:
+def check_case(case: Case, *, interpret: bool, impl: str = "pallas_gpu", configs=None, seed: int = 0) -> dict:
   """Errors of the compiled (or interpreted) kernel `impl` against the float32 reference for one case.
 
-  config: an explicit kernel configuration (pallas_gpu.Configs / pallas_mgpu.Configs), else the defaults.
+  configs: an explicit kernel configuration (a Configs of the kernel's KernelConfig), else the defaults.
   """
   q, k, v, do, dlse, kw = _inputs(case, seed)
-  options = {} if config is None else {"config" if impl == "pallas_mgpu" else "configs": config}
+  options = {} if configs is None else {"configs": configs}
   ours = lambda q, k, v: KERNELS[impl].flash_attention_with_lse(q, k, v, interpret=interpret, **options, **kw)
-  theirs = lambda q, k, v: _reference_with_lse(q, k, v, **kw)
+  theirs = lambda q, k, v: reference_with_lse(*(x.astype(jnp.float32) for x in (q, k, v)), **kw)
   (out, lse), grads = _outputs_and_grads(ours, q, k, v, do, dlse, case.dlse)
   with jax.default_matmul_precision("highest"):
     (ref_out, ref_lse), ref_grads = _outputs_and_grads(theirs, q, k, v, do, dlse, case.dlse)
@@ -145,7 +133,7 @@ def check_case(case: Case, *, interpret: bool, impl: str = "pallas_gpu", config=
   finite = np.isfinite(ref_lse)
   errs = {"out": rel_err(out, ref_out), "lse": rel_err(lse[finite], ref_lse[finite])}
   errs.update({f"d{n}": rel_err(g, r) for n, g, r in zip("qkv", grads, ref_grads)})
-  ok = all(e < TOL[case.dtype] for e in errs.values())
+  ok = all(e < tolerance(case.dtype) for e in errs.values())
   ok &= bool(np.array_equal(np.isinf(lse), ~finite))  # +inf exactly for rows that see no key
   ok &= all(bool(np.all(np.isfinite(np.asarray(x, np.float32)))) for x in (out, *grads))
   empty = ~finite.transpose(0, 2, 1)  # [B, T, N]
@@ -208,17 +196,6 @@ def looped(fn, calls: int):
   return jax.jit(run)
 
 
-def loop_seconds(run, args, calls: int, reps: int) -> float:
-  """Median over reps of one looped program's wall time (after a compile + warm-up run), per call."""
-  jax.block_until_ready(run(*args))
-  times = []
-  for _ in range(reps):
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(*args))
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times) / calls
-
-
 def kernel_seconds(profile, calls: int, device_prefix: str = "/device:GPU") -> tuple[float, int]:
   """(summed kernel seconds, kernel count) per call from a jax.profiler.ProfileData of `calls` calls.
 
@@ -267,14 +244,13 @@ def impls_for(mask: Mask, configs: dict | None = None):
   configs: optional explicit kernel configurations, by impl name, passed to the kernel (never a global).
   """
   configs = configs or {}
-  impls = {
-      "pallas_gpu": functools.partial(pallas_gpu.flash_attention, mask=mask,
-                                      **({"configs": configs["pallas_gpu"]} if "pallas_gpu" in configs else {})),
-      "pallas_mgpu": functools.partial(pallas_mgpu.flash_attention, mask=mask,
-                                       **({"config": configs["pallas_mgpu"]} if "pallas_mgpu" in configs else {})),
+  impls = {name: functools.partial(kernel.flash_attention, mask=mask,
+                                   **({"configs": configs[name]} if name in configs else {}))
+           for name, kernel in KERNELS.items()}
+  impls.update({
       "cudnn": lambda q, k, v: jax.nn.dot_product_attention(
           q, k, v, is_causal=mask.causal, local_window_size=mask.window, implementation="cudnn"),
-  }
+  })
   tk = _tokamax()
   if isinstance(tk, str):
     impls["tokamax_mosaic"] = tk
@@ -289,9 +265,7 @@ VERIFY_LENGTH = 2048
 
 def verify(fn, mask: Mask, seed: int = 0) -> dict:
   """fn's forward and gradients against the float32 reference at L=2K (B=1, N=4, H=128, bf16)."""
-  keys = jax.random.split(jax.random.PRNGKey(seed), 4)
-  q, k, v, do = (jax.random.normal(kk, (1, VERIFY_LENGTH, 4, 128), jnp.float32).astype(jnp.bfloat16)
-                 for kk in keys)
+  q, k, v, do = random_qkv(seed, 1, VERIFY_LENGTH, VERIFY_LENGTH, 4, 4, 128, dtype=jnp.bfloat16)
   run = lambda f: jax.jit(lambda q, k, v: jax.vjp(f, q, k, v))(q, k, v)
   out, vjp = run(fn)
   grads = vjp(do)
@@ -300,7 +274,7 @@ def verify(fn, mask: Mask, seed: int = 0) -> dict:
     ref_out, ref_vjp = run(ref)
     ref_grads = ref_vjp(do.astype(jnp.float32))
   errs = {"out": rel_err(out, ref_out), **{f"d{n}": rel_err(g, r) for n, g, r in zip("qkv", grads, ref_grads)}}
-  return {"ok": all(e < TOL["bfloat16"] for e in errs.values()), **errs}
+  return {"ok": all(e < tolerance(jnp.bfloat16) for e in errs.values()), **errs}
 
 
 def time_entry(fn, args_fwd, args_bwd, calls: int, reps: int) -> dict:
@@ -309,7 +283,7 @@ def time_entry(fn, args_fwd, args_bwd, calls: int, reps: int) -> dict:
   fwd_bwd = looped(lambda q, k, v, do: jax.vjp(fn, q, k, v)[1](do), calls)
   res = {}
   for name, run, args in (("fwd", fwd, args_fwd), ("fwd_bwd", fwd_bwd, args_bwd)):
-    res[f"{name}_loop_s"] = loop_seconds(run, args, calls, reps)
+    res[f"{name}_loop_s"] = time_fn(run, args, reps) / calls  # one looped program runs `calls` calls
     res[f"{name}_device_s"], res[f"{name}_kernels"] = device_seconds(run, args, calls)
   return res
 

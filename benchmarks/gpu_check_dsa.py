@@ -9,7 +9,7 @@ Called by benchmarks/gpu_check.py (run(...)), so one GPU session checks every ke
   2. speed against the "xla" impls: sparse attention with V3.2's shapes (K=1, H=576, Hv=512, k=2048,
      16 heads) forward and forward+backward, FLOPs 2*B*T*N*k*(H+Hv) forward and 2*B*T*N*k*(3H+2Hv) more
      backward; top-k with the V3.2 indexer (Hi=64, Di=128), FLOPs 2*Hi*(Di+1) per visible causal pair.
-Times are medians of `reps` runs after a compile + warm-up run (gpu_check.time_fn).
+Times are medians of `reps` runs after a compile + warm-up run (benchmarks.common.time_fn).
 """
 
 from __future__ import annotations
@@ -22,7 +22,10 @@ import numpy as np
 
 from attention import Mask
 from attention.dsa import indexer_scores, selection_mask, sparse_attend, topk_indices
+from attention.kernel_utils import default_scale
 from attention.reference import attention_with_lse
+from attention.testing import rel_err, tolerance
+from benchmarks.common import time_fn
 
 
 def _random_indices(rng, b, t, s, top_k):
@@ -34,7 +37,6 @@ def _random_indices(rng, b, t, s, top_k):
 
 def check_sparse(b, t, s, n, kh, h, hv, top_k, dtype, *, interpret, seed=0):
   """Errors of the sparse kernel's out, dq, dk, dv against the float32 reference; (ok, errs)."""
-  from benchmarks.gpu_check import TOL
   ks = jax.random.split(jax.random.key(seed), 4)
   dt = jnp.dtype(dtype)
   q, k, v = (jax.random.normal(kk, shape, jnp.float32).astype(dt) for kk, shape in
@@ -43,13 +45,13 @@ def check_sparse(b, t, s, n, kh, h, hv, top_k, dtype, *, interpret, seed=0):
   idx = _random_indices(np.random.default_rng(seed), b, t, s, top_k)
   vis = selection_mask(idx, s)
   ours = lambda q, k, v: sparse_attend(q, k, v, idx, impl="pallas_gpu", interpret=interpret)
-  theirs = lambda q, k, v: attention_with_lse(q, k, v, vis, h ** -0.5)[0]
+  theirs = lambda q, k, v: attention_with_lse(q, k, v, vis, default_scale(h))[0]
   run = lambda f, *xs: jax.jit(lambda *xs: (lambda o, vjp: (o, *vjp(do.astype(o.dtype))))(*jax.vjp(f, *xs)))(*xs)
   got = run(ours, q, k, v)
   with jax.default_matmul_precision("highest"):
     want = run(theirs, *(x.astype(jnp.float32) for x in (q, k, v)))
   errs = {name: rel_err(g, w) for name, g, w in zip(("out", "dq", "dk", "dv"), got, want)}
-  ok = all(e < TOL[dt.name] for e in errs.values()) and bool(np.all(np.asarray(got[0][0, 1], np.float32) == 0))
+  ok = all(e < tolerance(dt) for e in errs.values()) and bool(np.all(np.asarray(got[0][0, 1], np.float32) == 0))
   return ok, errs
 
 
@@ -144,7 +146,6 @@ def run_checks(*, interpret: bool) -> bool:
 
 def run_bench(lengths, reps: int):
   """TFLOP/s of the Pallas GPU DSA kernels next to the xla impls, bf16."""
-  from benchmarks.gpu_check import time_fn
   n, h, hv, top_k, hi, di = 16, 576, 512, 2048, 64, 128
   print(f"== DSA speed: bf16, sparse N={n} K=1 H={h} Hv={hv} k={top_k}; top-k Hi={hi} Di={di}; TFLOP/s (ms)",
         flush=True)

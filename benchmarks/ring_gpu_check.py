@@ -35,9 +35,8 @@ def _fwd_bwd(fn):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--length", type=int, default=4096)
-  parser.add_argument("--long", type=int, default=32768)
-  parser.add_argument("--reps", type=int, default=5)
+  for flag, default in (("--length", 4096), ("--long", 32768), ("--reps", 5)):  # correctness, timed, repeats
+    parser.add_argument(flag, type=int, default=default)
   args = parser.parse_args()
   jax.config.update("jax_default_matmul_precision", "highest")
   n = jax.device_count()

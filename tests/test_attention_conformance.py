@@ -26,6 +26,13 @@ from attention.testing import out_lse_grads, random_qkv, reference_with_lse, rel
 # impl -> small tiles (each kernel's own constraints: Pallas GPU powers of two >= 16, TPU multiples of 128).
 TILES = {"xla": BlockSizes(64, 32), "pallas_gpu": BlockSizes(16, 32), "pallas_tpu": BlockSizes(128, 128)}
 IMPLS = list(TILES)
+# The rows of attention.REGISTRY this matrix does not run, each with where it is checked instead. A new
+# registry row must join TILES or this table: test_every_registry_row_is_in_the_matrix fails otherwise.
+NOT_IN_MATRIX = {
+    "reference": "the oracle the matrix compares against; tests/test_reference.py checks it against jax.nn",
+    "pallas_mgpu": "bf16/fp16 only and 10-20 s per interpreted launch: tests/test_pallas_mgpu.py",
+    "cudnn": "GPU only, no interpreter: tests/test_api.py (its errors), benchmarks/gpu_check.py (on a GPU)",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +144,12 @@ def _flash(impl: str, block_sizes, kw):
   entry = REGISTRY[impl]
   return lambda q, k, v: entry.flash.attention_with_lse(q, k, v, block_sizes=block_sizes, **kw,
                                                          **entry.kernel_options(True))
+
+
+def test_every_registry_row_is_in_the_matrix():
+  """Every impl of the registry runs here or is listed, with its reason, in NOT_IN_MATRIX."""
+  assert not set(TILES) & set(NOT_IN_MATRIX)
+  assert set(TILES) | set(NOT_IN_MATRIX) == set(REGISTRY), sorted(set(REGISTRY) - set(TILES) - set(NOT_IN_MATRIX))
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -1,13 +1,15 @@
 """DSA: lightning indexer, top-k selection, sparse attention (reference / xla), indexer KL loss, decoding."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from attention import Mask, attend
-from attention.dsa import (indexer_kl_loss, indexer_rope, indexer_scores, selection_mask, sparse_attend,
-                           topk_indices)
+from attention.dsa import (SPARSE_REGISTRY, indexer_kl_loss, indexer_rope, indexer_scores, selection_mask,
+                           sparse_attend, topk_indices)
 from attention.dsa.decode import decode_step, write_cache
 from attention.rope import rope_frequencies
 from attention.testing import random_qkv, rel_err
@@ -330,6 +332,9 @@ def test_decode_token_by_token_matches_full_sequence():
     (lambda a: sparse_attend(a["q"][0], a["k"], a["v"], a["idx"]), "q must have rank 4"),
     (lambda a: sparse_attend(a["q"], a["k"], a["v"], a["idx"].astype(jnp.int16)), "indices must be int32"),
     (lambda a: sparse_attend(a["q"], a["k"], a["v"], a["idx"][:, :2]), "indices must have shape"),
+    (lambda a: sparse_attend(a["q"], a["k"], a["v"], a["idx"].at[0, 1, 0].set(4)),
+     r"indices must lie in \[-1, S=4\).*got 4"),
+    (lambda a: sparse_attend(a["q"], a["k"], a["v"], a["idx"].at[0, 1, 0].set(-2)), r"indices must lie.*got -2"),
     (lambda a: sparse_attend(a["q"][:, :, :3], a["k"], a["v"], a["idx"]), "multiple of kv heads"),
     (lambda a: sparse_attend(a["q"], a["k"], a["v"], a["idx"], impl="nope"), "impl='nope'"),
     (lambda a: topk_indices(a["qi"], a["ki"], a["w"], top_k=0), "top_k must be an int >= 1, got 0"),
@@ -344,3 +349,18 @@ def test_validation_errors(call, match):
   args = dict(q=q, k=k, v=v, idx=jnp.zeros((1, 4, 2), jnp.int32), qi=qi, ki=ki, w=w)
   with pytest.raises(ValueError, match=match):
     call(args)
+
+
+@pytest.mark.parametrize("impl", list(SPARSE_REGISTRY))
+def test_traced_out_of_range_indices_count_as_empty_slots(impl):
+  """Every impl (Pallas ones interpreted) gives the same answer for indices outside [0, S) under jit: those
+  slots are ignored, exactly as -1 is; eagerly the same indices raise (test_validation_errors)."""
+  b, t, s, n, kh, h = 1, 6, 9, 2, 1, 16
+  q, k, v, do = random_qkv(31, b, t, s, n, kh, h)
+  idx = _random_indices(32, b, t, s, 4, frac_empty=0.2)
+  bad = idx.at[0, 2, 0].set(s).at[0, 3, 1].set(s + 100).at[0, 4, 2].set(-7)
+  empty = jnp.where((bad >= 0) & (bad < s), bad, -1)
+  run = jax.jit(lambda idx, q, k, v: sparse_attend(q, k, v, idx, impl=impl))
+  want = _grads(lambda q, k, v: sparse_attend(q, k, v, empty, impl="reference"), q, k, v, do)
+  got = _grads(functools.partial(run, bad), q, k, v, do)
+  _assert_close(got, want, 1e-5)

@@ -35,7 +35,8 @@ def test_matches_float64_oracle_with_ties(impl, mask, q_offset, top_k, segmented
   score = _np_scores(q_idx, k_idx, w)
   for bi in range(b):
     o = int(np.asarray(q_offset).reshape(-1)[bi % np.size(q_offset)])
-    vis = _np_visible(mask, t, s, o, None if seg is None else seg[bi:bi + 1], None if seg is None else kv_seg[bi:bi + 1])
+    rows = (None, None) if seg is None else (seg[bi:bi + 1], kv_seg[bi:bi + 1])
+    vis = _np_visible(mask, t, s, o, *rows)
     np.testing.assert_array_equal(got[bi:bi + 1], _np_topk(score[bi:bi + 1], vis, top_k))
 
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from attention import Mask, pallas_gpu, pallas_mgpu
+from attention.testing import reference_with_lse
 from benchmarks import gpu_check
 
 
@@ -41,12 +42,12 @@ def test_parse_args():
 def test_explicit_configs_reach_the_kernel_call():
   """The sweep hands each configuration to its own function; no module table is touched."""
   configs = gpu_check.sweep_configs()
-  defaults = dict(pallas_gpu._DEFAULTS), dict(pallas_mgpu._DEFAULTS)
-  for impl, option in (("pallas_gpu", "configs"), ("pallas_mgpu", "config")):
+  defaults = dict(pallas_gpu._DEFAULTS), dict(pallas_mgpu.configs._DEFAULTS)
+  for impl in ("pallas_gpu", "pallas_mgpu"):
     assert len(set(configs[impl])) == len(configs[impl]) > 1
     fns = [gpu_check.impls_for(Mask(causal=True), {impl: c})[impl] for c in configs[impl]]
-    assert [fn.keywords[option] for fn in fns] == configs[impl]
-  assert (dict(pallas_gpu._DEFAULTS), dict(pallas_mgpu._DEFAULTS)) == defaults
+    assert [fn.keywords["configs"] for fn in fns] == configs[impl]
+  assert (dict(pallas_gpu._DEFAULTS), dict(pallas_mgpu.configs._DEFAULTS)) == defaults
   assert "configs" not in gpu_check.impls_for(Mask())["pallas_gpu"].keywords
 
 
@@ -90,7 +91,7 @@ def test_looped_calls_the_function_each_iteration():
   x = jnp.arange(1.0, 5.0)
   run = gpu_check.looped(lambda x: (x * 2, x[1:] + 1), calls=3)
   assert float(run(x)) == 3 * (2.0 + 3.0)  # each call's first output elements, three calls
-  assert gpu_check.loop_seconds(run, (x,), calls=3, reps=2) > 0
+  assert gpu_check.time_fn(run, (x,), reps=2) > 0
 
 
 def test_summary_reports_the_issue_targets():
@@ -111,7 +112,7 @@ def test_check_case_passes_the_interpreted_kernels():
 def test_check_case_fails_a_wrong_kernel(monkeypatch):
   """The check can fail: a kernel off by 1% in its output is reported."""
   def wrong(q, k, v, *, interpret, **kw):
-    out, lse = gpu_check._reference_with_lse(q, k, v, **kw)
+    out, lse = reference_with_lse(q, k, v, **kw)
     return out * 1.01, lse
 
   monkeypatch.setattr(gpu_check.pallas_gpu, "flash_attention_with_lse", wrong)

@@ -45,8 +45,7 @@ def test_bad_arguments():
     attend(q, k, v, impl="pallas_mgpu", interpret=True, block_sizes=BlockSizes(32, 64))
   big = pallas_mgpu.KernelConfig(128, 256, num_stages=4)
   with pytest.raises(ValueError, match="shared memory"):
-    pallas_mgpu.forward(q, k, v, mask=Mask(), segment_ids=None, kv_segment_ids=None, q_offset=0, scale=None,
-                        block_sizes=None, config=pallas_mgpu.Configs(big, big, big))
+    pallas_mgpu.flash_forward(q, k, v, configs=pallas_mgpu.Configs(big, big, big))
   with pytest.raises(NotImplementedError, match="head dims up to 256"):
     pallas_mgpu.padded_head_dim(320)
 

@@ -17,9 +17,9 @@ SMALL = BlockSizes(128, 128)
 def test_block_map_bounds_the_grid():
   # A 128-wide causal window over 16 tiles visits 2 kv tiles per q tile: the grid has 2 kv steps, not 16.
   q = jnp.ones((1, 2048, 1, 128), jnp.float32)
-  cfg = pallas_tpu._config(q, q, q, mask=Mask(causal=True, window=(127, 0)), segment_ids=None, scale=None,
-                           block_sizes=SMALL, interpret=True)
-  ops = pallas_tpu._operands(cfg, q, q, q, None, None, 0)
+  pb = pallas_tpu._problem(q, q, q, mask=Mask(causal=True, window=(127, 0)), segment_ids=None, scale=0.125,
+                          block_sizes=SMALL, interpret=True)
+  ops = pallas_tpu._operands(pb, q, q, q, None, None, 0)
   assert (ops.kv_steps, ops.q_steps) == (2, 2)
 
 

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import AxisType, PartitionSpec as P
 
-from attention import attend
-from attention.dsa import sparse_attend, topk_indices
+from attention.api import attend
+from attention.dsa.api import sparse_attend, topk_indices
 from attention.dsa.losses import indexer_kl_terms
 
 
@@ -55,7 +55,8 @@ def _batch_axes(mesh, batch: int, axis_name: str) -> tuple[str, ...]:
   divides it, in mesh order."""
   axes, size = [], 1
   for name in ("data", "fsdp"):
-    if name != axis_name and name in mesh.axis_names and mesh.shape[name] > 1 and batch % (size * mesh.shape[name]) == 0:
+    if (name != axis_name and name in mesh.axis_names and mesh.shape[name] > 1
+        and batch % (size * mesh.shape[name]) == 0):
       axes.append(name)
       size *= mesh.shape[name]
   return tuple(axes)

@@ -20,10 +20,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention.checks import _check_q_offset, _check_segments
+from attention.checks import check_q_offset, check_segments
 from attention.dsa.indexer import indexer_scores
 from attention.dsa.rows import chunk_len, chunk_rows, gather_rows
 from attention.dsa.topk import visibility
+from attention.kernel_utils import default_scale
 from attention.mask import Mask, element_mask
 
 def _masked_softmax(s, visible):
@@ -98,9 +99,9 @@ def indexer_kl_terms(q, k, q_idx, k_idx, w, *, mask: Mask = Mask(causal=True), s
                      f"B={b}, T={t}, S={s_len}; got {q_idx.shape}, {k_idx.shape}, {w.shape}")
   if indices is not None and (getattr(indices, "shape", (None,))[:2] != (b, t) or indices.dtype != jnp.int32):
     raise ValueError(f"indices must be int32 [B={b}, T={t}, k], got {getattr(indices, 'shape', indices)}")
-  seg, kv_seg = _check_segments(segment_ids, kv_segment_ids, b, t, s_len)
-  off = jnp.reshape(jnp.asarray(_check_q_offset(q_offset, b), jnp.int32), (-1, 1))  # [B|1, 1]
-  scale = h ** -0.5 if scale is None else float(scale)
+  seg, kv_seg = check_segments(segment_ids, kv_segment_ids, b, t, s_len)
+  off = jnp.reshape(jnp.asarray(check_q_offset(q_offset, b), jnp.int32), (-1, 1))  # [B|1, 1]
+  scale = default_scale(h, scale)
   if indices is None:  # per query: [N, S] main logits, [Hi, S] indexer products, a few [S] rows
     per_query = b * s_len * (n + hi + 4)
   else:  # per query: gathered K and k_idx rows, [N, k] and [Hi, k] logits

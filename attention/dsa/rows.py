@@ -1,4 +1,4 @@
-"""Row helpers shared by the DSA ops: padding, query chunks, and per-batch row gathers.
+"""Row helpers shared by the DSA ops: query chunks and per-batch row gathers.
 
 Every DSA op walks the queries in chunks of C rows (so nothing holds a [T, S] array) and reads the
 selected keys of each query by gathering rows, as DeepSeek-V3.2-Exp's sparse attention does.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from attention.kernel_utils import pad_axis
+
 
 def chunk_len(q_len: int, per_query: int) -> int:
   """Queries per chunk so one chunk's working set (per_query elements each) fits the backend's budget.
@@ -18,13 +20,6 @@ def chunk_len(q_len: int, per_query: int) -> int:
   """
   budget = 1 << 22 if jax.default_backend() == "cpu" else 1 << 24
   return max(1, min(q_len, budget // max(1, per_query)))
-
-
-def pad_axis(x, axis: int, size: int, value=0):
-  """Pad x's `axis` at the end to `size` with `value`."""
-  pad = [(0, 0)] * x.ndim
-  pad[axis] = (0, size - x.shape[axis])
-  return jnp.pad(x, pad, constant_values=value)
 
 
 def chunk_rows(x, c: int, nc: int):

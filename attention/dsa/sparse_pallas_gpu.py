@@ -27,7 +27,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from attention.dsa.rows import pad_axis
+from attention.kernel_utils import pad_axis
 
 _LOG2E = math.log2(math.e)
 _LN2 = math.log(2.0)

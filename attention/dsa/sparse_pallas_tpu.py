@@ -25,7 +25,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from attention.dsa.rows import pad_axis
+from attention.kernel_utils import pad_axis
 
 NUM_LANES = 128
 MAX_PREFETCH = 1 << 16  # int32 index entries per call kept in SMEM (256 KiB)

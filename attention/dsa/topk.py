@@ -20,7 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from attention.dsa.indexer import indexer_scores
-from attention.dsa.rows import chunk_len, chunk_rows, pad_axis, unchunk_rows
+from attention.dsa.rows import chunk_len, chunk_rows, unchunk_rows
+from attention.kernel_utils import pad_axis
 from attention.mask import BlockSizes, block_map, element_mask
 from attention.reference import positions
 

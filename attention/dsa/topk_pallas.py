@@ -35,7 +35,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from attention.dsa.indexer import quantize_rows
-from attention.dsa.rows import chunk_len, chunk_rows, pad_axis, unchunk_rows
+from attention.dsa.rows import chunk_len, chunk_rows, unchunk_rows
+from attention.kernel_utils import pad_axis
 from attention.mask import BlockSizes, block_map, element_mask
 from attention.reference import positions
 
