@@ -95,15 +95,8 @@ class DecoderLM(nnx.Module):
     """
     _check_cache_len(tokens, cache_len, self.cfg.max_len)
     prefill_chunk = check_prefill_chunk(prefill_chunk)
-    if prefill_chunk:
-      feats, cache = self._prefill_chunks(tokens, lengths, cache_len, prefill_chunk, every_position=True)
-      return self._project(feats), cache
-    x = self.embed(tokens)
-    caches = []
-    for block in self.blocks:
-      x, cache = block.prefill(x, lengths, cache_len)
-      caches.append(cache)
-    return self._logits(x), {"pos": lengths.astype(jnp.int32), "layers": caches}
+    feats, cache = self._prefill_chunks(tokens, lengths, cache_len, prefill_chunk, every_position=True)
+    return self._project(feats), cache
 
   def prefill_last(self, tokens, lengths, cache_len: int, *, prefill_chunk: int | None = None):
     """Prefill for generation: (logits [B, V] float32 at each row's last prompt position, KV cache).
@@ -129,7 +122,7 @@ class DecoderLM(nnx.Module):
       x = self.embed(chunk)
       new = []
       for block, cache in zip(self.blocks, caches):
-        x, cache = block.prefill_chunk(x, start, lengths, cache)
+        x, cache = block.extend(x, start, lengths, cache)
         new.append(cache)
       x = self.final_norm(x)  # [B, C', D]
       i = lengths - 1 - start  # each row's last prompt position, relative to the chunk
@@ -161,6 +154,6 @@ class DecoderLM(nnx.Module):
     x = self.embed(tokens[:, None])  # [B, 1, D]
     caches = []
     for block, layer_cache in zip(self.blocks, cache["layers"]):
-      x, layer_cache = block.decode(x, pos, layer_cache)
+      x, layer_cache = block.extend(x, pos, pos + 1, layer_cache)
       caches.append(layer_cache)
     return self._logits(x)[:, 0], {"pos": pos + 1, "layers": caches}
