@@ -153,7 +153,7 @@ class Attention(nnx.Module):
     """
     cfg, impl = self.cfg, self.cfg.attention_impl
     b, c = x.shape[:2]
-    positions = jnp.broadcast_to(jnp.reshape(start, (-1, 1)) + jnp.arange(c, dtype=jnp.int32), (b, c))
+    positions = kv_cache.positions(start, b, c)  # [B, C]
     q, k, v, k_raw = self._qkv(x, positions, cache=cache)
     # The next chunk's first key is smeared with this chunk's last one (rows still in their prompt), and
     # decoding's with the last prompt position's.

@@ -17,15 +17,19 @@ from models.config import AttentionType, ModelConfig
 from models.layers import GatedMLP, Norm
 
 
+def model_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> Norm:
+  """A norm over d_model of the model's kind (cfg.norm_kind, norm_eps, norm_bias): every norm of a model is one."""
+  return Norm(cfg.d_model, kind=cfg.norm_kind, eps=cfg.norm_eps, use_bias=cfg.norm_bias, rngs=rngs,
+              param_dtype=cfg.param_dtype, dtype=cfg.dtype)
+
+
 class Block(nnx.Module):
   """A residual attention + gated-MLP layer of the given AttentionType."""
 
   def __init__(self, cfg: ModelConfig, layer_type: AttentionType, *, rngs: nnx.Rngs, attn_norm: bool = True):
-    norm = lambda: Norm(cfg.d_model, kind=cfg.norm_kind, eps=cfg.norm_eps, use_bias=cfg.norm_bias, rngs=rngs,
-                        param_dtype=cfg.param_dtype, dtype=cfg.dtype)
-    self.attn_norm = norm() if attn_norm else None
+    self.attn_norm = model_norm(cfg, rngs) if attn_norm else None
     self.attn = Attention(cfg, layer_type, rngs=rngs)
-    self.mlp_norm = norm()
+    self.mlp_norm = model_norm(cfg, rngs)
     self.mlp = GatedMLP(cfg.d_model, cfg.mlp_dim, kind=cfg.mlp_kind, use_bias=cfg.mlp_bias, rngs=rngs,
                         param_dtype=cfg.param_dtype, dtype=cfg.dtype, std=cfg.init_std,
                         out_std=cfg.init_std / (2 * cfg.num_layers) ** 0.5)

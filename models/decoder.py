@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.block import Block, run_blocks
+from models.block import Block, model_norm, run_blocks
 from models.config import ModelConfig
 from models.inputs import prepare
-from models.layers import Dense, Embed, Norm
+from models.layers import Dense, Embed
 
 
 def check_prefill_chunk(prefill_chunk) -> int:
@@ -43,8 +43,7 @@ class DecoderLM(nnx.Module):
     self.embed = Embed(cfg.vocab_size, cfg.d_model, rngs=rngs, param_dtype=cfg.param_dtype, dtype=cfg.dtype,
                        std=cfg.init_std)
     self.blocks = nnx.List([Block(cfg, t, rngs=rngs) for t in cfg.attention_pattern])
-    self.final_norm = Norm(cfg.d_model, kind=cfg.norm_kind, eps=cfg.norm_eps, use_bias=cfg.norm_bias,
-                           rngs=rngs, param_dtype=cfg.param_dtype, dtype=cfg.dtype)
+    self.final_norm = model_norm(cfg, rngs)
     self.lm_head = None if cfg.tie_embeddings else Dense(
         (cfg.d_model,), (cfg.vocab_size,), names=("embed", "vocab"), rngs=rngs, param_dtype=cfg.param_dtype,
         dtype=jnp.float32, std=cfg.init_std)

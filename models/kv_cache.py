@@ -52,8 +52,8 @@ def set_k_last(cache, k_raw, last):
   return dict(cache, k_last=jnp.where(inside[:, None, None], picked.astype(cache["k_last"].dtype), cache["k_last"]))
 
 
-def _row_positions(start, batch: int, n: int):
-  """[B, n] int32: start + arange(n) per row."""
+def positions(start, batch: int, n: int):
+  """[B, n] int32: start + arange(n) in every row (start: an int, int32 scalar or int32 [B])."""
   return jnp.broadcast_to(jnp.reshape(start, (-1, 1)) + jnp.arange(n, dtype=jnp.int32), (batch, n))
 
 
@@ -62,7 +62,7 @@ def ring_keys(cache, k, v, start):
   at the contiguous positions start - W + j, and kv segment ids [B, W + C], 0 where a slot does not hold
   its position (not written yet), else 1."""
   b, w = cache["slot_pos"].shape
-  ring_pos = _row_positions(start - w, b, w)  # [B, W]
+  ring_pos = positions(start - w, b, w)  # [B, W]
   order = jnp.mod(ring_pos, w)  # the slot of each position
   written = (jnp.take_along_axis(cache["slot_pos"], order, axis=1) == ring_pos) & (ring_pos >= 0)
   roll = lambda buf, new: jnp.concatenate(
@@ -72,14 +72,16 @@ def ring_keys(cache, k, v, start):
 
 
 def ring_write(cache, k, v, start, last):
-  """cache with the chunk k, v [B, C, K, H] written into the ring up to position last [B] (a row's last
-  prompt position, or past the chunk): slot s takes the latest such position p with p % W == s if the chunk
-  has it (a chunk longer than the window writes each slot once, with its last position); others keep theirs."""
+  """cache with the chunk k, v [B, C, K, H] (positions start + arange(C)) written into the ring up to position
+  last [B], the chunk's last one or, if it comes first, the row's last prompt position: slot s takes the latest
+  position p <= last with p % W == s if the chunk holds it (a chunk longer than the window writes each slot
+  once, with its last position); other slots keep theirs."""
   b, w = cache["slot_pos"].shape
-  first = _row_positions(start, b, 1)  # [B, 1]
+  first = positions(start, b, 1)  # [B, 1]
   last = last[:, None]
   new_pos = last - jnp.mod(last - jnp.arange(w, dtype=jnp.int32), w)  # [B, W]: the latest p <= last in slot s
   take = new_pos >= first
   src = jnp.clip(new_pos - first, 0, k.shape[1] - 1)[:, :, None, None]
   pick = lambda new, old: jnp.where(take[:, :, None, None], jnp.take_along_axis(new.astype(old.dtype), src, 1), old)
-  return dict(cache, k=pick(k, cache["k"]), v=pick(v, cache["v"]), slot_pos=jnp.where(take, new_pos, cache["slot_pos"]))
+  slot_pos = jnp.where(take, new_pos, cache["slot_pos"])
+  return dict(cache, k=pick(k, cache["k"]), v=pick(v, cache["v"]), slot_pos=slot_pos)
