@@ -36,8 +36,9 @@ def init(cfg: ModelConfig, layer_type: AttentionType, batch: int, cache_len: int
 def write(buf, new, start):
   """buf [B, S, ...] with new [B, C, ...] written at positions start + arange(C)."""
   new = new.astype(buf.dtype)
-  if jnp.ndim(start) == 0:
+  if jnp.ndim(start) == 0:  # one offset for every row: a slice update, in place inside the prefill scan
     return jax.lax.dynamic_update_slice_in_dim(buf, new, start, 1)
+  # Per-row offsets (decoding): a scatter, which drops a row's write past the cache instead of clamping it.
   idx = start[:, None] + jnp.arange(new.shape[1], dtype=jnp.int32)  # [B, C]
   return buf.at[jnp.arange(buf.shape[0])[:, None], idx].set(new)
 
