@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from models import presets
-from models.attention_block import is_indexer_param
+from models.attention import is_indexer_param
 from models.config import AttentionType, ModelConfig, parse_pattern
 from models.decoder import DecoderLM
 from models.encoder import Encoder

@@ -12,20 +12,24 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.attention_block import Attention
+from models.attention import Attention
 from models.config import AttentionType, ModelConfig
 from models.layers import GatedMLP, Norm
+
+
+def model_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> Norm:
+  """A norm over d_model of the model's kind (cfg.norm_kind, norm_eps, norm_bias): every norm of a model is one."""
+  return Norm(cfg.d_model, kind=cfg.norm_kind, eps=cfg.norm_eps, use_bias=cfg.norm_bias, rngs=rngs,
+              param_dtype=cfg.param_dtype, dtype=cfg.dtype)
 
 
 class Block(nnx.Module):
   """A residual attention + gated-MLP layer of the given AttentionType."""
 
   def __init__(self, cfg: ModelConfig, layer_type: AttentionType, *, rngs: nnx.Rngs, attn_norm: bool = True):
-    norm = lambda: Norm(cfg.d_model, kind=cfg.norm_kind, eps=cfg.norm_eps, use_bias=cfg.norm_bias, rngs=rngs,
-                        param_dtype=cfg.param_dtype, dtype=cfg.dtype)
-    self.attn_norm = norm() if attn_norm else None
+    self.attn_norm = model_norm(cfg, rngs) if attn_norm else None
     self.attn = Attention(cfg, layer_type, rngs=rngs)
-    self.mlp_norm = norm()
+    self.mlp_norm = model_norm(cfg, rngs)
     self.mlp = GatedMLP(cfg.d_model, cfg.mlp_dim, kind=cfg.mlp_kind, use_bias=cfg.mlp_bias, rngs=rngs,
                         param_dtype=cfg.param_dtype, dtype=cfg.dtype, std=cfg.init_std,
                         out_std=cfg.init_std / (2 * cfg.num_layers) ** 0.5)
@@ -36,23 +40,17 @@ class Block(nnx.Module):
   def __call__(self, x, positions, segment_ids=None, *, with_aux: bool = False):
     """x [B, T, D] -> ([B, T, D], aux dict)."""
     y, aux = self.attn(self._pre(x), positions, segment_ids, with_aux=with_aux)
-    x = x + y
-    return x + self.mlp(self.mlp_norm(x)), aux
+    return self._add_mlp(x + y), aux
 
-  def prefill(self, x, lengths, cache_len: int):
-    y, cache = self.attn.prefill(self._pre(x), lengths, cache_len)
-    x = x + y
-    return x + self.mlp(self.mlp_norm(x)), cache
+  def extend(self, x, start, lengths, cache):
+    """x [B, C, D] at positions start + arange(C) against the layer's KV cache -> ([B, C, D], cache);
+    see Attention.extend."""
+    y, cache = self.attn.extend(self._pre(x), start, lengths, cache)
+    return self._add_mlp(x + y), cache
 
-  def prefill_chunk(self, x, start, lengths, cache):
-    y, cache = self.attn.prefill_chunk(self._pre(x), start, lengths, cache)
-    x = x + y
-    return x + self.mlp(self.mlp_norm(x)), cache
-
-  def decode(self, x, pos, cache):
-    y, cache = self.attn.decode(self._pre(x), pos, cache)
-    x = x + y
-    return x + self.mlp(self.mlp_norm(x)), cache
+  def _add_mlp(self, x):
+    """The MLP residual: x + mlp(norm(x))."""
+    return x + self.mlp(self.mlp_norm(x))
 
 
 # model.remat -> the jax.checkpoint policy (None: save nothing but the block's inputs).

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models.block import Block, run_blocks
+from models.block import Block, model_norm, run_blocks
 from models.config import ModelConfig
 from models.inputs import prepare
-from models.layers import Dense, Embed, Norm
+from models.layers import Dense, Embed
 
 
 def check_prefill_chunk(prefill_chunk) -> int:
@@ -43,8 +43,7 @@ class DecoderLM(nnx.Module):
     self.embed = Embed(cfg.vocab_size, cfg.d_model, rngs=rngs, param_dtype=cfg.param_dtype, dtype=cfg.dtype,
                        std=cfg.init_std)
     self.blocks = nnx.List([Block(cfg, t, rngs=rngs) for t in cfg.attention_pattern])
-    self.final_norm = Norm(cfg.d_model, kind=cfg.norm_kind, eps=cfg.norm_eps, use_bias=cfg.norm_bias,
-                           rngs=rngs, param_dtype=cfg.param_dtype, dtype=cfg.dtype)
+    self.final_norm = model_norm(cfg, rngs)
     self.lm_head = None if cfg.tie_embeddings else Dense(
         (cfg.d_model,), (cfg.vocab_size,), names=("embed", "vocab"), rngs=rngs, param_dtype=cfg.param_dtype,
         dtype=jnp.float32, std=cfg.init_std)
@@ -95,15 +94,8 @@ class DecoderLM(nnx.Module):
     """
     _check_cache_len(tokens, cache_len, self.cfg.max_len)
     prefill_chunk = check_prefill_chunk(prefill_chunk)
-    if prefill_chunk:
-      feats, cache = self._prefill_chunks(tokens, lengths, cache_len, prefill_chunk, every_position=True)
-      return self._project(feats), cache
-    x = self.embed(tokens)
-    caches = []
-    for block in self.blocks:
-      x, cache = block.prefill(x, lengths, cache_len)
-      caches.append(cache)
-    return self._logits(x), {"pos": lengths.astype(jnp.int32), "layers": caches}
+    feats, cache = self._prefill_chunks(tokens, lengths, cache_len, prefill_chunk, every_position=True)
+    return self._project(feats), cache
 
   def prefill_last(self, tokens, lengths, cache_len: int, *, prefill_chunk: int | None = None):
     """Prefill for generation: (logits [B, V] float32 at each row's last prompt position, KV cache).
@@ -129,7 +121,7 @@ class DecoderLM(nnx.Module):
       x = self.embed(chunk)
       new = []
       for block, cache in zip(self.blocks, caches):
-        x, cache = block.prefill_chunk(x, start, lengths, cache)
+        x, cache = block.extend(x, start, lengths, cache)
         new.append(cache)
       x = self.final_norm(x)  # [B, C', D]
       i = lengths - 1 - start  # each row's last prompt position, relative to the chunk
@@ -161,6 +153,6 @@ class DecoderLM(nnx.Module):
     x = self.embed(tokens[:, None])  # [B, 1, D]
     caches = []
     for block, layer_cache in zip(self.blocks, cache["layers"]):
-      x, layer_cache = block.decode(x, pos, layer_cache)
+      x, layer_cache = block.extend(x, pos, pos + 1, layer_cache)
       caches.append(layer_cache)
     return self._logits(x)[:, 0], {"pos": pos + 1, "layers": caches}

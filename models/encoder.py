@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.block import Block, run_blocks
+from models.block import Block, model_norm, run_blocks
 from models.config import ModelConfig
 from models.inputs import prepare
-from models.layers import Dense, Embed, Norm, param
+from models.layers import Dense, Embed, param
 
 
 class Encoder(nnx.Module):
@@ -28,13 +28,12 @@ class Encoder(nnx.Module):
       raise ValueError(f"Encoder needs arch='encoder', got {cfg.arch!r}")
     self.cfg = cfg
     kw = dict(rngs=rngs, param_dtype=cfg.param_dtype, dtype=cfg.dtype)
-    norm = lambda: Norm(cfg.d_model, kind=cfg.norm_kind, eps=cfg.norm_eps, use_bias=cfg.norm_bias, **kw)
     self.embed = Embed(cfg.vocab_size, cfg.d_model, std=cfg.init_std, **kw)
-    self.embed_norm = norm()
+    self.embed_norm = model_norm(cfg, rngs)
     self.blocks = nnx.List([Block(cfg, t, rngs=rngs, attn_norm=i > 0) for i, t in enumerate(cfg.attention_pattern)])
-    self.final_norm = norm()
+    self.final_norm = model_norm(cfg, rngs)
     self.head_dense = Dense((cfg.d_model,), (cfg.d_model,), names=("embed", None), std=cfg.init_std, **kw)
-    self.head_norm = norm()
+    self.head_norm = model_norm(cfg, rngs)
     self.decoder_bias = param(rngs, nnx.initializers.zeros, (cfg.vocab_size,), cfg.param_dtype, ("vocab",))
 
   def head(self):

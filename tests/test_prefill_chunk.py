@@ -1,5 +1,6 @@
 """Tests of chunked prefill (DecoderLM.prefill / prefill_last / generate with prefill_chunk): the same logits,
-caches and tokens as the one-shot prefill, and compiled memory that follows the chunk, not the prompt."""
+caches and tokens as the one-shot prefill (itself checked against the full forward), and compiled memory that
+follows the chunk, not the prompt."""
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +49,9 @@ def test_chunked_prefill_matches_one_shot(pattern, chunk):
     return one_shot, last, chunked
 
   (ref, ref_cache), (last, cache), chunked = run(model)
+  full = _forward(model, tokens)  # causal: the padding after a row's prompt changes nothing before it
+  for row, n in enumerate(lens):
+    np.testing.assert_allclose(ref[row, :n], full[row, :n], rtol=2e-5, atol=2e-5)
   np.testing.assert_allclose(last, ref[np.arange(3), lens - 1], rtol=2e-5, atol=2e-5)
   if every_position:
     for row, n in enumerate(lens):
