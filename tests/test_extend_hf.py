@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eval.restore import restore
+from training.restore import restore
 from test_corpus_formats import build_tokenizer, write_corpus
 from training import train_and_evaluate
 

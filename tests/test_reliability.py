@@ -19,7 +19,7 @@ import attention
 from attention import dsa
 from attention.testing import random_qkv
 from data import corpus, pipeline, tokenizer
-from eval import restore
+from training import restore
 from test_train import ROOT, compilation_cache_dir, read_metrics, tiny  # noqa: F401  (the cache fixture)
 from training import checkpoint, from_config_dict, loop, sharding, train_and_evaluate, workdir as workdir_lib
 
