@@ -3,7 +3,8 @@
 python -m configs.sweep --config=configs/decoder_125m.py[:ARG] --workdir=runs/sweep [--dry_run]
 
 --dry_run prints the command lines; otherwise they run one after another (a failed run stops the sweep
-with its exit status). A config without get_sweep() (or a missing file) is one line on stderr, exit status 2. Each workdir is named after its overrides, so rerunning a sweep resumes its runs.
+with its exit status). A config without get_sweep() (or a missing file) is one line on stderr, exit
+status 2. Each workdir is named after its overrides, so rerunning a sweep resumes its runs.
 """
 
 from __future__ import annotations
