@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["attention", "attention.*", "models", "data", "eval", "configs", "benchmarks",
                                     "training"]),
-    py_modules=["train"],
+    py_modules=["train", "export", "generate"],
     install_requires=[
         "jax>=0.10",
         "flax>=0.12",

@@ -32,8 +32,8 @@ from data import mqar as mqar_lib
 from data import passkey as passkey_lib
 from eval import mqar as mqar_eval
 from eval import passkey as passkey_eval
-from eval import restore
 from models import AttentionType
+from training import restore
 
 flags.DEFINE_string("root", "runs/extension", "The experiment's root (benchmarks/extension_experiment.py).")
 flags.DEFINE_list("rules", list(extend.ZERO_SHOT_RULES), "Rules applied zero-shot to ROOT/base.")

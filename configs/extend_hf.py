@@ -6,7 +6,7 @@ by ",tiny" for a CPU dry run of two steps:
 
   python train.py --config=configs/extend_hf.py:/models/TinyLlama-1.1B --workdir=runs/llama_yarn \\
       --config.data.corpus="('my_corpus/',)" --config.data.text_field=text
-  python -m models.hf_export --workdir=runs/llama_yarn --out=exported/llama_yarn
+  python export.py --workdir=runs/llama_yarn --out=exported/llama_yarn
 
 L0 is the model's max_position_embeddings; the run trains on rows of 8 * L0 tokens (batch 1, so a 4K model
 trains at 32K: give it the memory, or lower --config.model.rope_scaling.factor, --config.model.max_len and

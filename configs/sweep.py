@@ -3,7 +3,8 @@
 python -m configs.sweep --config=configs/decoder_125m.py[:ARG] --workdir=runs/sweep [--dry_run]
 
 --dry_run prints the command lines; otherwise they run one after another (a failed run stops the sweep
-with its exit status). Each workdir is named after its overrides, so rerunning a sweep resumes its runs.
+with its exit status). A config without get_sweep() (or a missing file) is one line on stderr, exit
+status 2. Each workdir is named after its overrides, so rerunning a sweep resumes its runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import shlex
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from training import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Config file with get_sweep(), optionally with :ARG.")
@@ -35,7 +38,8 @@ def load_sweep(config: str) -> list[dict]:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   if not hasattr(module, "get_sweep"):
-    raise ValueError(f"{path} defines no get_sweep()")
+    raise ValueError(f"--config={config}: {path} defines no get_sweep(), so it has no sweep to run; add one "
+                     "returning a list of override dicts (see configs/decoder_tiny.py) or train it with train.py")
   sweep = module.get_sweep()
   if not sweep or not all(isinstance(o, dict) for o in sweep):
     raise ValueError(f"{path}: get_sweep() must return a non-empty list of override dicts, got {sweep!r}")
@@ -61,7 +65,7 @@ def commands(config: str, workdir: str) -> list[list[str]]:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise ValueError(f"unexpected arguments: {argv[1:]}")
   cmds = commands(FLAGS.config, FLAGS.workdir)
   for i, cmd in enumerate(cmds):
     print(shlex.join(cmd), flush=True)
@@ -74,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

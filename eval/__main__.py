@@ -14,8 +14,9 @@ import sys
 
 from absl import app, flags, logging
 
-from eval import passkey, restore
+from eval import passkey
 from eval.evaluate import TASKS, evaluate, summary
+from training import restore
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py run directory (holding checkpoints/).")
@@ -64,7 +65,7 @@ def run():
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads at INFO
   try:
     app.run(main, flags_parser=_parse_flags)
-  except ValueError as e:  # bad input: flags, overrides, a missing or damaged checkpoint (eval/restore.py)
+  except ValueError as e:  # bad input: flags, overrides, a missing or damaged checkpoint (training/restore.py)
     print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
     sys.exit(2)
 

@@ -12,7 +12,8 @@ import sys
 import time
 
 import data as data_lib
-from eval import mlm, mqar, passkey, perplexity, plots, restore
+from eval import mlm, mqar, passkey, perplexity, plots
+from training import restore
 
 TASKS = ("perplexity", "passkey", "mqar", "mlm")
 

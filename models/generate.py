@@ -8,11 +8,14 @@ prompt position's logits are projected either way.
 Greedy decoding at temperature 0; otherwise temperature sampling restricted to the nucleus (top-p,
 Holtzman et al., arXiv 1904.09751). Prompts of different lengths decode together: each row has its own
 position, and the causal mask's per-row q_offset hides the padding left in the cache.
+
+A library: generate.py (beside train.py) is the command that generates from a train.py run.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -119,3 +122,9 @@ def _run(graphdef, state, tokens, lengths, rng, cache_len, max_new_tokens, tempe
 
   _, rest = jax.lax.scan(step, (first, cache, rng, done), None, length=max_new_tokens - 1)  # [N-1, B]
   return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+if __name__ == "__main__":
+  print("error: models.generate is a library; generate from a train.py run with: python generate.py "
+        "--workdir=DIR --prompt=TEXT [--max_new_tokens=N] [--step=N] [--temperature=T]", file=sys.stderr)
+  sys.exit(2)

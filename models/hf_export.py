@@ -15,18 +15,18 @@ with the enlarged base theta * s^(D/(D-2)), which is what it computes. Anything 
 counterpart (DSA layers, LOCAL layers in Llama, scaled RoPE on LOCAL layers, ...) raises ValueError
 naming the field and the families that would take it.
 
-  python -m models.hf_export --workdir=runs/demo --out=exported/demo [--step=N] [--family=qwen2]
+A library: export.py (beside train.py) is the command that exports a train.py run,
+  python export.py --workdir=runs/demo --out=exported/demo [--step=N] [--family=qwen2]
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import sys
 
 import numpy as np
 import safetensors.numpy
-from absl import app, flags
 from flax import nnx
 
 from models.config import AttentionType, ModelConfig
@@ -225,45 +225,7 @@ def save_hf(model, cfg: ModelConfig, folder: str, *, family: str | None = None, 
   return folder
 
 
-def _tokenizer_files(tokenizer_path: str) -> tuple[list[str], dict]:
-  """(Hugging Face tokenizer files to copy, token ids) of a run's data.tokenizer_path."""
-  from data.tokenizer import get_tokenizer  # data does not import models: no cycle
-
-  tok = get_tokenizer(tokenizer_path or None)
-  ids = {"bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "pad_token_id": tok.pad_id}
-  folder = getattr(tok, "folder", None)  # only a Hugging Face tokenizer has files to ship
-  if folder is None:
-    return [], ids
-  return [os.path.join(folder, n) for n in TOKENIZER_FILES if os.path.isfile(os.path.join(folder, n))], ids
-
-
-def _define_flags():
-  """The CLI's flags, defined only when run as a script: importing save_hf must not claim --workdir."""
-  flags.DEFINE_string("workdir", None, "A train.py run directory.")
-  flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-  flags.DEFINE_string("out", None, "Output folder.")
-  flags.DEFINE_string("family", None, f"One of {FAMILIES} (default: inferred from the config).")
-  flags.DEFINE_integer("max_shard_bytes", 5 * 2**30, "Largest safetensors shard.")
-
-
-def main(argv):
-  FLAGS = flags.FLAGS
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not FLAGS.workdir or not FLAGS.out:
-    raise app.UsageError("--workdir and --out are required")
-  from eval.restore import restore  # the evaluator's checkpoint reader, so both read runs one way
-
-  run = restore(FLAGS.workdir, FLAGS.step)
-  files, ids = _tokenizer_files(run.config.data.tokenizer_path)
-  save_hf(run.model, run.config.model, FLAGS.out, family=FLAGS.family, max_shard_bytes=FLAGS.max_shard_bytes,
-          token_ids=ids)
-  for path in files:
-    shutil.copy(path, os.path.join(FLAGS.out, os.path.basename(path)))
-  arch = hf_config(run.config.model, FLAGS.family)["architectures"][0]
-  print(f"exported step {run.step} of {FLAGS.workdir} as {arch} to {FLAGS.out}")
-
-
 if __name__ == "__main__":
-  _define_flags()
-  app.run(main)
+  print("error: models.hf_export is a library; export a train.py run with: python export.py --workdir=DIR "
+        "--out=FOLDER [--step=N] [--family=F]", file=sys.stderr)
+  sys.exit(2)

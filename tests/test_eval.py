@@ -15,9 +15,9 @@ from flax import nnx
 import data
 import models
 from configs import decoder_tiny, encoder_tiny
-from eval import mlm, passkey, perplexity, restore
+from eval import mlm, passkey, perplexity
 from eval.evaluate import evaluate, summary
-from training import from_config_dict, train_and_evaluate
+from training import from_config_dict, restore, train_and_evaluate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -10,8 +10,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import extend, extend_gpu
-from eval import restore
-from training import train_and_evaluate
+from training import restore, train_and_evaluate
 
 
 def _tiny(arg, config=extend, **overrides):

@@ -1,6 +1,6 @@
 """configs/extend_hf.py dry run: a tiny random Llama with its own BPE tokenizer.json (both built here) is
 extended 8x with YaRN, trained 2 steps through train.py's train_and_evaluate on a folder of .jsonl.gz and
-Parquet documents, exported by `python -m models.hf_export --workdir=RUN --out=FOLDER`, and the export,
+Parquet documents, exported by `python export.py --workdir=RUN --out=FOLDER`, and the export,
 loaded by transformers, gives the trained checkpoint's logits past the original length."""
 
 import json
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from eval.restore import restore
+from training.restore import restore
 from test_corpus_formats import build_tokenizer, write_corpus
 from training import train_and_evaluate
 
@@ -43,7 +43,7 @@ def test_extend_hf_dry_run_trains_and_exports(tmp_path):
 
   out = tmp_path / "exported"
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
-  done = subprocess.run([sys.executable, "-m", "models.hf_export", f"--workdir={run}", "--step=2", f"--out={out}"],
+  done = subprocess.run([sys.executable, "export.py", f"--workdir={run}", "--step=2", f"--out={out}"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-2000:]
   assert "as LlamaForCausalLM" in done.stdout and os.path.isfile(out / "tokenizer.json")

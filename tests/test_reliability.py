@@ -1,10 +1,12 @@
-"""Reliability: each test turns one reproduction of issue 11 into a check. A workdir has one owner, resume
-checks what it resumes, damaged checkpoints fall back, and bad input fails early in one line."""
+"""Reliability: each test turns one reproduction of issues 11 and 23 into a check. A workdir has one owner,
+resume checks what it resumes, damaged checkpoints (truncated, or bytes flipped at the same size: checksums)
+fall back, and bad input fails early in one line."""
 
 import glob
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,14 +16,15 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import attention
 from attention import dsa
 from attention.testing import random_qkv
 from data import corpus, pipeline, tokenizer
-from eval import restore
 from test_train import ROOT, compilation_cache_dir, read_metrics, tiny  # noqa: F401  (the cache fixture)
-from training import checkpoint, from_config_dict, loop, sharding, train_and_evaluate, workdir as workdir_lib
+from training import checkpoint, checksums, from_config_dict, loop, restore, sharding, train_and_evaluate
+from training import workdir as workdir_lib
 
 
 def _write_corpus(root, n=12):
@@ -174,36 +177,53 @@ def test_resume_compares_the_config_and_a_moved_corpus_is_the_same_data(base, tm
   assert [m["step"] for m in read_metrics(run) if "loss" in m] == [1, 2, 3, 4]
 
 
+def _flip(path, n=400):
+  """Invert `n` bytes in the middle of `path`, keeping its size (issue 23's silent corruption)."""
+  with open(path, "r+b") as fh:
+    data = bytearray(fh.read())
+    middle = len(data) // 2 - n // 2
+    data[middle:middle + n] = bytes(b ^ 0xFF for b in data[middle:middle + n])
+    fh.seek(0)
+    fh.write(data)
+
+
 def _damage(step_dir, kind):
+  """Damage checkpoint 2 of a run; returns a regex of the file (and cause) a diagnosis must name."""
+  biggest = max(glob.glob(f"{step_dir}/params/ocdbt.process_0/d/*"), key=os.path.getsize)
   if kind == "truncated params":
-    f = max(glob.glob(f"{step_dir}/params/ocdbt.process_0/d/*"), key=os.path.getsize)
-    with open(f, "r+b") as fh:
+    with open(biggest, "r+b") as fh:
       fh.truncate(100)
-    return "checkpoints/2/params"
+    return r"checkpoints/2/params/ocdbt.process_0/d/\w+: 100 bytes, but \d+ when the checkpoint was written"
+  if kind == "flipped params":
+    _flip(biggest)
+    return r"checkpoints/2/params/ocdbt.process_0/d/\w+: checksum mismatch"
   if kind == "no params metadata":
     os.remove(f"{step_dir}/params/_METADATA")
     return r"checkpoints/2/params/_METADATA: missing"
+  os.remove(f"{step_dir}/{checksums.MANIFEST}")  # a checkpoint from before checksums: Orbax's own errors
   with open(f"{step_dir}/data/metadata", "w") as fh:
     fh.write("{not json")
   return r"checkpoints/2/data/metadata: not valid JSON \(Expecting"
 
 
-def test_a_damaged_checkpoint_is_named_and_resume_falls_back_to_the_previous_one(base, tmp_path, caplog):
+@pytest.mark.parametrize("kind", ["truncated params", "flipped params"])
+def test_a_damaged_checkpoint_is_named_and_resume_falls_back_to_the_previous_one(base, tmp_path, caplog, kind):
   folder, _ = base
   run = _copy_run(base, tmp_path)
-  where = _damage(run / "checkpoints" / "2", "truncated params")
+  where = _damage(run / "checkpoints" / "2", kind)
   with pytest.raises(ValueError, match="config.resume_step=5 is not a checkpoint of .* it has steps \\[1, 2\\]"):
     train_and_evaluate(_config(folder, resume_step=5), str(run))
   with pytest.raises(checkpoint.DamagedCheckpointError, match=f"checkpoint 2 is damaged: .*{where}"):
     train_and_evaluate(_config(folder, resume_step=2), str(run))
   with caplog.at_level(logging.WARNING, logger="training"):
-    assert train_and_evaluate(_config(folder), str(run))["step"] == 2
-  assert f"checkpoint 2 is damaged: {run}/{where}" in caplog.text and "falling back" in caplog.text
+    result = train_and_evaluate(_config(folder), str(run))
+  assert result["step"] == 2 and np.isfinite(result["val_loss"])
+  assert re.search(f"checkpoint 2 is damaged: {run}/{where}.*; falling back", caplog.text)
   assert os.listdir(run / "set_aside_checkpoints")[0].startswith("2-")  # kept for a post-mortem
   assert train_and_evaluate(_config(folder, resume_step=2), str(run))["step"] == 2  # the new step 2
 
 
-@pytest.mark.parametrize("kind", ["truncated params", "no params metadata", "bad data json"])
+@pytest.mark.parametrize("kind", ["truncated params", "flipped params", "no params metadata", "bad data json"])
 def test_eval_names_the_damaged_file_and_falls_back(base, tmp_path, kind, caplog):
   run = _copy_run(base, tmp_path)
   where = _damage(run / "checkpoints" / "2", kind)
@@ -213,19 +233,58 @@ def test_eval_names_the_damaged_file_and_falls_back(base, tmp_path, kind, caplog
     assert "overrides" not in str(e.value)
     with caplog.at_level(logging.WARNING, logger="training"):
       assert restore.restore(str(run)).step == 1
-    assert "checkpoint 2 is damaged" in caplog.text
+    assert re.search(f"checkpoint 2 is damaged: .*{where}.*; falling back", caplog.text)
   with pytest.raises(checkpoint.DamagedCheckpointError, match=where):
     train_and_evaluate(_config(base[0], resume_step=2), str(run))
 
 
-def test_eval_cli_reports_a_damaged_checkpoint_in_one_line(base, tmp_path):
+def test_eval_cli_names_flipped_bytes_in_one_line_and_never_reports_nan(base, tmp_path):
   run = _copy_run(base, tmp_path)
-  _damage(run / "checkpoints" / "2", "no params metadata")
-  out = subprocess.run([sys.executable, "-m", "eval", f"--workdir={run}", "--step=2"], cwd=ROOT,
-                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
-  errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-  assert out.returncode == 2 and len(errors) == 1 and "Traceback" not in out.stderr
-  assert "checkpoint 2 is damaged" in errors[0] and "params/_METADATA: missing" in errors[0]
+  _damage(run / "checkpoints" / "2", "flipped params")
+  procs = [subprocess.Popen([sys.executable, "-m", "eval", f"--workdir={run}", "--tasks=perplexity", "--lengths=32",
+                             "--ppl_documents=1", *step], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for step in (["--step=2"], [])]
+  (_, asked_err), (fallback_out, fallback_err) = [p.communicate(timeout=300) for p in procs]
+  assert procs[0].returncode == 2 and asked_err.count("\n") == 1 and asked_err.startswith("error: "), asked_err
+  assert re.search(r"checkpoint 2 is damaged: .*checkpoints/2/params/ocdbt.process_0/d/\w+: checksum mismatch",
+                   asked_err)
+  assert procs[1].returncode == 0, fallback_err[-2000:]
+  warnings = [line for line in fallback_err.splitlines() if line.startswith(("W", "E"))]
+  assert len(warnings) == 1 and "checkpoint 2 is damaged" in warnings[0] and "falling back" in warnings[0], warnings
+  assert "nan" not in fallback_out.lower() and "validation loss" in fallback_out
+
+
+def test_every_saved_step_is_sealed_and_a_step_without_a_manifest_restores_with_one_line(base, tmp_path, caplog):
+  folder, workdir = base
+  for step in (1, 2):
+    assert checksums.verify(str(workdir / "checkpoints" / str(step)), checkpoint.ITEMS)
+  # Synchronous saves with old steps deleted: the step kept is sealed too.
+  sync = tmp_path / "sync"
+  train_and_evaluate(_config(folder, num_steps=3, **{"checkpoint.async_save": False, "checkpoint.max_to_keep": 1}),
+                     str(sync))
+  assert sorted(os.listdir(sync / "checkpoints")) == ["3"]
+  assert checksums.verify(str(sync / "checkpoints" / "3"), checkpoint.ITEMS)
+  # A checkpoint from before checksums: restored unverified (one line), and NaN weights count as damage.
+  run = _copy_run(base, tmp_path)
+  for step in (1, 2):
+    os.remove(run / "checkpoints" / str(step) / checksums.MANIFEST)
+  _damage(run / "checkpoints" / "2", "flipped params")
+  with caplog.at_level(logging.WARNING, logger="training"):
+    assert restore.restore(str(run)).step == 1
+  assert "checkpoint 2 has no" in caplog.text and "restoring it unverified" in caplog.text
+  assert "checkpoint 2 is damaged" in caplog.text  # NaN/inf weights or a decode error: never a NaN result
+
+
+def test_init_from_skips_a_damaged_newest_checkpoint(base, tmp_path, caplog):
+  run = _copy_run(base, tmp_path)
+  like = restore.restore(str(run), 1)
+  like_params = nnx.to_pure_dict(nnx.state(like.model, nnx.Param))
+  _damage(run / "checkpoints" / "2", "flipped params")
+  with caplog.at_level(logging.WARNING, logger="training"):
+    params, step = checkpoint.restore_params_from(str(run), like_params)
+  assert step == 1 and re.search("checkpoint 2 is damaged: .*checksum mismatch.*; falling back", caplog.text)
+  np.testing.assert_array_equal(np.asarray(params["embed"]["embedding"]),
+                                np.asarray(like_params["embed"]["embedding"]))
 
 
 @pytest.fixture

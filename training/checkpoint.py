@@ -5,7 +5,8 @@ step, RNG key data, NaN-guard counters), "data" (the grain iterator state, JSON)
 TrainConfig, JSON). Orbax writes each step into a temporary directory and renames it when complete, so a
 run killed mid-save leaves only finished steps visible; leftover temporaries are removed on start.
 Restoring goes through an abstract state (ShapeDtypeStruct + sharding for the *current* mesh), so a
-checkpoint written on 8 devices loads on 1 and vice versa.
+checkpoint written on 8 devices loads on 1 and vice versa. Every step this module saves is sealed with a
+checksum manifest (training/checksums.py) once Orbax has finalized it, and checked before it is restored.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import dataclasses
 import json
 import logging
 import os
+import pathlib
 import re
 import time
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from training import checksums
 from training.config import TrainConfig
 
 _log = logging.getLogger(__name__)
@@ -27,13 +31,39 @@ _log = logging.getLogger(__name__)
 ITEMS = ("params", "train_state", "data", "config")
 
 
-def manager(workdir: str, config: TrainConfig) -> ocp.CheckpointManager:
+class Manager(ocp.CheckpointManager):
+  """A CheckpointManager that seals every step it saves with a checksum manifest once Orbax has finalized it.
+
+  Orbax finalizes an async save in a background thread (and renames the step directory there), so the seal
+  waits for wait_until_finished(): Orbax calls it at the start of the next save, before that save may delete
+  old steps, and close() calls it too. Only process 0 writes the manifest; by then every process's files are
+  committed (Orbax's finalize ends with a barrier across processes).
+  """
+
+  def __init__(self, *args, **kwargs):
+    self._unsealed = []  # set first: the base __init__ may already wait
+    super().__init__(*args, **kwargs)
+
+  def save(self, step: int, *args, **kwargs) -> bool:
+    saved = super().save(step, *args, **kwargs)
+    if saved:
+      self._unsealed.append(step)
+    return saved
+
+  def wait_until_finished(self):
+    super().wait_until_finished()
+    while self._unsealed:
+      step_dir = os.path.join(str(self.directory), str(self._unsealed.pop(0)))
+      if jax.process_index() == 0 and os.path.isdir(step_dir):
+        checksums.seal(step_dir)
+
+
+def manager(workdir: str, config: TrainConfig) -> Manager:
   """The CheckpointManager of `workdir`/checkpoints (saves only where the caller asks; see should_save)."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=config.checkpoint.max_to_keep, enable_async_checkpointing=config.checkpoint.async_save,
       cleanup_tmp_directories=True, create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
-                               item_names=ITEMS)
+  return Manager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options, item_names=ITEMS)
 
 
 def save(mngr: ocp.CheckpointManager, state: dict, data_state: dict, config: TrainConfig, fingerprint: str):
@@ -75,15 +105,18 @@ def restore(mngr: ocp.CheckpointManager, step: int, like_state: dict, check=None
   `check(resumed)`, if given, sees the JSON items (config, data) before any array is read, so a refusal
   (checkpoint.Refused) costs nothing and is not mistaken for damage by a model change's shape mismatch.
   """
+  verify(str(mngr.directory), step, ("data", "config"))
   meta = mngr.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore()))
   data = meta.data if "iterator" in meta.data else {"iterator": meta.data}  # older checkpoints: the state alone
   resumed = Resumed(step, {}, data["iterator"], data.get("fingerprint"), meta.config)
   if check is not None:
     check(resumed)
+  verify(str(mngr.directory), step, ("params", "train_state"), log=False)
   target = abstract(like_state)
   rest = {k: v for k, v in target.items() if k != "params"}
   out = mngr.restore(step, args=ocp.args.Composite(
       params=ocp.args.StandardRestore(target["params"]), train_state=ocp.args.StandardRestore(rest)))
+  check_finite(str(mngr.directory), step, out.params)
   return dataclasses.replace(resumed, state=dict(out.train_state, params=out.params))
 
 
@@ -93,6 +126,33 @@ class DamagedCheckpointError(ValueError):
   def __init__(self, step: int, file: str, cause: str):
     super().__init__(f"checkpoint {step} is damaged: {file}: {cause}")
     self.step, self.file, self.cause = step, file, cause
+
+
+def verify(directory: str, step: int, items, *, log: bool = True):
+  """Check the files of `items` of checkpoint `step` (under `directory`) against its checksum manifest.
+
+  Raises DamagedCheckpointError naming the file that differs. A step without a manifest restores
+  unverified, said in one warning (unless `log` is False: a second check of the same step).
+  """
+  step_dir = os.path.join(directory, str(step))
+  try:
+    sealed = checksums.verify(step_dir, items)
+  except checksums.Mismatch as e:
+    raise DamagedCheckpointError(step, e.path, e.cause) from None
+  if not sealed and log:
+    _log.warning("checkpoint %d has no %s (written before checksums, or the run stopped before sealing it): "
+                 "restoring it unverified", step, os.path.join(step_dir, checksums.MANIFEST))
+
+
+def check_finite(directory: str, step: int, params):
+  """Raise DamagedCheckpointError when a restored parameter holds NaN or inf: the NaN guard keeps such
+  weights out of every checkpoint train.py writes, so they mean damage no checksum saw (a step without a
+  manifest)."""
+  finite = jax.device_get(jax.jit(lambda t: jax.tree.map(lambda x: jnp.isfinite(x).all(), t))(params))
+  for name, ok in _flat(finite).items():
+    if not ok:
+      raise DamagedCheckpointError(step, os.path.join(directory, str(step), "params"),
+                                   f"parameter {name} holds NaN or inf")
 
 
 def diagnose(step_dir: str, step: int, error: BaseException) -> DamagedCheckpointError:
@@ -151,7 +211,7 @@ def first_restorable(directory: str, steps: list[int], requested: int | None, re
     except Refused:
       raise
     except Exception as e:  # noqa: BLE001  any other failure of a restore is a damaged checkpoint, explained
-      err = diagnose(os.path.join(directory, str(step)), step, e)
+      err = e if isinstance(e, DamagedCheckpointError) else diagnose(os.path.join(directory, str(step)), step, e)
       if requested:
         raise err from None
       _log.warning("%s; falling back to the previous checkpoint", err)
@@ -172,10 +232,23 @@ def set_aside(workdir: str, directory: str, steps: list[int]) -> list[str]:
   return moved
 
 
-def _flat_shapes(tree) -> dict[str, tuple]:
+def _flat(tree) -> dict:
+  """{"a/b/0": leaf} of a pytree."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
-          for path, leaf in leaves}
+  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): leaf for path, leaf in leaves}
+
+
+def flat_shapes(tree) -> dict[str, tuple]:
+  """{"a/b/0": shape} of a pytree of arrays (or array metadata)."""
+  return {name: tuple(leaf.shape) for name, leaf in _flat(tree).items()}
+
+
+def saved_shapes(item_dir: str) -> dict[str, tuple]:
+  """{"a/b/0": shape} of an array item (e.g. STEP/params) from its metadata, without reading the arrays.
+
+  The handler, not a StandardCheckpointer: the latter also looks for step metadata inside the item and
+  warns that it is missing."""
+  return flat_shapes(ocp.StandardCheckpointHandler().metadata(pathlib.Path(item_dir)))
 
 
 def _from_hugging_face(folder: str, like_params) -> dict:
@@ -183,7 +256,7 @@ def _from_hugging_face(folder: str, like_params) -> dict:
   from models import hf_import
 
   params = hf_import.load_params(folder)
-  saved, wanted = _flat_shapes(params), _flat_shapes(like_params)
+  saved, wanted = flat_shapes(params), flat_shapes(like_params)
   if saved != wanted:
     name = min(set(saved) ^ set(wanted) or {n for n in saved if saved[n] != wanted[n]})
     raise ValueError(f"init_from={folder!r}: tensor {name!r} is {saved.get(name, 'absent')} in the Hugging Face "
@@ -192,8 +265,9 @@ def _from_hugging_face(folder: str, like_params) -> dict:
 
 
 def restore_params_from(other_workdir: str, like_params) -> tuple[dict, int]:
-  """Params (laid out like `like_params`) from the latest checkpoint of another run, and its step (0 for a
-  Hugging Face folder: config.json + safetensors, e.g. a pretrained model to extend).
+  """Params (laid out like `like_params`) from the newest checkpoint of another run that restores (a damaged
+  newer one is skipped with a warning naming its file), and its step (0 for a Hugging Face folder:
+  config.json + safetensors, e.g. a pretrained model to extend).
 
   Refuses (ValueError naming the tensor) when a tensor's shape differs or a tensor is missing on either
   side: fine-tuning and context extension keep the architecture.
@@ -204,21 +278,29 @@ def restore_params_from(other_workdir: str, like_params) -> tuple[dict, int]:
   if not os.path.isdir(directory):
     raise ValueError(f"init_from={other_workdir!r}: no checkpoints directory at {directory!r}")
   with ocp.CheckpointManager(directory, item_names=ITEMS, options=ocp.CheckpointManagerOptions(create=False)) as other:
-    step = other.latest_step()
-  if step is None:
+    steps = sorted(other.all_steps())
+  if not steps:
     raise ValueError(f"init_from={other_workdir!r}: no complete checkpoint in {directory!r}")
-  path = os.path.join(directory, str(step), "params")
   checkpointer = ocp.StandardCheckpointer()
-  meta = checkpointer.metadata(path)
-  saved = _flat_shapes(getattr(meta, "item_metadata", meta))
-  wanted = _flat_shapes(like_params)
+
+  def read(step: int):
+    verify(directory, step, ("params",))
+    path = os.path.join(directory, str(step), "params")
+    _check_shapes(other_workdir, saved_shapes(path), flat_shapes(like_params))
+    params = checkpointer.restore(path, abstract(like_params))
+    check_finite(directory, step, params)
+    return params
+
+  step, params = first_restorable(directory, steps, None, read, what="init_from step")
+  return params, step
+
+
+def _check_shapes(other_workdir: str, saved: dict, wanted: dict):
   for name in sorted(set(saved) | set(wanted)):
     if name not in saved:
-      raise ValueError(f"init_from={other_workdir!r}: tensor {name!r} is missing from the checkpoint")
+      raise Refused(f"init_from={other_workdir!r}: tensor {name!r} is missing from the checkpoint")
     if name not in wanted:
-      raise ValueError(f"init_from={other_workdir!r}: tensor {name!r} of the checkpoint has no place in "
-                       f"this model")
+      raise Refused(f"init_from={other_workdir!r}: tensor {name!r} of the checkpoint has no place in this model")
     if saved[name] != wanted[name]:
-      raise ValueError(f"init_from={other_workdir!r}: tensor {name!r} has shape {saved[name]} in the "
-                       f"checkpoint but {wanted[name]} in this model")
-  return checkpointer.restore(path, abstract(like_params)), step
+      raise Refused(f"init_from={other_workdir!r}: tensor {name!r} has shape {saved[name]} in the checkpoint but "
+                    f"{wanted[name]} in this model")

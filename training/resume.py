@@ -91,7 +91,7 @@ def resume(cfg: TrainConfig, workdir: str, mngr: ocp.CheckpointManager, like_sta
     logged.clear()
     try:
       return checkpoint.restore(mngr, step, like_state, check)
-    except checkpoint.Refused:
+    except (checkpoint.Refused, checkpoint.DamagedCheckpointError):  # the latter already names its file
       raise
     except Exception as e:
       model = [k for k in logged if k.startswith("model.")]

@@ -1,10 +1,14 @@
-"""Restore a train.py checkpoint for evaluation: its frozen config (with overrides) and its params.
+"""Read a train.py run: a checkpoint's frozen config (with overrides) and its params, as a model.
 
-A train.py checkpoint step holds the TrainConfig as JSON next to the params (training/checkpoint.py), so
-the model is rebuilt from the checkpoint itself. Overrides (`model.rope_scaling.kind=yarn`,
-`model.attention_pattern=LG`, `model.attention_impl=xla`, `model.max_len=4096`, ...) are applied to that
-config before it is validated again, so a bad key or value fails with the trainer's own message. Params
-are restored onto the first local device whatever the device count that wrote them.
+The one reader of finished runs, used by eval, export.py, generate.py and the benchmarks. A train.py
+checkpoint step holds the TrainConfig as JSON next to the params (training/checkpoint.py), so the model is
+rebuilt from the checkpoint itself. The files read are checked against the step's checksum manifest first,
+and restored params holding NaN or inf count as damage, so a damaged step is named and skipped.
+
+Overrides (`model.rope_scaling.kind=yarn`, `model.attention_pattern=LG`, `model.attention_impl=xla`,
+`model.max_len=4096`, ...) are applied to that config before it is validated again, so a bad key or value
+fails with the trainer's own message. Params are restored onto the first local device whatever the device
+count that wrote them.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from training.config import TrainConfig, from_config_dict
 
 @dataclasses.dataclass
 class Restored:
-  """A model ready to evaluate: `model` holds the checkpoint's params under the (overridden) `config`."""
+  """A model ready to use: `model` holds the checkpoint's params under the (overridden) `config`."""
 
   model: nnx.Module
   config: TrainConfig
@@ -74,16 +78,13 @@ def _manager(workdir: str) -> ocp.CheckpointManager:
   if not os.path.isdir(directory):
     raise ValueError(f"workdir={workdir!r} has no checkpoints directory ({directory!r}); train it with "
                      "train.py first")
-  # An explicit params handler: without it item_metadata() has nothing to read the shapes with.
-  handlers = {"params": ocp.StandardCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
+  # A handler for every item, so Orbax does not warn about the items a read leaves alone (it reads only
+  # those it is given arguments for). Not read_only: that option only warns, three times, about saves and
+  # deletions this reader never asks for.
+  handlers = {"params": ocp.StandardCheckpointHandler(), "train_state": ocp.StandardCheckpointHandler(),
+              "config": ocp.JsonCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(directory, item_handlers=handlers,
-                               options=ocp.CheckpointManagerOptions(read_only=True))
-
-
-def _shapes(tree) -> dict[str, tuple]:
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): tuple(leaf.shape)
-          for path, leaf in leaves}
+                               options=ocp.CheckpointManagerOptions(create=False))
 
 
 def _abstract_model(config: TrainConfig):
@@ -108,12 +109,16 @@ def _diff(have: dict, want: dict) -> str | None:
 def _read_step(mngr: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
   """(saved config dict, params restored under that config) of `step`: anything failing here is damage
   to the checkpoint itself, so nothing here involves the user's overrides."""
+  directory = str(mngr.directory)
+  checkpoint.verify(directory, step, ("config", "params"))
   saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
   _, _, _, target = _abstract_model(from_config_dict(copy.deepcopy(saved)))
-  mismatch = _diff(_shapes(mngr.item_metadata(step)["params"]), _shapes(target))
+  saved_params = checkpoint.saved_shapes(os.path.join(directory, str(step), "params"))
+  mismatch = _diff(saved_params, checkpoint.flat_shapes(target))
   if mismatch:
     raise ValueError(f"params/_METADATA disagrees with the checkpoint's own config: {mismatch}")
   params = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(target))).params
+  checkpoint.check_finite(directory, step, params)
   return saved, params
 
 
@@ -125,9 +130,12 @@ def _pick(mngr: ocp.CheckpointManager, step: int | None, read):
 def saved_config(workdir: str, step: int | None = None) -> tuple[int, dict]:
   """(step, the TrainConfig dict stored with it) of checkpoint `step` (default: the newest whose config
   reads)."""
+  def read(s: int) -> dict:
+    checkpoint.verify(str(mngr.directory), s, ("config",), log=False)  # restore() says it once
+    return mngr.restore(s, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
   with _manager(workdir) as mngr:
-    return _pick(mngr, step, lambda s: mngr.restore(s, args=ocp.args.Composite(
-        config=ocp.args.JsonRestore())).config)
+    return _pick(mngr, step, read)
 
 
 def restore(workdir: str, step: int | None = None, overrides: dict[str, object] | None = None, *,
@@ -150,7 +158,7 @@ def restore(workdir: str, step: int | None = None, overrides: dict[str, object] 
     saved["model"]["max_len"] = max(saved["model"]["max_len"], min_max_len)
   config = from_config_dict(saved)
   graphdef, abstract, rest, target = _abstract_model(config)
-  mismatch = _diff(_shapes(params), _shapes(target))
+  mismatch = _diff(checkpoint.flat_shapes(params), checkpoint.flat_shapes(target))
   if mismatch:
     raise ValueError(f"the overrides {sorted(overrides or {})} change the model: {mismatch} of step {step} "
                      f"of {workdir!r} vs the evaluated model (only shape-preserving overrides are allowed)")
