@@ -9,8 +9,8 @@ attention row of the position whose next token is the key's first digit, average
   - entropy (nats), against ln(visible keys), the entropy of uniform attention;
   - needle_mass: the attention on the needle's tokens (the sentence that holds the key), max over heads;
   - digit_mass: the attention on the key's first digit in the needle (the token to copy), max over heads;
-and the exact match of the whole key. With DSA layers also mqar_indexer_recall: per DSA layer, how often the
-lightning indexer's top-k holds the queried pair's value and key. A rule that keeps the needle_mass of the base at 8x keeps the key; one
+and the exact match of the whole key. With DSA layers also indexer_recall (eval/indexer_recall.py): per DSA
+layer, how often the lightning indexer's top-k holds the queried pair's value and key. A rule that keeps the needle_mass of the base at 8x keeps the key; one
 that flattens the row (entropy up towards uniform) or points it elsewhere loses it.
 """
 
@@ -26,13 +26,10 @@ import numpy as np
 from absl import app, flags
 
 import data as data_lib
-from attention import dsa
 from configs import extend
-from data import mqar as mqar_lib
 from data import passkey as passkey_lib
-from eval import mqar as mqar_eval
+from eval import indexer_recall as ir
 from eval import passkey as passkey_eval
-from models import AttentionType
 from training import restore
 
 flags.DEFINE_string("root", "runs/extension", "The experiment's root (benchmarks/extension_experiment.py).")
@@ -60,38 +57,6 @@ def layer_attention(model, tokens, query_pos):
   return rows
 
 
-def indexer_recall(model, tokenizer, length: int) -> list[dict]:
-  """Per DSA layer, over MQAR rows (eval's seeds): how often a query's top-k holds the definition's value (the
-  token the answer copies) and its key. [] for a model without DSA layers."""
-  exs = [mqar_lib.mqar_example(tokenizer, length, mqar_eval.sample_seed(length, s)) for s in range(16)]
-  tokens = jnp.asarray(np.stack([e.tokens for e in exs]))
-  positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), tokens.shape)
-
-  @jax.jit
-  def top_k(tokens):
-    x, out = model.embed(tokens), []
-    for block in model.blocks:
-      if block.attn.layer_type is AttentionType.DSA:
-        q_idx, k_idx, w = block.attn._indexer(block._pre(x), positions)
-        out.append(dsa.topk_indices(q_idx, k_idx, w, top_k=min(model.cfg.dsa_top_k, length), mask=block.attn.mask,
-                                    score_dtype=jnp.float32))  # [E, T, top_k]
-      x, _ = block(x, positions)
-    return out
-
-  result = []
-  for idx in top_k(tokens):
-    idx = np.asarray(idx)
-    value_hit, key_hit = [], []
-    for i, e in enumerate(exs):
-      for q, g in zip(e.query_positions, e.gaps):
-        picked = set(idx[i, q].tolist())
-        key_hit.append(int(q - g) in picked)
-        value_hit.append(int(q - g + 1) in picked)
-    result.append({"value_in_top_k": float(np.mean(value_hit)), "key_in_top_k": float(np.mean(key_hit)),
-                   "top_k": int(idx.shape[-1]), "queries": len(value_hit)})
-  return result
-
-
 def diagnose(model, tokenizer, length: int, samples: int) -> dict:
   exs = [passkey_lib.passkey_example(tokenizer, length, d, passkey_eval.sample_seed(length, d, s), "compact")
          for d in DEPTHS for s in range(samples)]
@@ -113,7 +78,8 @@ def diagnose(model, tokenizer, length: int, samples: int) -> dict:
     layers.append({"entropy": float(entropy.mean()), "needle_mass": mass(needle), "digit_mass": mass(digit)})
   visible = float(np.mean([e.answer_start + 1 for e in exs]))
   return {"uniform_entropy": math.log(visible), "passkey": float(np.mean(correct)), "layers": layers,
-          "mqar_indexer_recall": indexer_recall(model, tokenizer, length)}
+          "indexer_recall": ir.indexer_recall(model, tokenizer, [length], passkey_samples=samples)
+          if ir.dsa_layers(model) else None}
 
 
 def main(argv):

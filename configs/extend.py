@@ -46,7 +46,8 @@ def scaling(rule: str, l0: int) -> dict:
               attention_factor=1.0 if rule == "yarn_notemp" else None)
 
 
-def _variant(c, variant: str):
+def apply_variant(c, variant: str):
+  """Make `c` the local (pattern "GL", window 32) or DSA (pattern "DG", top_k 32) variant in place."""
   if variant == "local":
     c.model.update(attention_pattern="GL", window=(32, 0))
   elif variant == "dsa":
@@ -61,7 +62,7 @@ def get_config(arg: str = "base"):
     raise ValueError(f"configs/extend.py: bad argument {arg!r}; use base|{'|'.join(RULES)}[,local|,dsa][,tiny]")
   c = retrieval_base.get_config("tiny" if tiny else "")
   if variant:
-    _variant(c, variant[0])
+    apply_variant(c, variant[0])
     if tiny:
       c.model.update(window=(8, 0), dsa_top_k=8)
   if stage == "base":

@@ -12,10 +12,10 @@ import sys
 import time
 
 import data as data_lib
-from eval import mlm, mqar, passkey, perplexity, plots
+from eval import indexer_recall, mlm, mqar, passkey, perplexity, plots
 from training import restore
 
-TASKS = ("perplexity", "passkey", "mqar", "mlm")
+TASKS = ("perplexity", "passkey", "mqar", "mlm", "indexer_recall")
 
 
 def evaluate(workdir: str, *, step: int | None = None, tasks: list[str] | None = None,
@@ -52,6 +52,9 @@ def evaluate(workdir: str, *, step: int | None = None, tasks: list[str] | None =
       plots.passkey_heatmap(res, os.path.join(out_dir, "passkey.png"), title=title)
     elif task == "mqar":
       res = mqar.mqar_accuracy(r.model, tokenizer, lengths, samples=mqar_samples)
+    elif task == "indexer_recall":
+      res = indexer_recall.indexer_recall(r.model, tokenizer, lengths, mqar_samples=mqar_samples,
+                                          passkey_samples=passkey_samples, prompt=cfg.data.passkey_prompt)
     else:
       res = mlm.mlm_accuracy(r.model, cfg, tokenizer, lengths)
     res["seconds"] = time.perf_counter() - t
@@ -78,6 +81,10 @@ def summary(results: dict) -> str:
   if "mqar" in results:
     p = results["mqar"]
     lines += [f"mqar @ {n:>6}: {acc:.1%}" for n, acc in zip(p["lengths"], p["accuracy"])]
+  if "indexer_recall" in results:
+    p = results["indexer_recall"]
+    lines += [f"indexer recall @ {n:>6} (top-{p['top_k']}, layers {p['layers']}): MQAR value {v}, passkey digit {d}"
+              for n, v, d in zip(p["lengths"], p["mqar_value"], p["passkey_digit"])]
   if "mlm" in results:
     p = results["mlm"]
     lines += [f"mlm accuracy @ {n:>6}: {acc:.3f}" for n, acc in zip(p["lengths"], p["accuracy"])]

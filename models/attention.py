@@ -27,7 +27,7 @@ from models.config import AttentionType, ModelConfig
 from models.layers import Dense
 
 
-INDEXER_MODULES = ("q_idx", "k_idx", "w_idx")  # the lightning indexer's projections in a DSA layer
+INDEXER_MODULES = ("q_idx", "k_idx", "w_idx", "smear_idx")  # the lightning indexer's params in a DSA layer
 
 
 def is_indexer_param(path) -> bool:
@@ -72,6 +72,8 @@ class Attention(nnx.Module):
       self.q_idx = Dense((d,), (hi, di), names=("embed", "indexer", None), **kw)
       self.k_idx = Dense((d,), (di,), names=("embed", None), **kw)
       self.w_idx = Dense((d,), (hi,), names=("embed", "indexer"), **kw)
+      if cfg.dsa_smeared_keys:  # one logit for the indexer's single key head, as self.smear per kv head
+        self.smear_idx = nnx.Param(nnx.initializers.zeros(None, (1,), cfg.param_dtype))
 
   def _rope(self, x, positions):
     """x [B, T, heads, H] rotated at positions [B, T] with the layer's theta and scaling."""
@@ -86,26 +88,38 @@ class Attention(nnx.Module):
     first position; without a cache the first position of the row has no previous key.
     """
     k_raw = self.k(x)  # [B, T, K, H]
-    k = self._smear(k_raw, positions, segment_ids, cache) if self.cfg.smeared_keys else k_raw
+    k = self._smear(k_raw, positions, segment_ids, cache, self.smear, "k_last") if self.cfg.smeared_keys else k_raw
     return self._rope(self.q(x), positions), self._rope(k, positions), self.v(x), k_raw
 
-  def _smear(self, k, positions, segment_ids, cache):
-    """Smeared keys: sigmoid(a) k_t + (1 - sigmoid(a)) k_{t-1} where t-1 is in the same document, else k_t."""
-    first = jnp.zeros_like(k[:, :1]) if cache is None else cache["k_last"][:, None].astype(k.dtype)
+  @staticmethod
+  def _smear(k, positions, segment_ids, cache, logit, last: str):
+    """Smeared keys: sigmoid(a) k_t + (1 - sigmoid(a)) k_{t-1} where t-1 is in the same document, else k_t.
+
+    k [B, T, K, H] with one logit a per head (logit [K]); cache[last] ([B, K, H]) is the key before the chunk.
+    """
+    first = jnp.zeros_like(k[:, :1]) if cache is None else cache[last][:, None].astype(k.dtype)
     before = jnp.concatenate([first, k[:, :-1]], axis=1)  # [B, T, K, H]: the key one position back
     has = positions > 0  # positions restart at 0 in every document
     if cache is None:
       has = has.at[:, 0].set(False)
     if segment_ids is not None:
       has &= segment_ids == jnp.concatenate([segment_ids[:, :1], segment_ids[:, :-1]], axis=1)
-    a = jax.nn.sigmoid(self.smear[...].astype(jnp.float32)).astype(k.dtype)[:, None]  # [K, 1]
+    a = jax.nn.sigmoid(logit[...].astype(jnp.float32)).astype(k.dtype)[:, None]  # [K, 1]
     return jnp.where(has[..., None, None], a * k + (1 - a) * before, k)
 
-  def _indexer(self, x, positions):
-    """Indexer queries [B, T, Hi, Di], keys [B, T, Di] and head weights [B, T, Hi] from a detached input."""
+  def _indexer(self, x, positions, segment_ids=None, cache=None):
+    """Indexer queries [B, T, Hi, Di], keys [B, T, Di], head weights [B, T, Hi] from a detached input, and
+    the unrotated, unsmeared keys [B, T, Di] (what a cache keeps as k_idx_last).
+
+    With cfg.dsa_smeared_keys the keys are smeared like the attention's (self._smear), so the indexer, too,
+    can find "the position right after this key" (the value an MQAR query copies) in the first layer.
+    """
     cfg = self.cfg
     x = jax.lax.stop_gradient(x)
-    q_idx, k_idx = self.q_idx(x), self.k_idx(x)
+    q_idx, k_raw = self.q_idx(x), self.k_idx(x)
+    k_idx = k_raw
+    if cfg.dsa_smeared_keys:
+      k_idx = self._smear(k_raw[:, :, None], positions, segment_ids, cache, self.smear_idx, "k_idx_last")[:, :, 0]
     if cfg.dsa_rope_dim:
       inv_freq, att_scale = rope_frequencies(cfg.dsa_rope_dim, cfg.rope_theta, cfg.rope_scaling,
                                              seq_len=jnp.max(positions) + 1)
@@ -113,14 +127,25 @@ class Attention(nnx.Module):
                                       attention_scale=att_scale)
     # (Hi * Di)^-1/2 keeps the scores O(1) at init, as V3.2 scales the weights by Hi^-1/2 and q.k by Di^-1/2.
     w = self.w_idx(x).astype(jnp.float32) * (cfg.dsa_index_heads * cfg.dsa_index_dim) ** -0.5
-    return q_idx, k_idx, w
+    return q_idx, k_idx, w, k_raw
+
+  def selection(self, x, positions, segment_ids=None):
+    """A DSA layer's top-k keys for every query, int32 [B, T, top_k]: what __call__ attends over in its
+    sparse phase (same indexer, top_k, mask, impl and score precision). For measuring the indexer's recall."""
+    cfg = self.cfg
+    if self.layer_type is not AttentionType.DSA:
+      raise ValueError(f"selection() needs a DSA layer, this one is {self.layer_type.name}")
+    q_idx, k_idx, w, _ = self._indexer(x, positions, segment_ids)
+    return dsa.topk_indices(q_idx, k_idx, w, top_k=min(cfg.dsa_top_k, x.shape[1]), mask=self.mask,
+                            segment_ids=segment_ids, impl=_topk_impl(cfg.attention_impl),
+                            score_dtype=getattr(jnp, cfg.dsa_score_dtype))
 
   def __call__(self, x, positions, segment_ids=None, *, with_aux: bool = False):
     """x [B, T, D], positions [B, T] -> ([B, T, D], aux dict of scalar losses: the indexer KL of a DSA layer)."""
     cfg = self.cfg
     q, k, v, _ = self._qkv(x, positions, segment_ids)
     if self.layer_type is AttentionType.DSA:  # dense attention in the warm-up, top-k sparse attention after
-      q_idx, k_idx, w = self._indexer(x, positions)
+      q_idx, k_idx, w, _ = self._indexer(x, positions, segment_ids)
       out, kl = dsa.dsa_self_attention(q, k, v, q_idx, k_idx, w, top_k=cfg.dsa_top_k, mask=self.mask,
                                        segment_ids=segment_ids, sparse=cfg.dsa_phase == "sparse", with_kl=with_aux,
                                        impl=cfg.attention_impl, topk_impl=_topk_impl(cfg.attention_impl),
@@ -158,7 +183,7 @@ class Attention(nnx.Module):
     # The next chunk's first key is smeared with this chunk's last one (rows still in their prompt), and
     # decoding's with the last prompt position's.
     last = jnp.minimum(start + c, lengths) - 1  # [B]: each row's last position written by this chunk
-    cache = kv_cache.set_k_last(cache, k_raw, last - start)
+    cache = kv_cache.set_last(cache, "k_last", k_raw, last - start)
     if self.layer_type is AttentionType.LOCAL:
       # Keys [ring, chunk] sit at contiguous positions, so the layer's own mask applies with the queries at
       # index W (q_offset=W); ring slots not written yet are masked out as a second segment.
@@ -168,7 +193,8 @@ class Attention(nnx.Module):
       return self.o(out), kv_cache.ring_write(cache, k, v, start, last)
     cache = dict(cache, k=kv_cache.write(cache["k"], k, start), v=kv_cache.write(cache["v"], v, start))
     if self.layer_type is AttentionType.DSA:
-      q_idx, k_idx, w = self._indexer(x, positions)
+      q_idx, k_idx, w, k_idx_raw = self._indexer(x, positions, cache=cache)
+      cache = kv_cache.set_last(cache, "k_idx_last", k_idx_raw[:, :, None], last - start)
       cache["k_idx"] = kv_cache.write(cache["k_idx"], k_idx, start)
       if cfg.dsa_phase == "sparse":  # each query's top-k over every key before it, as in the full sequence
         indices = dsa.topk_indices(q_idx, cache["k_idx"], w, top_k=min(cfg.dsa_top_k, cache["k"].shape[1]),

@@ -77,6 +77,7 @@ class ModelConfig:
   dsa_index_dim: int = 32
   dsa_rope_dim: int = 16  # partial RoPE on the first dims of the indexer q/k
   dsa_top_k: int = 2048
+  dsa_smeared_keys: bool = False  # smear the indexer's keys as smeared_keys does the attention's
   dsa_phase: str = "sparse"  # "dense_warmup" | "sparse"
   dsa_score_dtype: str = "bfloat16"  # precision of the indexer's q.k products: "bfloat16" | "float32"
   max_len: int = 2048

@@ -4,7 +4,8 @@ GLOBAL and DSA layers keep every position: k, v [B, S, K, H] with position p in 
 lightning indexer's keys, k_idx [B, S, Di]). LOCAL layers keep a ring of their window only: k, v
 [B, W, K, H] with W = left + 1, position p in slot p % W, and slot_pos [B, W], the position each slot
 holds (-1: none yet). With cfg.smeared_keys every cache also keeps k_last [B, K, H], the unrotated key of
-each row's last written position, which the next position's key is smeared with.
+each row's last written position, which the next position's key is smeared with; with cfg.dsa_smeared_keys
+a DSA cache keeps the indexer's, k_idx_last [B, 1, Di], the same way.
 
 A chunk of C new positions start + arange(C) is written at once; `start` is an int or int32 scalar shared by
 the rows (chunked prefill) or an int32 [B] (decoding, C = 1, every row at its own length).
@@ -28,6 +29,8 @@ def init(cfg: ModelConfig, layer_type: AttentionType, batch: int, cache_len: int
     cache = {"k": kv(cache_len), "v": kv(cache_len)}
   if layer_type is AttentionType.DSA:
     cache["k_idx"] = jnp.zeros((batch, cache_len, cfg.dsa_index_dim), cfg.dtype)
+    if cfg.dsa_smeared_keys:
+      cache["k_idx_last"] = jnp.zeros((batch, 1, cfg.dsa_index_dim), cfg.dtype)  # [B, 1 head, Di]
   if cfg.smeared_keys:
     cache["k_last"] = kv(1)[:, 0]
   return cache
@@ -43,14 +46,15 @@ def write(buf, new, start):
   return buf.at[jnp.arange(buf.shape[0])[:, None], idx].set(new)
 
 
-def set_k_last(cache, k_raw, last):
-  """cache with k_last taken from k_raw [B, C, K, H] at index last [B], for the rows where that is inside it."""
-  if "k_last" not in cache:
+def set_last(cache, name: str, k_raw, last):
+  """cache with cache[name] (k_last or k_idx_last, [B, K, H]) taken from k_raw [B, C, K, H] at index last [B],
+  for the rows where that is inside the chunk; the cache unchanged when it keeps no such key."""
+  if name not in cache:
     return cache
   c = k_raw.shape[1]
   picked = jnp.take_along_axis(k_raw, jnp.clip(last, 0, c - 1)[:, None, None, None], axis=1)[:, 0]  # [B, K, H]
   inside = (last >= 0) & (last < c)
-  return dict(cache, k_last=jnp.where(inside[:, None, None], picked.astype(cache["k_last"].dtype), cache["k_last"]))
+  return dict(cache, **{name: jnp.where(inside[:, None, None], picked.astype(cache[name].dtype), cache[name])})
 
 
 def positions(start, batch: int, n: int):

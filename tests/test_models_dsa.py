@@ -28,12 +28,12 @@ def test_dsa_with_all_keys_equals_dense_and_top_k_matters():
 
 
 def _is_indexer(path):
-  return any(p in ("q_idx", "k_idx", "w_idx") for p in path)
+  return any(p in ("q_idx", "k_idx", "w_idx", "smear_idx") for p in path)
 
 
-@pytest.mark.parametrize("phase", ["dense_warmup", "sparse"])
-def test_indexer_kl_trains_only_the_indexer_and_lm_loss_only_the_model(phase):
-  model = build_model(_cfg(dsa_phase=phase), rngs=nnx.Rngs(1))
+@pytest.mark.parametrize("phase,smeared", [("dense_warmup", False), ("sparse", False), ("sparse", True)])
+def test_indexer_kl_trains_only_the_indexer_and_lm_loss_only_the_model(phase, smeared):
+  model = build_model(_cfg(dsa_phase=phase, dsa_smeared_keys=smeared), rngs=nnx.Rngs(1))
   tokens, seg = _tokens(2, (2, 20)), jnp.array([[1] * 12 + [2] * 8, [1] * 20])
 
   def losses(m):
@@ -51,8 +51,9 @@ def test_indexer_kl_trains_only_the_indexer_and_lm_loss_only_the_model(phase):
     assert (norm > 0) == _is_indexer(path), (phase, path, norm)  # KL: the indexer only
 
 
-def test_dsa_packing_isolation():
-  model = build_model(_cfg(), rngs=nnx.Rngs(2))
+@pytest.mark.parametrize("smeared", [False, True])
+def test_dsa_packing_isolation(smeared):
+  model = build_model(_cfg(dsa_smeared_keys=smeared), rngs=nnx.Rngs(2))
   seg = jnp.array([[1] * 14 + [2] * 18])
   a = _tokens(3, (1, 32))
   b = a.at[:, :14].set(_tokens(4, (1, 14)))

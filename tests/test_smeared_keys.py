@@ -1,5 +1,6 @@
-"""Smeared keys (ModelConfig.smeared_keys; Olsson et al. 2022): the formula, document boundaries, and every
-cached path (prefill, chunked prefill, decode) equal to the full forward."""
+"""Smeared keys (ModelConfig.smeared_keys; Olsson et al. 2022), and the DSA indexer's (dsa_smeared_keys): the
+formula, document boundaries, and every cached path (prefill, chunked prefill, decode) equal to the full
+forward."""
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ def test_smear_formula_and_document_boundaries():
   k = rng.normal(size=(2, 7, 4, cfg.head_dim)).astype(np.float32)
   seg = np.array([[1, 1, 1, 2, 2, 2, 2], [1] * 7])
   pos = np.array([[0, 1, 2, 0, 1, 2, 3], [3, 4, 5, 6, 7, 8, 9]])  # row 2 starts inside a document
-  got = np.asarray(attn._smear(jnp.asarray(k), jnp.asarray(pos), jnp.asarray(seg), None))
+  got = np.asarray(attn._smear(jnp.asarray(k), jnp.asarray(pos), jnp.asarray(seg), None, attn.smear, "k_last"))
   a = 1 / (1 + np.exp(-np.array([-1.0, 0.0, 0.5, 2.0])))[:, None]
   want = k.copy()
   for b in range(2):
@@ -30,7 +31,8 @@ def test_smear_formula_and_document_boundaries():
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
   # With a cache, the first position is smeared with the cached previous key.
   prev = rng.normal(size=(2, 4, cfg.head_dim)).astype(np.float32)
-  got = np.asarray(attn._smear(jnp.asarray(k[:, :1]), jnp.asarray(pos[:, :1]), None, {"k_last": jnp.asarray(prev)}))
+  got = np.asarray(attn._smear(jnp.asarray(k[:, :1]), jnp.asarray(pos[:, :1]), None, {"k_last": jnp.asarray(prev)},
+                               attn.smear, "k_last"))
   np.testing.assert_allclose(got[0, 0], k[0, 0], rtol=1e-6)  # position 0: nothing before it
   np.testing.assert_allclose(got[1, 0], a * k[1, 0] + (1 - a) * prev[1], rtol=1e-6, atol=1e-6)
 
@@ -61,9 +63,9 @@ def test_packing_isolation_with_smeared_keys():
   np.testing.assert_allclose(la[:, 20:], _forward(model, a[:, 20:]), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("pattern", ["G", "L", "D", "LG"])
-def test_decode_with_smeared_keys_matches_full_forward(pattern):
-  model = build_model(_cfg(pattern, smeared_keys=True), rngs=nnx.Rngs(1))
+@pytest.mark.parametrize("pattern,idx", [("G", False), ("L", False), ("D", False), ("D", True), ("LG", False)])
+def test_decode_with_smeared_keys_matches_full_forward(pattern, idx):
+  model = build_model(_cfg(pattern, smeared_keys=True, dsa_smeared_keys=idx), rngs=nnx.Rngs(1))
   tokens = _tokens(6, (3, 20))
   lens = jnp.array([4, 9, 13], jnp.int32)  # ragged prompts: each row's cached previous key is its own
   full, dec = _forward(model, tokens), _decode_all(model, tokens, lens)
@@ -72,15 +74,16 @@ def test_decode_with_smeared_keys_matches_full_forward(pattern):
     np.testing.assert_allclose(dec[row, :20 - start], full[row, start:], rtol=2e-5, atol=2e-5)
 
 
-@pytest.mark.parametrize("pattern,chunk", [("G", 5), ("L", 4), ("D", 5)])
-def test_chunked_prefill_with_smeared_keys_matches_one_shot(pattern, chunk):
-  model = build_model(_cfg(pattern, smeared_keys=True), rngs=nnx.Rngs(2))
+@pytest.mark.parametrize("pattern,chunk,idx", [("G", 5, False), ("L", 4, False), ("D", 5, True)])
+def test_chunked_prefill_with_smeared_keys_matches_one_shot(pattern, chunk, idx):
+  model = build_model(_cfg(pattern, smeared_keys=True, dsa_smeared_keys=idx), rngs=nnx.Rngs(2))
   tokens, lens = _tokens(0, (3, 23)), jnp.array([23, 9, 14], jnp.int32)
   (ref, ref_cache), (last, cache) = nnx.jit(lambda m: (m.prefill(tokens, lens, 30),
                                                        m.prefill_last(tokens, lens, 30, prefill_chunk=chunk)))(model)
   np.testing.assert_allclose(last, ref[np.arange(3), np.asarray(lens) - 1], rtol=2e-5, atol=2e-5)
   for a, b in zip(ref_cache["layers"], cache["layers"]):  # the key decoding will smear with: the last prompt key
-    np.testing.assert_allclose(b["k_last"], a["k_last"], rtol=2e-5, atol=2e-5)
+    for name in ("k_last", "k_idx_last") if idx else ("k_last",):
+      np.testing.assert_allclose(b[name], a[name], rtol=2e-5, atol=2e-5)
 
 
 def test_export_refuses_smeared_keys():

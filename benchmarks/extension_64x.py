@@ -1,0 +1,331 @@
+"""Progressive extension to 64x, per seed and variant: base at L0 = 128, 8x (1024), 64x (8192), each stage
+evaluated at L0 x 1, 2, 4, ..., 64 (passkey by depth, MQAR by gap, perplexity, and the lightning indexer's
+recall for DSA); the merged report is docs/extension_64x.json (min and mean over seeds).
+
+python -m benchmarks.extension_64x --seeds=0                 # train + eval + cost for seed 0, all variants
+python -m benchmarks.extension_64x --seeds=1 --variants=dsa  # one seed, one variant (resumable)
+python -m benchmarks.extension_64x --stages=report            # merge every seed file -> docs/extension_64x.json
+
+Stages (each skips work whose results exist, so a rerun resumes):
+  train    per (seed, variant, rule): train.py --config=configs/extend_64x.py:STAGE,VARIANT,RULE
+           --config.seed=SEED for STAGE = base, 8x, 64x under ROOT/seedSEED/VARIANT/, each restoring the
+           previous (--config.init_from)
+  eval     python -m eval on each stage at every length: the base without scaling is the zero-shot row
+  cost     per variant: the compiled bytes of one fine-tune step (batch 1) at 8x and 64x L0
+           (benchmarks/train_memory.measure) and the measured seconds per step of the 8x and 64x stages
+  collect  ROOT/seedSEED -> RESULTS/seedSEED.json (every number of that seed, with the commands' timing)
+  report   RESULTS/seed*.json -> OUT (min and mean over the seeds), the plots and the Markdown table
+Each subprocess is printed with its log file as it starts.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+from configs import extend_64x
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("root", "runs/ext64", "Where the runs live: ROOT/seedSEED/VARIANT/STAGE.")
+flags.DEFINE_list("seeds", ["0"], "Training seeds (config.seed).")
+flags.DEFINE_list("variants", list(extend_64x.VARIANTS), "global, local, dsa, dsa_plain (configs/extend_64x.py).")
+flags.DEFINE_list("rules", ["yarn"], "Extension rules: yarn and/or abf (configs/extend_64x.py).")
+flags.DEFINE_list("stages", ["train", "eval", "cost", "collect", "report"], "Stages to run, in order.")
+flags.DEFINE_list("lengths", None, "Evaluation lengths (default: L0 x 1, 2, 4, ..., 64).")
+flags.DEFINE_integer("passkey_samples", 20, "Passkey keys per (length, depth): 5 depths x 20 = 100 prompts.")
+flags.DEFINE_integer("mqar_samples", 16, "MQAR rows per length (one pair per 16 tokens: 512 pairs at 8192).")
+flags.DEFINE_integer("ppl_documents", 8, "Held-out documents per length for perplexity.")
+flags.DEFINE_string("results", "docs/results/extension_64x", "Per-seed JSON files (collect writes, report reads).")
+flags.DEFINE_string("out", "docs/extension_64x.json", "The merged report.")
+flags.DEFINE_string("plots", "docs/results", "Where the report's plots and table go.")
+flags.DEFINE_bool("tiny", False, "The configs' tiny stages (L0 = 32, 2 steps): the suite's dry run.")
+
+ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGES = tuple(extend_64x.STAGES)  # base, 8x, 64x
+
+
+def _cpu_children() -> float:
+  r = resource.getrusage(resource.RUSAGE_CHILDREN)
+  return r.ru_utime + r.ru_stime
+
+
+def _run(argv: list[str], log: str, timing: dict, name: str):
+  print("+", " ".join(argv), f"> {log}", flush=True)
+  os.makedirs(os.path.dirname(log), exist_ok=True)
+  t, c = time.time(), _cpu_children()
+  with open(log, "a") as f:
+    rc = subprocess.call(argv, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT_DIR)
+  if rc:
+    sys.exit(f"failed with exit status {rc} after {time.time() - t:.0f}s; see {log}")
+  timing[name] = {"wall_s": round(time.time() - t, 1), "cpu_s": round(_cpu_children() - c, 1)}
+  print(f"  done in {timing[name]['wall_s']:.0f}s wall, {timing[name]['cpu_s']:.0f}s CPU", flush=True)
+
+
+def _latest_step(workdir: str) -> int | None:
+  d = os.path.join(workdir, "checkpoints")
+  steps = [int(s) for s in os.listdir(d) if s.isdigit()] if os.path.isdir(d) else []
+  return max(steps) if steps else None
+
+
+def config_arg(stage: str, variant: str, rule: str) -> str:
+  return ",".join([stage, variant] + ([rule] if stage != "base" else []) + (["tiny"] if FLAGS.tiny else []))
+
+
+def workdir(root: str, seed: int, variant: str, stage: str, rule: str) -> str:
+  return os.path.join(root, f"seed{seed}", variant, stage if stage == "base" else f"{stage}_{rule}")
+
+
+def lengths() -> list[int]:
+  if FLAGS.lengths:
+    return [int(n) for n in FLAGS.lengths]
+  l0 = extend_64x.TINY_L0 if FLAGS.tiny else extend_64x.L0
+  return [l0 * 2**i for i in range(7)]
+
+
+def train(root: str, seed: int, variant: str, rule: str, timing: dict):
+  """The three stages of one (seed, variant, rule), each restoring the one before."""
+  for stage in STAGES:
+    wd, arg = workdir(root, seed, variant, stage, rule), config_arg(stage, variant, rule)
+    if _latest_step(wd) == extend_64x.get_config(arg).num_steps:
+      continue
+    prev = extend_64x.previous(stage)
+    init = [f"--config.init_from={workdir(root, seed, variant, prev, rule)}"] if prev else []
+    _run([sys.executable, "train.py", f"--config=configs/extend_64x.py:{arg}", f"--workdir={wd}",
+          f"--config.seed={seed}", *init], wd + ".log", timing, f"train_{os.path.basename(wd)}")
+
+
+def _tasks(variant: str) -> list[str]:
+  return ["perplexity", "passkey", "mqar"] + (["indexer_recall"] if variant.startswith("dsa") else [])
+
+
+def _eval_dir(wd: str) -> str:
+  return os.path.join(wd, "eval", str(_latest_step(wd)))
+
+
+def evaluate(root: str, seed: int, variant: str, rule: str, timing: dict):
+  for stage in STAGES:
+    wd = workdir(root, seed, variant, stage, rule)
+    if os.path.isfile(os.path.join(_eval_dir(wd), _tasks(variant)[-1] + ".json")):
+      continue
+    _run([sys.executable, "-m", "eval", f"--workdir={wd}", f"--lengths={','.join(map(str, lengths()))}",
+          f"--tasks={','.join(_tasks(variant))}", f"--ppl_documents={FLAGS.ppl_documents}",
+          f"--passkey_samples={FLAGS.passkey_samples}", f"--mqar_samples={FLAGS.mqar_samples}"],
+         wd + ".eval.log", timing, f"eval_{os.path.basename(wd)}")
+
+
+def step_seconds(wd: str) -> float | None:
+  """Median step_time_s of a run's logged steps, the first (compile) left out."""
+  path = os.path.join(wd, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return None
+  times = [r["step_time_s"] for r in map(json.loads, open(path)) if "step_time_s" in r and r["step"] > 1]
+  return statistics.median(times) if times else None
+
+
+def cost(root: str, seed: int, variant: str, rule: str) -> dict:
+  """Compiled bytes of a batch-1 fine-tune step at 8x and 64x, and the stages' measured seconds per step."""
+  from benchmarks import train_memory  # pylint: disable=g-import-not-at-top  (jax only for this stage)
+  from training.config import from_config_dict  # pylint: disable=g-import-not-at-top
+  out = {}
+  for stage in STAGES[1:]:
+    c = extend_64x.get_config(config_arg(stage, variant, rule))
+    c.data.batch_size = 1
+    c.mesh.update(data=1, fsdp=1, tensor=1, context=1)
+    m = train_memory.measure(from_config_dict(c))
+    wd = workdir(root, seed, variant, stage, rule)
+    out[str(c.data.seq_len)] = {"compiled_bytes_batch1": m["total_bytes"], "temp_bytes_batch1": m["temp_bytes"],
+                                "step_s": step_seconds(wd), "batch_size": extend_64x.get_config(
+                                    config_arg(stage, variant, rule)).data.batch_size}
+  return out
+
+
+def _read(path: str) -> dict:
+  with open(path) as f:
+    return json.load(f)
+
+
+def stage_result(wd: str, variant: str) -> dict:
+  """One evaluated stage -> {"passkey", "mqar", "ppl"} by length (+ "indexer_recall"), and the detail."""
+  d = _eval_dir(wd)
+  r = {t: _read(os.path.join(d, t + ".json")) for t in _tasks(variant)}
+  out = {"passkey": {str(n): a for n, a in zip(r["passkey"]["lengths"], r["passkey"]["accuracy_per_length"])},
+         "mqar": {str(n): a for n, a in zip(r["mqar"]["lengths"], r["mqar"]["accuracy"])},
+         "ppl": {str(n): p for n, p in zip(r["perplexity"]["lengths"], r["perplexity"]["perplexity"])},
+         "passkey_by_depth": {str(n): dict(zip(map(str, r["passkey"]["depths"]), row))
+                              for n, row in zip(r["passkey"]["lengths"], r["passkey"]["accuracy"])},
+         "mqar_by_gap": {str(n): a for n, a in zip(r["mqar"]["lengths"], r["mqar"]["by_gap"])},
+         "step": _latest_step(wd), "step_s": step_seconds(wd)}
+  if "indexer_recall" in r:
+    ir = r["indexer_recall"]
+    # One DSA layer per model here: the recall of its top-k (a list over layers in the task's JSON).
+    out["indexer_recall"] = {"mqar_value": {str(n): v[0] for n, v in zip(ir["lengths"], ir["mqar_value"])},
+                             "mqar_key": {str(n): v[0] for n, v in zip(ir["lengths"], ir["mqar_key"])},
+                             "passkey_digit": {str(n): v[0] for n, v in zip(ir["lengths"], ir["passkey_digit"])
+                                               if v is not None},
+                             "mqar_value_by_gap": {str(n): v[0] for n, v in zip(ir["lengths"],
+                                                                                ir["mqar_value_by_gap"])},
+                             "top_k": ir["top_k"]}
+  return out
+
+
+def collect(root: str, seed: int) -> dict:
+  """Every variant of one seed found under root (not only --variants): the seed's file is whole."""
+  out = {"seed": seed, "L0": lengths()[0], "lengths": lengths(), "variants": {}, "cost": {}, "timing": {},
+         "eval": {"passkey_prompts_per_length": 5 * FLAGS.passkey_samples, "mqar_rows": FLAGS.mqar_samples,
+                  "ppl_documents": FLAGS.ppl_documents},
+         "machine": f"{os.cpu_count()}-core CPU (wall_s: elapsed; cpu_s: user+sys of the stage's processes)"}
+  for variant in extend_64x.VARIANTS:
+    path = os.path.join(root, f"seed{seed}", variant, "timing.json")
+    if os.path.isfile(path):
+      timing = _read(path)
+      out["cost"][variant] = timing.pop("cost", None)
+      out["timing"][variant] = timing
+    for rule in extend_64x.RULES:
+      wds = {s: workdir(root, seed, variant, s, rule) for s in STAGES}
+      if all(_latest_step(wd) is not None and os.path.isfile(os.path.join(_eval_dir(wd), _tasks(variant)[-1] + ".json"))
+             for wd in wds.values()):
+        out["variants"].setdefault(variant, {})[rule] = {s: stage_result(wd, variant) for s, wd in wds.items()}
+  return out
+
+
+def merge(per_seed: list[dict]) -> dict:
+  """Seed files -> the issue's schema: every numeric leaf of a stage as {"min", "mean"} over the seeds that
+  ran it (a cell lists its own seeds when fewer than all ran it)."""
+  seeds = [r["seed"] for r in per_seed]
+  out = {"L0": per_seed[0]["L0"], "lengths": per_seed[0]["lengths"], "seeds": seeds, "variants": {},
+         "cost": {}, "eval": per_seed[0]["eval"], "machine": per_seed[0]["machine"]}
+  for r in per_seed:
+    for variant, rules in r["variants"].items():
+      for rule, stages in rules.items():
+        for stage, res in stages.items():
+          cell = out["variants"].setdefault(variant, {}).setdefault(rule, {}).setdefault(stage, {"seeds": []})
+          cell["seeds"].append(r["seed"])
+          for metric in ("passkey", "mqar", "ppl"):
+            for n, v in res[metric].items():
+              cell.setdefault(metric, {}).setdefault(n, []).append(v)
+          for metric, by_len in res.get("indexer_recall", {}).items():
+            if metric in ("mqar_value", "mqar_key", "passkey_digit"):
+              for n, v in by_len.items():
+                cell.setdefault("indexer_recall", {}).setdefault(metric, {}).setdefault(n, []).append(v)
+    for variant, c in r.get("cost", {}).items():
+      if c:
+        out["cost"].setdefault(variant, {})[str(r["seed"])] = c
+  summarise = lambda v: {"min": min(v), "mean": sum(v) / len(v)}
+  for rules in out["variants"].values():
+    for stages in rules.values():
+      for cell in stages.values():
+        for metric in ("passkey", "mqar", "ppl"):
+          cell[metric] = {n: summarise(v) for n, v in cell[metric].items()}
+        for metric, by_len in cell.get("indexer_recall", {}).items():
+          cell["indexer_recall"][metric] = {n: summarise(v) for n, v in by_len.items()}
+  out["per_seed"] = {str(r["seed"]): r["variants"] for r in per_seed}
+  out["timing"] = {str(r["seed"]): r["timing"] for r in per_seed}
+  return out
+
+
+def plot(report: dict, path: str):
+  """Passkey and MQAR exact match vs length, one column per variant, a line per stage (mean over seeds) in a
+  band from the minimum to the maximum seed."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  variants = list(report["variants"])
+  fig, axes = plt.subplots(2, len(variants), figsize=(4 * len(variants), 6), squeeze=False)
+  for j, variant in enumerate(variants):
+    for rule, stages in report["variants"][variant].items():
+      for stage in stages:
+        for i, metric in enumerate(("passkey", "mqar")):
+          runs = [report["per_seed"][s][variant][rule][stage][metric] for s in map(str, report["seeds"])
+                  if variant in report["per_seed"][s] and rule in report["per_seed"][s][variant]]
+          ns = sorted({int(n) for r in runs for n in r})
+          vals = [[r[str(n)] for r in runs if str(n) in r] for n in ns]
+          mean = [sum(v) / len(v) for v in vals]
+          ax = axes[i, j]
+          line, = ax.plot(ns, mean, marker="o", label=f"{stage} ({rule})" if stage != "base" else "base, no scaling")
+          ax.fill_between(ns, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.2)
+    for i, metric in enumerate(("passkey", "mqar")):
+      ax = axes[i, j]
+      ax.set_xscale("log", base=2)
+      ax.set_ylim(-0.02, 1.02)
+      ax.axvline(report["L0"], color="grey", linestyle=":", linewidth=1)
+      ax.set_title(f"{variant}: {metric} (seeds {report['seeds']})", fontsize=9)
+      ax.set_xlabel("evaluation length (tokens)")
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def table(report: dict) -> str:
+  ns = [str(n) for n in report["lengths"]]
+  head = ["variant", "rule", "stage", "task"] + [f"@{n}" for n in ns]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for variant, rules in report["variants"].items():
+    for rule, stages in rules.items():
+      for stage, cell in stages.items():
+        rows = [(t, cell[t], True) for t in ("passkey", "mqar")] + [("ppl", cell["ppl"], False)]
+        rows += [(f"indexer recall ({m})", v, True) for m, v in cell.get("indexer_recall", {}).items()]
+        for task, by_len, pct in rows:
+          fmt = (lambda c: f"{c['min']:.0%} / {c['mean']:.0%}") if pct else (lambda c: f"{c['mean']:.2f}")
+          lines.append("| " + " | ".join([variant, rule, stage, task] +
+                                         [fmt(by_len[n]) if n in by_len else "-" for n in ns]) + " |")
+  return "\n".join(lines)
+
+
+def report():
+  files = sorted(glob.glob(os.path.join(FLAGS.results, "seed*.json")))
+  if not files:
+    raise app.UsageError(f"no seed*.json in {FLAGS.results}: run the collect stage first")
+  merged = merge([_read(f) for f in files])
+  os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+  with open(FLAGS.out, "w") as f:
+    json.dump(merged, f, indent=1)
+  os.makedirs(FLAGS.plots, exist_ok=True)
+  plot(merged, os.path.join(FLAGS.plots, "extension_64x.png"))
+  text = ("Cells: minimum / mean over seeds " + str(merged["seeds"]) + " (perplexity: mean).\n\n" + table(merged))
+  with open(os.path.join(FLAGS.plots, "extension_64x_table.md"), "w") as f:
+    f.write(text + "\n")
+  print(text)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  unknown = sorted(set(FLAGS.stages) - {"train", "eval", "cost", "collect", "report"}) + \
+      sorted(set(FLAGS.variants) - set(extend_64x.VARIANTS)) + sorted(set(FLAGS.rules) - set(extend_64x.RULES))
+  if unknown:
+    raise app.UsageError(f"unknown stage, variant or rule {unknown}")
+  for seed in map(int, FLAGS.seeds):
+    for stage in FLAGS.stages:
+      for variant in FLAGS.variants:
+        # One file per (seed, variant): runs of different variants may go side by side.
+        path = os.path.join(FLAGS.root, f"seed{seed}", variant, "timing.json")
+        timing = _read(path) if os.path.isfile(path) else {}
+        for rule in FLAGS.rules:
+          if stage == "train":
+            train(FLAGS.root, seed, variant, rule, timing)
+          elif stage == "eval":
+            evaluate(FLAGS.root, seed, variant, rule, timing)
+          elif stage == "cost" and rule == FLAGS.rules[0]:
+            timing["cost"] = cost(FLAGS.root, seed, variant, rule)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+          json.dump(timing, f, indent=1)
+      if stage == "collect":
+        os.makedirs(FLAGS.results, exist_ok=True)
+        with open(os.path.join(FLAGS.results, f"seed{seed}.json"), "w") as f:
+          json.dump(collect(FLAGS.root, seed), f, indent=1)
+  if "report" in FLAGS.stages:
+    report()
+
+
+if __name__ == "__main__":
+  app.run(main)

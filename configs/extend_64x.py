@@ -1,0 +1,92 @@
+"""Progressive context extension to 64x on the CPU: the retrieval base of configs/retrieval_base.py at
+L0 = 128, then 8x (1024), then 64x (8192), each stage a short continued run that restores the previous
+stage's params (config.init_from), as ProLong (Gao et al., arXiv 2410.02660) and Llama 3.1 grow the
+context in steps instead of one jump.
+
+The argument is STAGE[,VARIANT][,RULE][,tiny]:
+  STAGE    base | 8x | 64x
+  VARIANT  global (default: 2 global layers) | local ("GL", window 32 < L0) | dsa ("DG", top_k 32 < L0:
+           at 64x the sparse layer keeps 32 of 8192 keys, 1/256) -- configs/extend.py's variants; dsa adds
+           smeared indexer keys (model.dsa_smeared_keys), and dsa_plain is configs/extend.py's DSA without
+           them, the measured lever (docs/extension.md): in the first layer the indexer sees only the token
+           embedding, so at a value's position nothing tells it which key the value belongs to, and an MQAR
+           query can select the value only by position or luck (seed 0 at 8x: the top-32 held it for 32%).
+  RULE     yarn (default): YaRN with the factor relative to L0 (8, then 64), so every stage interpolates
+           the base's frequencies further (configs/extend_progressive.py does the same at 2K -> 128K);
+           abf: no scaling rule, the RoPE base theta grows per stage instead (ABF, Xiong et al., arXiv
+           2309.16039): theta * s^(d / (d - 2)) for s = 8, 64 and head dim d = 16, the theta at which the
+           slowest frequency turns as far over s L0 as it did over L0 (NTK-aware's base, kept and trained).
+  tiny     the same stages at L0 = 32 with 2 steps each (the suite's dry run).
+
+python train.py --config=configs/extend_64x.py:base --workdir=runs/ext64/seed0/global/base --config.seed=0
+python train.py --config=configs/extend_64x.py:8x --workdir=runs/ext64/seed0/global/8x_yarn \
+    --config.init_from=runs/ext64/seed0/global/base --config.seed=0
+python train.py --config=configs/extend_64x.py:64x --workdir=runs/ext64/seed0/global/64x_yarn \
+    --config.init_from=runs/ext64/seed0/global/8x_yarn --config.seed=0
+
+benchmarks/extension_64x.py runs these for every seed and variant, evaluates each stage at L0 x 1..64 and
+writes docs/extension_64x.json.
+
+Fine-tune budgets: the 8x stage is configs/extend.py's (200 steps x 4 rows of 1024, lr 3e-4 constant),
+the recipe that took seed 0 to 100% passkey and MQAR at 8x. The 64x stage trains as many tokens
+(100 steps x 1 row of 8192) at the same learning rate. Episodes run from L0 to the stage length, drawn
+uniformly over the doublings (data/retrieval.py), so every distance up to the stage length is trained and
+an episode as long as the row (the farthest needle, depth 0) is one draw in log2(s) + 1.
+"""
+
+from configs import extend, retrieval_base
+
+L0 = retrieval_base.L0
+STAGES = {"base": 1, "8x": 8, "64x": 64}  # stage -> factor over L0
+VARIANTS = ("global", "local", "dsa", "dsa_plain")
+RULES = ("yarn", "abf")
+STEPS = {"8x": 200, "64x": 100}
+BATCH = {"8x": 4, "64x": 1}
+TINY_L0 = 32
+
+
+def abf_theta(theta: float, factor: int, head_dim: int) -> float:
+  """ABF's grown base for `factor` x L0: theta * factor^(d / (d - 2))."""
+  return theta * factor ** (head_dim / (head_dim - 2))
+
+
+def previous(stage: str) -> str | None:
+  """The stage whose params `stage` starts from (None for the base)."""
+  names = list(STAGES)
+  return None if stage == "base" else names[names.index(stage) - 1]
+
+
+def get_config(arg: str = "base"):
+  parts = (arg or "base").split(",")
+  tiny = parts[-1] == "tiny"
+  parts = parts[:-1] if tiny else parts
+  stage, rest = (parts[0], parts[1:]) if parts else ("base", [])
+  variant = next((p for p in rest if p in VARIANTS), "global")
+  rule = next((p for p in rest if p in RULES), "yarn")
+  if stage == "tiny" and not rest:  # the plain `tiny` smoke run of tests/test_configs.py: the base stage
+    stage, tiny = "base", True
+  if stage not in STAGES or len(rest) > 2 or any(p not in VARIANTS + RULES for p in rest):
+    raise ValueError(f"configs/extend_64x.py: bad argument {arg!r}; use {'|'.join(STAGES)}"
+                     f"[,{'|'.join(VARIANTS)}][,{'|'.join(RULES)}][,tiny]")
+  c = retrieval_base.get_config("tiny" if tiny else "")
+  if variant != "global":
+    extend.apply_variant(c, variant.removesuffix("_plain"))
+    c.model.dsa_smeared_keys = variant == "dsa"
+    if tiny:
+      c.model.update(window=(8, 0), dsa_top_k=8)
+  l0 = c.data.seq_len
+  if stage == "base":
+    return c
+  factor = STAGES[stage]
+  c.model.max_len = c.data.seq_len = factor * l0
+  if rule == "yarn":
+    c.model.rope_scaling.update(kind="yarn", factor=float(factor), original_max_len=l0)
+  else:
+    c.model.rope_theta = abf_theta(c.model.rope_theta, factor, c.model.head_dim)
+  c.data.update(episode_min_len=l0, num_val_batches=2 if not tiny else 1,
+                batch_size=2 if tiny else BATCH[stage])
+  c.optim.update(learning_rate=extend.FINETUNE_LR, schedule="constant", warmup_steps=1 if tiny else 10)
+  steps = 2 if tiny else STEPS[stage]
+  c.update(num_steps=steps, log_every=min(20, steps), eval_every=steps)
+  c.checkpoint.every = steps
+  return c

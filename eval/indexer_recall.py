@@ -1,0 +1,98 @@
+"""Recall of the lightning indexer: does a DSA layer's top-k hold the key the answer needs, by length?
+
+A sparse layer can only copy what its top-k selected. For each DSA layer of a decoder, over eval's fixed
+rows (the same MQAR rows and passkey prompts as the mqar and passkey tasks):
+  - mqar_value: the share of MQAR queries whose top-k holds the queried pair's value (the token the answer
+    copies; with smeared keys the match lands there) -- also by gap bucket, as eval/mqar.py splits accuracy;
+  - mqar_key: the share whose top-k holds the pair's key (the definition);
+  - passkey_digit: the share of passkey prompts whose top-k, at the position that predicts the key's first
+    digit, holds that digit in the needle.
+The top-k is Attention.selection(): the model's own indexer, top_k, mask, impl and score precision.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import data as data_lib
+from data import mqar as mqar_lib
+from eval import mqar as mqar_eval
+from eval import passkey as passkey_eval
+from models import AttentionType
+
+
+def dsa_layers(model) -> list[int]:
+  return [i for i, b in enumerate(model.blocks) if b.attn.layer_type is AttentionType.DSA]
+
+
+def selections(model, tokens) -> list[np.ndarray]:
+  """tokens int [E, T] -> per DSA layer, its top-k keys of every query, int32 [E, T, top_k]."""
+
+  @jax.jit
+  def run(tokens):
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    x, out = model.embed(tokens), []  # [E, T, D]
+    for block in model.blocks:
+      if block.attn.layer_type is AttentionType.DSA:
+        out.append(block.attn.selection(block._pre(x), positions))
+      x, _ = block(x, positions)
+    return out
+
+  return [np.asarray(i) for i in run(jnp.asarray(tokens))]
+
+
+def hits(indices: np.ndarray, rows: np.ndarray, queries: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+  """indices [E, T, k]; rows, queries, wanted int [Q] -> bool [Q]: is key `wanted` in query's top-k."""
+  return np.any(indices[rows, queries] == wanted[:, None], axis=-1)
+
+
+def indexer_recall(model, tokenizer, lengths: list[int], *, mqar_samples: int = 16, passkey_samples: int = 4,
+                   gap_buckets: int = 4, prompt: str = "compact", batch_tokens: int = 16384) -> dict:
+  """Per length (those long enough for an MQAR row) and DSA layer, the recalls in the module docstring."""
+  layers = dsa_layers(model)
+  if not layers:
+    raise ValueError("the indexer_recall task needs a model with DSA layers (attention_pattern with 'D')")
+  usable = sorted(n for n in set(lengths) if (n - 1) // 2 >= 2 * mqar_lib.num_pairs(n))
+  out = {"layers": layers, "top_k": model.cfg.dsa_top_k, "lengths": usable, "mqar_value": [], "mqar_key": [],
+         "mqar_value_by_gap": [], "gap_edges": [], "passkey_digit": []}
+  for n in usable:
+    rows = max(1, batch_tokens // n)
+    exs = [mqar_lib.mqar_example(tokenizer, n, mqar_eval.sample_seed(n, s)) for s in range(mqar_samples)]
+    value, key, gaps = [[] for _ in layers], [[] for _ in layers], []
+    for j in range(0, len(exs), rows):
+      part = exs[j:j + rows]
+      r = np.concatenate([np.full(len(e.query_positions), i) for i, e in enumerate(part)])
+      q = np.concatenate([e.query_positions for e in part])
+      g = np.concatenate([e.gaps for e in part])
+      gaps.append(g)
+      for layer, idx in enumerate(selections(model, np.stack([e.tokens for e in part]))):
+        key[layer].append(hits(idx, r, q, q - g))
+        value[layer].append(hits(idx, r, q, q - g + 1))
+    gaps = np.concatenate(gaps)
+    edges = np.linspace(0, n, gap_buckets + 1)
+    bucket = np.clip(np.searchsorted(edges, gaps, side="right") - 1, 0, gap_buckets - 1)
+    value = [np.concatenate(v) for v in value]
+    out["mqar_value"].append([float(v.mean()) for v in value])
+    out["mqar_key"].append([float(np.concatenate(k).mean()) for k in key])
+    out["mqar_value_by_gap"].append([[float(v[bucket == b].mean()) if np.any(bucket == b) else None
+                                      for b in range(gap_buckets)] for v in value])
+    out["gap_edges"].append(edges.tolist())
+    out["passkey_digit"].append(_passkey_digit(model, tokenizer, n, passkey_samples, prompt, rows)
+                                if n >= passkey_eval.min_length(tokenizer, prompt) else None)
+  return out
+
+
+def _passkey_digit(model, tokenizer, n: int, samples: int, prompt: str, rows: int) -> list[float]:
+  exs = [data_lib.passkey_example(tokenizer, n, d, seed=passkey_eval.sample_seed(n, d, s), prompt=prompt)
+         for d in passkey_eval.DEPTHS for s in range(samples)]
+  found = []
+  for j in range(0, len(exs), rows):
+    part = exs[j:j + rows]
+    q = np.array([e.answer_start for e in part])  # the answer is " " + key: this position predicts the first digit
+    first = np.array([e.tokens[e.answer_start + 1] for e in part])
+    digit = np.array([e.needle_start + int(np.argmax(e.tokens[e.needle_start:] == f)) for e, f in zip(part, first)])
+    sel = selections(model, np.stack([e.tokens for e in part]))
+    found.append([hits(idx, np.arange(len(part)), q, digit) for idx in sel])
+  return [float(np.concatenate([f[layer] for f in found]).mean()) for layer in range(len(found[0]))]

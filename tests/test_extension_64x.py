@@ -1,0 +1,62 @@
+"""configs/extend_64x.py and benchmarks/extension_64x.py: the progressive stages base -> 8x -> 64x chain
+and scale RoPE relative to L0, and a tiny dry run (every stage trained restoring the previous one, evaluated,
+then collected and merged by the runner into the report's schema)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from configs import extend_64x as e64
+from eval.evaluate import evaluate
+from training import from_config_dict, train_and_evaluate
+
+
+@pytest.mark.parametrize("variant", e64.VARIANTS)
+def test_stages_scale_rope_relative_to_l0(variant):
+  thetas = []
+  for stage, factor in e64.STAGES.items():
+    yarn = from_config_dict(e64.get_config(f"{stage},{variant},yarn")).model
+    abf = from_config_dict(e64.get_config(f"{stage},{variant},abf"))
+    assert abf.data.seq_len == abf.model.max_len == yarn.max_len == factor * e64.L0
+    thetas.append(abf.model.rope_theta)
+    if stage != "base":
+      assert (yarn.rope_scaling.kind, yarn.rope_scaling.factor, yarn.rope_scaling.original_max_len) == \
+          ("yarn", factor, e64.L0)
+      assert abf.model.rope_scaling.kind == "none"
+    if variant.startswith("dsa"):  # top_k fixed below L0: 1/256 of the keys at 64x
+      assert yarn.dsa_top_k == 32 and yarn.dsa_smeared_keys == (variant == "dsa")
+  assert thetas[0] < thetas[1] < thetas[2]
+  assert e64.previous("64x") == "8x" and e64.previous("8x") == "base" and e64.previous("base") is None
+  with pytest.raises(ValueError, match="extend_64x"):
+    e64.get_config("16x")
+
+
+def test_tiny_stages_dry_run_and_report(tmp_path):
+  root, lengths = tmp_path / "runs", [32, 64]
+  previous = ""
+  for stage in e64.STAGES:
+    c = e64.get_config(f"{stage},dsa,yarn,tiny")
+    c.mesh.data = 1
+    c.update(num_steps=1, eval_every=1, init_from=previous)
+    c.optim.warmup_steps = 0
+    c.checkpoint.every = 1
+    wd = root / "seed0" / "dsa" / (stage if stage == "base" else f"{stage}_yarn")
+    assert train_and_evaluate(c, str(wd))["step"] == 1
+    evaluate(str(wd), tasks=["perplexity", "passkey", "mqar", "indexer_recall"], lengths=lengths, ppl_documents=1,
+             passkey_samples=1, mqar_samples=1)
+    previous = str(wd)
+  out = tmp_path / "report.json"
+  subprocess.run([sys.executable, "-m", "benchmarks.extension_64x", "--tiny", f"--root={root}",
+                  f"--results={tmp_path / 'seeds'}", f"--out={out}", f"--plots={tmp_path}", "--stages=collect,report",
+                  f"--lengths={','.join(map(str, lengths))}"], check=True, capture_output=True)
+  r = json.loads(out.read_text())
+  assert r["seeds"] == [0] and r["lengths"] == lengths and list(r["variants"]) == ["dsa"]
+  stages = r["variants"]["dsa"]["yarn"]
+  assert list(stages) == list(e64.STAGES)
+  for cell in stages.values():
+    assert set(cell["mqar"]) == {"32", "64"} and set(cell["passkey"]) == {"64"}  # 32 < a passkey prompt
+    assert all(0.0 <= v["min"] <= v["mean"] <= 1.0 for v in cell["mqar"].values())
+    assert set(cell["indexer_recall"]) == {"mqar_value", "mqar_key", "passkey_digit"}
+  assert (tmp_path / "extension_64x.png").is_file() and (tmp_path / "extension_64x_table.md").is_file()
