@@ -32,6 +32,15 @@ the recipe that took seed 0 to 100% passkey and MQAR at 8x. The 64x stage trains
 (100 steps x 1 row of 8192) at the same learning rate. Episodes run from L0 to the stage length, drawn
 uniformly over the doublings (data/retrieval.py), so every distance up to the stage length is trained and
 an episode as long as the row (the farthest needle, depth 0) is one draw in log2(s) + 1.
+
+What seed 0 measured with this recipe (docs/extension.md, 64x section):
+  - MQAR 100% at every length to 8192 for global and local/global.
+  - Local/global passkey: 97% to 1024, 94% at 4096 and 56% at 8192, lost at depths 0 and 1 (the rare
+    whole-row episodes).
+  - Global passkey: 27% even at 128. The 8x checkpoint with YaRN-64 applied zero-shot keeps 100% at 128,
+    so the 64x fine-tune erases it. Four rows per step (50 x 4 rows) gives 80% at 128 and still 10% at
+    8192.
+This is not the final recipe: the depth coverage and the all-global passkey at 64x are open.
 """
 
 from configs import extend, retrieval_base
