@@ -240,8 +240,10 @@ def plot(report: dict, path: str):
   variants = list(report["variants"])
   fig, axes = plt.subplots(2, len(variants), figsize=(4 * len(variants), 6), squeeze=False)
   for j, variant in enumerate(variants):
-    for rule, stages in report["variants"][variant].items():
+    for r, (rule, stages) in enumerate(report["variants"][variant].items()):
       for stage in stages:
+        if stage == "base" and r:  # every rule restores the same base: draw it once
+          continue
         for i, metric in enumerate(("passkey", "mqar")):
           runs = [report["per_seed"][s][variant][rule][stage][metric] for s in map(str, report["seeds"])
                   if variant in report["per_seed"][s] and rule in report["per_seed"][s][variant]]
@@ -249,6 +251,7 @@ def plot(report: dict, path: str):
           vals = [[r[str(n)] for r in runs if str(n) in r] for n in ns]
           mean = [sum(v) / len(v) for v in vals]
           ax = axes[i, j]
+          ax.set_xticks(ns, [str(n) for n in ns], fontsize=7)
           line, = ax.plot(ns, mean, marker="o", label=f"{stage} ({rule})" if stage != "base" else "base, no scaling")
           ax.fill_between(ns, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.2)
     for i, metric in enumerate(("passkey", "mqar")):
