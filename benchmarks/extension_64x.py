@@ -23,13 +23,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
-import time
 
 from absl import app, flags
+
+from benchmarks.common import latest_step, run_logged
 
 from configs import extend_64x
 
@@ -52,29 +51,6 @@ ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = tuple(extend_64x.STAGES)  # base, 8x, 64x
 
 
-def _cpu_children() -> float:
-  r = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return r.ru_utime + r.ru_stime
-
-
-def _run(argv: list[str], log: str, timing: dict, name: str):
-  print("+", " ".join(argv), f"> {log}", flush=True)
-  os.makedirs(os.path.dirname(log), exist_ok=True)
-  t, c = time.time(), _cpu_children()
-  with open(log, "a") as f:
-    rc = subprocess.call(argv, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT_DIR)
-  if rc:
-    sys.exit(f"failed with exit status {rc} after {time.time() - t:.0f}s; see {log}")
-  timing[name] = {"wall_s": round(time.time() - t, 1), "cpu_s": round(_cpu_children() - c, 1)}
-  print(f"  done in {timing[name]['wall_s']:.0f}s wall, {timing[name]['cpu_s']:.0f}s CPU", flush=True)
-
-
-def _latest_step(workdir: str) -> int | None:
-  d = os.path.join(workdir, "checkpoints")
-  steps = [int(s) for s in os.listdir(d) if s.isdigit()] if os.path.isdir(d) else []
-  return max(steps) if steps else None
-
-
 def config_arg(stage: str, variant: str, rule: str) -> str:
   return ",".join([stage, variant] + ([rule] if stage != "base" else []) + (["tiny"] if FLAGS.tiny else []))
 
@@ -94,12 +70,12 @@ def train(root: str, seed: int, variant: str, rule: str, timing: dict):
   """The three stages of one (seed, variant, rule), each restoring the one before."""
   for stage in STAGES:
     wd, arg = workdir(root, seed, variant, stage, rule), config_arg(stage, variant, rule)
-    if _latest_step(wd) == extend_64x.get_config(arg).num_steps:
+    if latest_step(wd) == extend_64x.get_config(arg).num_steps:
       continue
     prev = extend_64x.previous(stage)
     init = [f"--config.init_from={workdir(root, seed, variant, prev, rule)}"] if prev else []
-    _run([sys.executable, "train.py", f"--config=configs/extend_64x.py:{arg}", f"--workdir={wd}",
-          f"--config.seed={seed}", *init], wd + ".log", timing, f"train_{os.path.basename(wd)}")
+    run_logged([sys.executable, "train.py", f"--config=configs/extend_64x.py:{arg}", f"--workdir={wd}",
+                f"--config.seed={seed}", *init], wd + ".log", timing, f"train_{os.path.basename(wd)}", cwd=ROOT_DIR)
 
 
 def _tasks(variant: str) -> list[str]:
@@ -107,7 +83,7 @@ def _tasks(variant: str) -> list[str]:
 
 
 def _eval_dir(wd: str) -> str:
-  return os.path.join(wd, "eval", str(_latest_step(wd)))
+  return os.path.join(wd, "eval", str(latest_step(wd)))
 
 
 def evaluate(root: str, seed: int, variant: str, rule: str, timing: dict):
@@ -115,10 +91,10 @@ def evaluate(root: str, seed: int, variant: str, rule: str, timing: dict):
     wd = workdir(root, seed, variant, stage, rule)
     if os.path.isfile(os.path.join(_eval_dir(wd), _tasks(variant)[-1] + ".json")):
       continue
-    _run([sys.executable, "-m", "eval", f"--workdir={wd}", f"--lengths={','.join(map(str, lengths()))}",
-          f"--tasks={','.join(_tasks(variant))}", f"--ppl_documents={FLAGS.ppl_documents}",
-          f"--passkey_samples={FLAGS.passkey_samples}", f"--mqar_samples={FLAGS.mqar_samples}"],
-         wd + ".eval.log", timing, f"eval_{os.path.basename(wd)}")
+    run_logged([sys.executable, "-m", "eval", f"--workdir={wd}", f"--lengths={','.join(map(str, lengths()))}",
+                f"--tasks={','.join(_tasks(variant))}", f"--ppl_documents={FLAGS.ppl_documents}",
+                f"--passkey_samples={FLAGS.passkey_samples}", f"--mqar_samples={FLAGS.mqar_samples}"],
+               wd + ".eval.log", timing, f"eval_{os.path.basename(wd)}", cwd=ROOT_DIR)
 
 
 def step_seconds(wd: str) -> float | None:
@@ -162,7 +138,7 @@ def stage_result(wd: str, variant: str) -> dict:
          "passkey_by_depth": {str(n): dict(zip(map(str, r["passkey"]["depths"]), row))
                               for n, row in zip(r["passkey"]["lengths"], r["passkey"]["accuracy"])},
          "mqar_by_gap": {str(n): a for n, a in zip(r["mqar"]["lengths"], r["mqar"]["by_gap"])},
-         "step": _latest_step(wd), "step_s": step_seconds(wd)}
+         "step": latest_step(wd), "step_s": step_seconds(wd)}
   if "indexer_recall" in r:
     ir = r["indexer_recall"]
     # One DSA layer per model here: the recall of its top-k (a list over layers in the task's JSON).
@@ -190,8 +166,8 @@ def collect(root: str, seed: int) -> dict:
       out["timing"][variant] = timing
     for rule in extend_64x.RULES:
       wds = {s: workdir(root, seed, variant, s, rule) for s in STAGES}
-      if all(_latest_step(wd) is not None and os.path.isfile(os.path.join(_eval_dir(wd), _tasks(variant)[-1] + ".json"))
-             for wd in wds.values()):
+      done = lambda wd: os.path.isfile(os.path.join(_eval_dir(wd), _tasks(variant)[-1] + ".json"))
+      if all(latest_step(wd) is not None and done(wd) for wd in wds.values()):
         out["variants"].setdefault(variant, {})[rule] = {s: stage_result(wd, variant) for s, wd in wds.items()}
   return out
 

@@ -10,8 +10,9 @@ attention row of the position whose next token is the key's first digit, average
   - needle_mass: the attention on the needle's tokens (the sentence that holds the key), max over heads;
   - digit_mass: the attention on the key's first digit in the needle (the token to copy), max over heads;
 and the exact match of the whole key. With DSA layers also indexer_recall (eval/indexer_recall.py): per DSA
-layer, how often the lightning indexer's top-k holds the queried pair's value and key. A rule that keeps the needle_mass of the base at 8x keeps the key; one
-that flattens the row (entropy up towards uniform) or points it elsewhere loses it.
+layer, how often the lightning indexer's top-k holds the queried pair's value and key. A rule that keeps the
+needle_mass of the base at 8x keeps the key; one that flattens the row (entropy up towards uniform) or
+points it elsewhere loses it.
 """
 
 from __future__ import annotations

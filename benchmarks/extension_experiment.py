@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import resource
-import subprocess
 import sys
 import time
 
@@ -27,6 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from configs import extend
+from benchmarks.common import latest_step, run_logged
 from eval import plots
 
 FLAGS = flags.FLAGS
@@ -48,48 +47,27 @@ NAMES = {"none": "no scaling", "linear": "PI (linear)", "ntk": "NTK-aware", "dyn
 TASKS = ("perplexity", "passkey", "mqar")
 
 
-def _cpu_children() -> float:
-  r = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return r.ru_utime + r.ru_stime
-
-
-def _run(argv: list[str], log: str, timing: dict, name: str):
-  print("+", " ".join(argv), f"> {log}", flush=True)
-  t, c = time.time(), _cpu_children()
-  with open(log, "a") as f:
-    rc = subprocess.call(argv, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT_DIR)
-  if rc:
-    sys.exit(f"failed with exit status {rc} after {time.time() - t:.0f}s; see {log}")
-  timing[name] = {"wall_s": round(time.time() - t, 1), "cpu_s": round(_cpu_children() - c, 1)}
-  print(f"  done in {timing[name]['wall_s']:.0f}s wall, {timing[name]['cpu_s']:.0f}s CPU", flush=True)
-
-
-def _latest_step(workdir: str) -> int | None:
-  d = os.path.join(workdir, "checkpoints")
-  steps = [int(s) for s in os.listdir(d) if s.isdigit()] if os.path.isdir(d) else []
-  return max(steps) if steps else None
-
-
 def _suffix() -> str:
   return (f",{FLAGS.variant}" if FLAGS.variant else "") + (",tiny" if FLAGS.tiny else "")
 
 
 def _eval(workdir: str, tag: str, overrides: list[str], timing: dict, name: str):
-  out = os.path.join(workdir, "eval", str(_latest_step(workdir)), tag)
+  out = os.path.join(workdir, "eval", str(latest_step(workdir)), tag)
   if os.path.isfile(os.path.join(out, "mqar.json")):
     return
-  _run([sys.executable, "-m", "eval", f"--workdir={workdir}", f"--lengths={','.join(FLAGS.lengths)}",
-        f"--tasks={','.join(TASKS)}", f"--tag={tag}", f"--ppl_documents={FLAGS.ppl_documents}",
-        f"--passkey_samples={FLAGS.passkey_samples}", f"--mqar_samples={FLAGS.mqar_samples}", *overrides],
-       os.path.join(os.path.dirname(workdir), f"eval_{os.path.basename(workdir)}_{tag or 'ft'}.log"), timing, name)
+  log = os.path.join(os.path.dirname(workdir), f"eval_{os.path.basename(workdir)}_{tag or 'ft'}.log")
+  run_logged([sys.executable, "-m", "eval", f"--workdir={workdir}", f"--lengths={','.join(FLAGS.lengths)}",
+              f"--tasks={','.join(TASKS)}", f"--tag={tag}", f"--ppl_documents={FLAGS.ppl_documents}",
+              f"--passkey_samples={FLAGS.passkey_samples}", f"--mqar_samples={FLAGS.mqar_samples}", *overrides],
+             log, timing, name, cwd=ROOT_DIR)
 
 
 def _train(stage: str, workdir: str, timing: dict, *overrides: str):
   config_arg = stage + _suffix()
-  if _latest_step(workdir) == extend.get_config(config_arg).num_steps:
+  if latest_step(workdir) == extend.get_config(config_arg).num_steps:
     return
-  _run([sys.executable, "train.py", f"--config=configs/extend.py:{config_arg}", f"--workdir={workdir}",
-        *overrides], workdir + ".log", timing, f"train_{stage}")
+  run_logged([sys.executable, "train.py", f"--config=configs/extend.py:{config_arg}", f"--workdir={workdir}",
+              *overrides], workdir + ".log", timing, f"train_{stage}", cwd=ROOT_DIR)
 
 
 def _scaling_overrides(rule: str) -> list[str]:
@@ -98,7 +76,7 @@ def _scaling_overrides(rule: str) -> list[str]:
 
 
 def _load(workdir: str, tag: str) -> dict:
-  out = os.path.join(workdir, "eval", str(_latest_step(workdir)), tag)
+  out = os.path.join(workdir, "eval", str(latest_step(workdir)), tag)
   res = {}
   for task in TASKS:
     with open(os.path.join(out, f"{task}.json")) as f:
@@ -151,7 +129,7 @@ def _collect(root: str, rules: list[str], finetune_rules: list[str]) -> tuple[di
     details[rule] = {"zero_shot": _detail(zs)}
     runs[rule] = zs
     ft_dir = os.path.join(root, rule)
-    if rule in finetune_rules and _latest_step(ft_dir) is not None:
+    if rule in finetune_rules and latest_step(ft_dir) is not None:
       ft = _load(ft_dir, "")
       entry["rules"][rule]["finetune"] = _summary(ft)
       details[rule]["finetune"] = _detail(ft)
@@ -176,9 +154,9 @@ def report(root: str, docs: str, timing: dict):
     details[rule]["bands"] = frequency_bands(rule, cfg.model.head_dim, cfg.model.rope_theta, l0)
   for variant in extend.VARIANTS:
     vroot = os.path.join(root, variant)
-    if FLAGS.variant or _latest_step(os.path.join(vroot, "base")) is None:
+    if FLAGS.variant or latest_step(os.path.join(vroot, "base")) is None:
       continue
-    vbase_eval = os.path.join(vroot, "base", "eval", str(_latest_step(os.path.join(vroot, "base"))))
+    vbase_eval = os.path.join(vroot, "base", "eval", str(latest_step(os.path.join(vroot, "base"))))
     vrules = [r for r in FLAGS.rules if os.path.isfile(os.path.join(vbase_eval, r, "mqar.json"))]  # those it ran
     ventry, vdetails, _ = _collect(vroot, vrules, FLAGS.finetune_rules)
     vcfg = extend.get_config(f"base,{variant}" + (",tiny" if FLAGS.tiny else "")).model
