@@ -113,13 +113,12 @@ def cost(root: str, seed: int, variant: str, rule: str) -> dict:
   out = {}
   for stage in STAGES[1:]:
     c = extend_64x.get_config(config_arg(stage, variant, rule))
+    batch = c.data.batch_size  # the stage's own batch, which its measured step_s is for
     c.data.batch_size = 1
     c.mesh.update(data=1, fsdp=1, tensor=1, context=1)
     m = train_memory.measure(from_config_dict(c))
-    wd = workdir(root, seed, variant, stage, rule)
     out[str(c.data.seq_len)] = {"compiled_bytes_batch1": m["total_bytes"], "temp_bytes_batch1": m["temp_bytes"],
-                                "step_s": step_seconds(wd), "batch_size": extend_64x.get_config(
-                                    config_arg(stage, variant, rule)).data.batch_size}
+                                "step_s": step_seconds(workdir(root, seed, variant, stage, rule)), "batch_size": batch}
   return out
 
 

@@ -70,7 +70,7 @@ def diagnose(model, tokenizer, length: int, samples: int) -> dict:
   needle, digit = np.zeros(tokens.shape, bool), np.zeros(tokens.shape, bool)
   for i, e in enumerate(exs):
     needle[i, e.needle_start:e.needle_start + e.needle_len] = True
-    digit[i, e.needle_start + int(np.argmax(e.tokens[e.needle_start:] == e.tokens[e.answer_start + 1]))] = True
+    digit[i, e.key_start] = True
   layers = []
   for p in rows:  # [E, N, T]
     p = np.asarray(p, np.float64)

@@ -58,6 +58,12 @@ class PasskeyExample:
     return w
 
   @property
+  def key_start(self) -> int:
+    """The position of the key's first digit inside the needle (what the answer's first digit copies)."""
+    first_digit = self.tokens[self.answer_start + 1]  # the answer is " " + key
+    return self.needle_start + int(np.argmax(self.tokens[self.needle_start:] == first_digit))
+
+  @property
   def depth(self) -> float:
     return (self.needle_start - self.haystack_start) / max(self.haystack_len - self.needle_len, 1)
 

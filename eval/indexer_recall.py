@@ -54,7 +54,7 @@ def indexer_recall(model, tokenizer, lengths: list[int], *, mqar_samples: int = 
   layers = dsa_layers(model)
   if not layers:
     raise ValueError("the indexer_recall task needs a model with DSA layers (attention_pattern with 'D')")
-  usable = sorted(n for n in set(lengths) if (n - 1) // 2 >= 2 * mqar_lib.num_pairs(n))
+  usable = mqar_eval.usable_lengths(lengths)
   out = {"layers": layers, "top_k": model.cfg.dsa_top_k, "lengths": usable, "mqar_value": [], "mqar_key": [],
          "mqar_value_by_gap": [], "gap_edges": [], "passkey_digit": []}
   for n in usable:
@@ -71,14 +71,12 @@ def indexer_recall(model, tokenizer, lengths: list[int], *, mqar_samples: int = 
         key[layer].append(hits(idx, r, q, q - g))
         value[layer].append(hits(idx, r, q, q - g + 1))
     gaps = np.concatenate(gaps)
-    edges = np.linspace(0, n, gap_buckets + 1)
-    bucket = np.clip(np.searchsorted(edges, gaps, side="right") - 1, 0, gap_buckets - 1)
     value = [np.concatenate(v) for v in value]
     out["mqar_value"].append([float(v.mean()) for v in value])
     out["mqar_key"].append([float(np.concatenate(k).mean()) for k in key])
-    out["mqar_value_by_gap"].append([[float(v[bucket == b].mean()) if np.any(bucket == b) else None
-                                      for b in range(gap_buckets)] for v in value])
-    out["gap_edges"].append(edges.tolist())
+    split = [mqar_eval.by_gap(v, gaps, n, gap_buckets) for v in value]  # per layer: (buckets, edges)
+    out["mqar_value_by_gap"].append([buckets for buckets, _ in split])
+    out["gap_edges"].append(split[0][1])
     out["passkey_digit"].append(_passkey_digit(model, tokenizer, n, passkey_samples, prompt, rows)
                                 if n >= passkey_eval.min_length(tokenizer, prompt) else None)
   return out
@@ -91,8 +89,7 @@ def _passkey_digit(model, tokenizer, n: int, samples: int, prompt: str, rows: in
   for j in range(0, len(exs), rows):
     part = exs[j:j + rows]
     q = np.array([e.answer_start for e in part])  # the answer is " " + key: this position predicts the first digit
-    first = np.array([e.tokens[e.answer_start + 1] for e in part])
-    digit = np.array([e.needle_start + int(np.argmax(e.tokens[e.needle_start:] == f)) for e, f in zip(part, first)])
+    digit = np.array([e.key_start for e in part])
     sel = selections(model, np.stack([e.tokens for e in part]))
     found.append([hits(idx, np.arange(len(part)), q, digit) for idx in sel])
   return [float(np.concatenate([f[layer] for f in found]).mean()) for layer in range(len(found[0]))]

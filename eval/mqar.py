@@ -34,6 +34,19 @@ def score_rows(score, examples) -> np.ndarray:
   return argmax[rows, cols] == targets[rows, cols]
 
 
+def usable_lengths(lengths, pairs_every: int = mqar_lib.PAIRS_EVERY) -> list[int]:
+  """The lengths (sorted, deduplicated) long enough for an MQAR row of that pair density."""
+  return sorted(n for n in set(lengths) if (n - 1) // 2 >= 2 * mqar_lib.num_pairs(n, pairs_every))
+
+
+def by_gap(hit: np.ndarray, gaps: np.ndarray, length: int, buckets: int) -> tuple[list, list[float]]:
+  """bool hit [Q] and gaps [Q] of one length -> (mean hit per equal gap range of [0, length], the edges);
+  None for an empty range."""
+  edges = np.linspace(0, length, buckets + 1)
+  bucket = np.clip(np.searchsorted(edges, gaps, side="right") - 1, 0, buckets - 1)
+  return [float(hit[bucket == b].mean()) if np.any(bucket == b) else None for b in range(buckets)], edges.tolist()
+
+
 def mqar_accuracy(model, tokenizer, lengths: list[int], *, samples: int = 16, gap_buckets: int = 4,
                   pairs_every: int = mqar_lib.PAIRS_EVERY, batch_tokens: int = 16384) -> dict:
   """Query accuracy per length and per (length, gap bucket); lengths too short for one pair are skipped."""
@@ -43,23 +56,22 @@ def mqar_accuracy(model, tokenizer, lengths: list[int], *, samples: int = 16, ga
     raise ValueError(f"mqar samples must be >= 1, got {samples}")
   if gap_buckets < 1:
     raise ValueError(f"mqar gap_buckets must be >= 1, got {gap_buckets}")
-  usable = sorted(n for n in set(lengths) if (n - 1) // 2 >= 2 * mqar_lib.num_pairs(n, pairs_every))
+  usable = usable_lengths(lengths, pairs_every)
   if not usable:
     raise ValueError(f"every length in {sorted(set(lengths))} is too short for an MQAR row")
   score = make_scorer(model)
-  acc, by_gap, edges_out = [], [], []
+  acc, accuracy_by_gap, edges_out = [], [], []
   for n in usable:
     examples = [mqar_lib.mqar_example(tokenizer, n, sample_seed(n, s), pairs_every=pairs_every)
                 for s in range(samples)]
     rows = max(1, batch_tokens // n)
     correct = np.concatenate([score_rows(score, examples[j:j + rows]) for j in range(0, samples, rows)])
     gaps = np.stack([ex.gaps for ex in examples])  # [E, P]
-    edges = np.linspace(0, n, gap_buckets + 1)
-    bucket = np.clip(np.searchsorted(edges, gaps, side="right") - 1, 0, gap_buckets - 1)
     acc.append(float(correct.mean()))
-    by_gap.append([float(correct[bucket == b].mean()) if np.any(bucket == b) else None for b in range(gap_buckets)])
-    edges_out.append(edges.tolist())
-  return {"lengths": usable, "accuracy": acc, "by_gap": by_gap, "gap_edges": edges_out, "samples": samples,
+    buckets, edges = by_gap(correct.ravel(), gaps.ravel(), n, gap_buckets)
+    accuracy_by_gap.append(buckets)
+    edges_out.append(edges)
+  return {"lengths": usable, "accuracy": acc, "by_gap": accuracy_by_gap, "gap_edges": edges_out, "samples": samples,
           "pairs": [mqar_lib.num_pairs(n, pairs_every) for n in usable],
           "skipped_lengths": sorted(set(lengths) - set(usable)),
           "scoring": "teacher-forced argmax at every query (= greedy exact match)"}
