@@ -26,9 +26,10 @@ import os
 import statistics
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from benchmarks.common import latest_step, run_logged
+from training import restore
 
 from configs import extend_64x
 
@@ -48,7 +49,8 @@ flags.DEFINE_string("plots", "docs/results", "Where the report's plots and table
 flags.DEFINE_bool("tiny", False, "The configs' tiny stages (L0 = 32, 2 steps): the suite's dry run.")
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = tuple(extend_64x.STAGES)  # base, 8x, 64x
+STAGES = tuple(extend_64x.STAGES)  # base, 8x, 16x, 32x, 64x: the training chain
+REPORTED = extend_64x.REPORTED  # base, 8x, 64x: evaluated, costed (but the base) and reported
 
 
 def config_arg(stage: str, variant: str, rule: str) -> str:
@@ -66,14 +68,31 @@ def lengths() -> list[int]:
   return [l0 * 2**i for i in range(7)]
 
 
+def _init_from(root: str, seed: int, variant: str, stage: str, rule: str) -> str:
+  prev = extend_64x.previous(stage)
+  return workdir(root, seed, variant, prev, rule) if prev else ""
+
+
+def check_chain(root: str, seed: int, variant: str, rule: str):
+  """Refuse, before training anything, a stage run that restored another run than this recipe's previous
+  stage (a run of an older recipe): resuming it would mix two recipes in one chain."""
+  for stage in STAGES:
+    wd, want = workdir(root, seed, variant, stage, rule), _init_from(root, seed, variant, stage, rule)
+    if latest_step(wd) is not None:
+      saved = restore.saved_config(wd)[1].get("init_from") or ""
+      if os.path.normpath(saved or ".") != os.path.normpath(want or "."):
+        raise app.UsageError(f"{wd} restored {saved!r}, but this recipe's {stage} stage restores {want!r} "
+                             "(a run of an older recipe?): move it away to retrain it")
+
+
 def train(root: str, seed: int, variant: str, rule: str, timing: dict):
-  """The three stages of one (seed, variant, rule), each restoring the one before."""
+  """The stages of one (seed, variant, rule), each restoring the one before."""
   for stage in STAGES:
     wd, arg = workdir(root, seed, variant, stage, rule), config_arg(stage, variant, rule)
     if latest_step(wd) == extend_64x.get_config(arg).num_steps:
       continue
-    prev = extend_64x.previous(stage)
-    init = [f"--config.init_from={workdir(root, seed, variant, prev, rule)}"] if prev else []
+    init_from = _init_from(root, seed, variant, stage, rule)
+    init = [f"--config.init_from={init_from}"] if init_from else []
     run_logged([sys.executable, "train.py", f"--config=configs/extend_64x.py:{arg}", f"--workdir={wd}",
                 f"--config.seed={seed}", *init], wd + ".log", timing, f"train_{os.path.basename(wd)}", cwd=ROOT_DIR)
 
@@ -87,7 +106,7 @@ def _eval_dir(wd: str) -> str:
 
 
 def evaluate(root: str, seed: int, variant: str, rule: str, timing: dict):
-  for stage in STAGES:
+  for stage in REPORTED:
     wd = workdir(root, seed, variant, stage, rule)
     if os.path.isfile(os.path.join(_eval_dir(wd), _tasks(variant)[-1] + ".json")):
       continue
@@ -111,7 +130,7 @@ def cost(root: str, seed: int, variant: str, rule: str) -> dict:
   from benchmarks import train_memory  # pylint: disable=g-import-not-at-top  (jax only for this stage)
   from training.config import from_config_dict  # pylint: disable=g-import-not-at-top
   out = {}
-  for stage in STAGES[1:]:
+  for stage in REPORTED[1:]:
     c = extend_64x.get_config(config_arg(stage, variant, rule))
     batch = c.data.batch_size  # the stage's own batch, which its measured step_s is for
     c.data.batch_size = 1
@@ -164,7 +183,7 @@ def collect(root: str, seed: int) -> dict:
       out["cost"][variant] = timing.pop("cost", None)
       out["timing"][variant] = timing
     for rule in extend_64x.RULES:
-      wds = {s: workdir(root, seed, variant, s, rule) for s in STAGES}
+      wds = {s: workdir(root, seed, variant, s, rule) for s in REPORTED}
       done = lambda wd: os.path.isfile(os.path.join(_eval_dir(wd), _tasks(variant)[-1] + ".json"))
       if all(latest_step(wd) is not None and done(wd) for wd in wds.values()):
         out["variants"].setdefault(variant, {})[rule] = {s: stage_result(wd, variant) for s, wd in wds.items()}
@@ -281,6 +300,12 @@ def main(argv):
       sorted(set(FLAGS.variants) - set(extend_64x.VARIANTS)) + sorted(set(FLAGS.rules) - set(extend_64x.RULES))
   if unknown:
     raise app.UsageError(f"unknown stage, variant or rule {unknown}")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every saved config it reads at INFO
+  if "train" in FLAGS.stages:
+    for seed in map(int, FLAGS.seeds):
+      for variant in FLAGS.variants:
+        for rule in FLAGS.rules:
+          check_chain(FLAGS.root, seed, variant, rule)
   for seed in map(int, FLAGS.seeds):
     for stage in FLAGS.stages:
       for variant in FLAGS.variants:

@@ -46,11 +46,13 @@ This is not the final recipe: the depth coverage and the all-global passkey at 6
 from configs import extend, retrieval_base
 
 L0 = retrieval_base.L0
-STAGES = {"base": 1, "8x": 8, "64x": 64}  # stage -> factor over L0
+STAGES = {"base": 1, "8x": 8, "16x": 16, "32x": 32, "64x": 64}  # stage -> factor over L0, in training order
+REPORTED = ("base", "8x", "64x")  # the stages evaluated at every length; 16x and 32x are steps on the way
 VARIANTS = ("global", "local", "dsa", "dsa_plain")
 RULES = ("yarn", "abf")
-STEPS = {"8x": 200, "64x": 100}
-BATCH = {"8x": 4, "64x": 1}
+STEPS = {"8x": 200, "16x": 50, "32x": 50, "64x": 100}
+BATCH = {"8x": 4, "16x": 4, "32x": 2, "64x": 1}
+EPISODE_MIN = {"8x": 1, "16x": 1, "32x": 1, "64x": 8}  # the shortest episode, in L0
 TINY_L0 = 32
 
 
@@ -92,7 +94,7 @@ def get_config(arg: str = "base"):
     c.model.rope_scaling.update(kind="yarn", factor=float(factor), original_max_len=l0)
   else:
     c.model.rope_theta = abf_theta(c.model.rope_theta, factor, c.model.head_dim)
-  c.data.update(episode_min_len=l0, num_val_batches=2 if not tiny else 1,
+  c.data.update(episode_min_len=EPISODE_MIN[stage] * l0, num_val_batches=2 if not tiny else 1,
                 batch_size=2 if tiny else BATCH[stage])
   c.optim.update(learning_rate=extend.FINETUNE_LR, schedule="constant", warmup_steps=1 if tiny else 10)
   steps = 2 if tiny else STEPS[stage]

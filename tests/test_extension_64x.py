@@ -1,8 +1,9 @@
-"""configs/extend_64x.py and benchmarks/extension_64x.py: the progressive stages base -> 8x -> 64x chain
-and scale RoPE relative to L0, and a tiny dry run (every stage trained restoring the previous one, evaluated,
-then collected and merged by the runner into the report's schema)."""
+"""configs/extend_64x.py and benchmarks/extension_64x.py: the progressive stages base -> 8x -> 16x -> 32x
+-> 64x chain and scale RoPE relative to L0, and a tiny dry run (every stage trained restoring the previous
+one, the reported ones evaluated, then collected and merged by the runner into the report's schema)."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -28,9 +29,9 @@ def test_stages_scale_rope_relative_to_l0(variant):
     if variant.startswith("dsa"):  # top_k fixed below L0: 1/256 of the keys at 64x
       assert yarn.dsa_top_k == 32 and yarn.dsa_smeared_keys == (variant == "dsa")
   assert thetas[0] < thetas[1] < thetas[2]
-  assert e64.previous("64x") == "8x" and e64.previous("8x") == "base" and e64.previous("base") is None
+  assert [e64.previous(s) for s in e64.STAGES] == [None, "base", "8x", "16x", "32x"]
   with pytest.raises(ValueError, match="extend_64x"):
-    e64.get_config("16x")
+    e64.get_config("128x")
 
 
 def test_tiny_stages_dry_run_and_report(tmp_path):
@@ -44,9 +45,11 @@ def test_tiny_stages_dry_run_and_report(tmp_path):
     c.checkpoint.every = 1
     wd = root / "seed0" / "dsa" / (stage if stage == "base" else f"{stage}_yarn")
     assert train_and_evaluate(c, str(wd))["step"] == 1
+    previous = str(wd)
+    if stage not in e64.REPORTED:
+      continue
     evaluate(str(wd), tasks=["perplexity", "passkey", "mqar", "indexer_recall"], lengths=lengths, ppl_documents=1,
              passkey_samples=1, mqar_samples=1)
-    previous = str(wd)
   out = tmp_path / "report.json"
   subprocess.run([sys.executable, "-m", "benchmarks.extension_64x", "--tiny", f"--root={root}",
                   f"--results={tmp_path / 'seeds'}", f"--out={out}", f"--plots={tmp_path}", "--stages=collect,report",
@@ -54,9 +57,17 @@ def test_tiny_stages_dry_run_and_report(tmp_path):
   r = json.loads(out.read_text())
   assert r["seeds"] == [0] and r["lengths"] == lengths and list(r["variants"]) == ["dsa"]
   stages = r["variants"]["dsa"]["yarn"]
-  assert list(stages) == list(e64.STAGES)
+  assert list(stages) == list(e64.REPORTED)
   for cell in stages.values():
     assert set(cell["mqar"]) == {"32", "64"} and set(cell["passkey"]) == {"64"}  # 32 < a passkey prompt
     assert all(0.0 <= v["min"] <= v["mean"] <= 1.0 for v in cell["mqar"].values())
     assert set(cell["indexer_recall"]) == {"mqar_value", "mqar_key", "passkey_digit"}
   assert (tmp_path / "extension_64x.png").is_file() and (tmp_path / "extension_64x_table.md").is_file()
+
+  # A 64x run that restored another run than the 32x stage (an older recipe's chain) is refused before
+  # anything trains.
+  stale = tmp_path / "stale" / "seed0" / "dsa" / "64x_yarn"
+  shutil.copytree(root / "seed0" / "dsa" / "8x_yarn", stale)
+  p = subprocess.run([sys.executable, "-m", "benchmarks.extension_64x", "--tiny", f"--root={tmp_path / 'stale'}",
+                      "--seeds=0", "--variants=dsa", "--stages=train"], capture_output=True, text=True)
+  assert p.returncode != 0 and "move it away" in p.stderr and not (tmp_path / "stale" / "seed0" / "dsa" / "base").exists()
