@@ -121,10 +121,9 @@ class Attention(nnx.Module):
     if cfg.dsa_smeared_keys:
       k_idx = self._smear(k_raw[:, :, None], positions, segment_ids, cache, self.smear_idx, "k_idx_last")[:, :, 0]
     if cfg.dsa_rope_dim:
-      inv_freq, att_scale = rope_frequencies(cfg.dsa_rope_dim, cfg.rope_theta, cfg.rope_scaling,
-                                             seq_len=jnp.max(positions) + 1)
-      q_idx, k_idx = dsa.indexer_rope(q_idx, k_idx, positions, positions, inv_freq, rotary_dim=cfg.dsa_rope_dim,
-                                      attention_scale=att_scale)
+      inv_freq, _ = rope_frequencies(cfg.dsa_rope_dim, cfg.rope_theta, cfg.rope_scaling,
+                                     seq_len=jnp.max(positions) + 1)  # not YaRN's temperature: indexer_rope
+      q_idx, k_idx = dsa.indexer_rope(q_idx, k_idx, positions, positions, inv_freq, rotary_dim=cfg.dsa_rope_dim)
     # (Hi * Di)^-1/2 keeps the scores O(1) at init, as V3.2 scales the weights by Hi^-1/2 and q.k by Di^-1/2.
     w = self.w_idx(x).astype(jnp.float32) * (cfg.dsa_index_heads * cfg.dsa_index_dim) ** -0.5
     return q_idx, k_idx, w, k_raw

@@ -86,3 +86,19 @@ def test_dsa_generate_and_flops():
   sparse = np.mean(np.minimum(np.arange(1, t + 1), cfg.dsa_top_k))
   indexer = 2 * cfg.dsa_index_heads * (cfg.dsa_index_dim + 1) * dense
   assert models.attention_flops_per_token(cfg, t) == pytest.approx(per_key * dense + per_key * sparse + indexer)
+
+
+def test_indexer_selection_ignores_yarn_temperature():
+  # YaRN's temperature scales every logit of a softmax; inside the indexer's partial RoPE it would scale only
+  # the rotated dims and change which keys win (the collapse of DSA's recall at 64x, docs/extension.md).
+  from attention.rope import RopeScaling
+  x = jax.random.normal(jax.random.key(0), (2, 48, 64))
+  pos = jnp.broadcast_to(jnp.arange(48), (2, 48))
+  picks = []
+  for temperature in (1.0, 4.0):
+    yarn = RopeScaling(kind="yarn", factor=4.0, original_max_len=16, attention_factor=temperature)
+    model = build_model(_cfg(rope_scaling=yarn, d_model=64), rngs=nnx.Rngs(0))
+    picks.append(np.sort(np.asarray(model.blocks[1].attn.selection(x, pos)), -1))  # [B, T, top_k]
+  np.testing.assert_array_equal(picks[0], picks[1])
+  plain = build_model(_cfg(d_model=64), rngs=nnx.Rngs(0)).blocks[1].attn.selection(x, pos)
+  assert not np.array_equal(np.sort(np.asarray(plain), -1), picks[0])  # the frequencies still matter

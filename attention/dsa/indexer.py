@@ -58,19 +58,23 @@ def indexer_scores(q_idx, k_idx, w, *, score_dtype=jnp.bfloat16):
   return score
 
 
-def indexer_rope(q_idx, k_idx, q_positions, k_positions, inv_freq, *, rotary_dim: int, attention_scale=1.0):
+def indexer_rope(q_idx, k_idx, q_positions, k_positions, inv_freq, *, rotary_dim: int):
   """Partial RoPE on the indexer's q and k: only the first rotary_dim of the Di dims rotate (V3.2 indexer).
+
+  No attention scale: YaRN's temperature is one factor on every logit of a softmax. Applied inside a partial
+  RoPE it would multiply only the rotated dims, re-weighting position against content as the factor grows
+  (measured: an indexer fine-tuned at YaRN factor 8, read at factor 64 with factor 64's temperature on its
+  rotary half, kept the MQAR value in its top-32 at 8192 for 27% of queries; with factor 8's, 96%;
+  docs/extension.md). A uniform factor would leave the top-k unchanged, so the indexer takes none.
 
   Args:
     q_idx: [B, T, Hi, Di]; k_idx: [B, S, Di].
     q_positions: [B, T] or [T]; k_positions: [B, S] or [S].
     inv_freq: [rotary_dim / 2] from attention.rope.rope_frequencies(rotary_dim, ...).
     rotary_dim: even, <= Di.
-    attention_scale: the scaling rule's factor on q and k (YaRN's mscale; 1 otherwise), as for the main
-      attention (attention.rope.rope_frequencies returns it).
   Returns:
     (q_idx, k_idx) rotated, same shapes and dtypes.
   """
-  q_rot = apply_rope(q_idx, q_positions, inv_freq, attention_scale, rotary_dim=rotary_dim)
-  k_rot = apply_rope(k_idx[:, :, None, :], k_positions, inv_freq, attention_scale, rotary_dim=rotary_dim)[:, :, 0, :]
+  q_rot = apply_rope(q_idx, q_positions, inv_freq, rotary_dim=rotary_dim)
+  k_rot = apply_rope(k_idx[:, :, None, :], k_positions, inv_freq, rotary_dim=rotary_dim)[:, :, 0, :]
   return q_rot, k_rot
