@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         # torch (CPU) and transformers serve only the Hugging Face conformance tests.
-        "test": ["pytest>=8", "torch>=2.9", "transformers>=4.50"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch>=2.9", "transformers>=4.50"],
         "gpu": ["jax[cuda13]>=0.10"],
         "tpu": ["jax[tpu]>=0.10"],
     },

@@ -16,6 +16,9 @@ for _flag in ("xla_cpu_collective_call_warn_stuck_timeout_seconds=300",
   if _flag.split("=")[0] not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --" + _flag
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# pytest.ini runs the suite in 2 xdist workers: libtpu (the TPU compile tests) otherwise refuses to load in
+# a second process while the first holds its lock file.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
