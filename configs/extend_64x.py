@@ -43,6 +43,8 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
   - 8x -> 16x -> 32x -> 64x: passkey 100% at 128-4096 after each step, and 48% at 8192; with the 64x
     episodes from 8 L0, 100 / 100 / 100 / 80% at 128 / 1024 / 4096 / 8192 (40 prompts per length; the
     misses all at depth 1, the needle just before the question).
+  - Not yet robust across seeds: seed 1's global and local/global models lose passkey in the 8x stage
+    itself (0% and 9% at 128; MQAR 100%), and a 2x step from its base already drops it to 65%.
 """
 
 from configs import extend, retrieval_base
