@@ -8,9 +8,10 @@ python -m benchmarks.extension_64x --stages=report            # merge every seed
 
 Stages (each skips work whose results exist, so a rerun resumes):
   train    per (seed, variant, rule): train.py --config=configs/extend_64x.py:STAGE,VARIANT,RULE
-           --config.seed=SEED for STAGE = base, 8x, 64x under ROOT/seedSEED/VARIANT/, each restoring the
-           previous (--config.init_from)
-  eval     python -m eval on each stage at every length: the base without scaling is the zero-shot row
+           --config.seed=SEED for STAGE = base, 8x, 16x, 32x, 64x under ROOT/seedSEED/VARIANT/, each
+           restoring the previous (--config.init_from); a stage run that restored anything else (an older
+           recipe's chain) is refused before anything trains
+  eval     python -m eval on base, 8x and 64x at every length: the base without scaling is the zero-shot row
   cost     per variant: the compiled bytes of one fine-tune step (batch 1) at 8x and 64x L0
            (benchmarks/train_memory.measure) and the measured seconds per step of the 8x and 64x stages
   collect  ROOT/seedSEED -> RESULTS/seedSEED.json (every number of that seed, with the commands' timing)

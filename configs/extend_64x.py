@@ -1,10 +1,10 @@
 """Progressive context extension to 64x on the CPU: the retrieval base of configs/retrieval_base.py at
-L0 = 128, then 8x (1024), then 64x (8192), each stage a short continued run that restores the previous
+L0 = 128, then 8x (1024), 16x, 32x and 64x (8192), each stage a short continued run that restores the previous
 stage's params (config.init_from), as ProLong (Gao et al., arXiv 2410.02660) and Llama 3.1 grow the
 context in steps instead of one jump.
 
 The argument is STAGE[,VARIANT][,RULE][,tiny]:
-  STAGE    base | 8x | 64x
+  STAGE    base | 8x | 16x | 32x | 64x
   VARIANT  global (default: 2 global layers) | local ("GL", window 32 < L0) | dsa ("DG", top_k 32 < L0:
            at 64x the sparse layer keeps 32 of 8192 keys, 1/256) -- configs/extend.py's variants; dsa adds
            smeared indexer keys (model.dsa_smeared_keys), and dsa_plain is configs/extend.py's DSA without
