@@ -1,6 +1,6 @@
 """Progressive extension to 64x, per seed and variant: base at L0 = 128, 8x (1024), 16x, 32x, 64x (8192);
-base, 8x and 64x evaluated at L0 x 1, 2, 4, ..., 64 (passkey by depth, MQAR by gap, perplexity, and the lightning indexer's
-recall for DSA); the merged report is docs/extension_64x.json (min and mean over seeds).
+base, 8x and 64x evaluated at L0 x 1, 2, 4, ..., 64 (passkey by depth, MQAR by gap, perplexity, and the
+lightning indexer's recall for DSA); the merged report is docs/extension_64x.json (min and mean over seeds).
 
 python -m benchmarks.extension_64x --seeds=0                 # train + eval + cost for seed 0, all variants
 python -m benchmarks.extension_64x --seeds=1 --variants=dsa  # one seed, one variant (resumable)

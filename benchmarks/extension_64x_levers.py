@@ -7,9 +7,9 @@ python -m benchmarks.extension_64x_levers                      # run what is mis
 python -m benchmarks.extension_64x_levers --levers=global/prog_long --stages=collect
 
 A lever is a chain of stages; each stage is train.py --config=configs/extend_64x.py:64x,VARIANT,yarn with
-overrides (the factor, length and batch of an intermediate stage; a data mix; a learning rate), restoring the stage
-before it (the first restores the variant's 8x_yarn, or another lever's last stage). Runs go to
-ROOT/levers/VARIANT/NAME[/STAGE].
+overrides (the factor, length and batch of an intermediate stage; a data mix; a learning rate), restoring
+the stage before it (the first restores the variant's seed-0 8x_yarn, or another lever's stage). Runs go
+to ROOT/levers/VARIANT/NAME[/STAGE].
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import sys
 from absl import app, flags
 
 from benchmarks.common import latest_step, run_logged
+from configs import extend_64x
+from configs.extend_64x import L0
+from training.config import from_config_dict
 
 flags.DEFINE_string("root", "runs/ext64", "benchmarks/extension_64x.py's root (its seed0 runs are restored).")
 flags.DEFINE_list("levers", None, "VARIANT/NAME of the levers to run (default: all).")
@@ -35,13 +38,13 @@ ZERO_SHOT_FACTORS = (8, 12, 16, 32, 64)  # YaRN factors applied to global's 8x c
 
 def _stage(factor: int, batch: int, steps: int, **extra) -> dict:
   """Overrides that turn the 64x config into the factor-x stage (YaRN factor relative to L0)."""
-  length = factor * 128
+  length = factor * L0
   return {"model.rope_scaling.factor": float(factor), "model.max_len": length, "data.seq_len": length,
           "data.batch_size": batch, "num_steps": steps, "eval_every": steps, "checkpoint.every": steps, **extra}
 
 
 # The direct 64x stage of the first recipe: 100 steps x 1 row of 8192 from the 8x stage, episodes from L0.
-DIRECT = {"data.episode_min_len": 128}
+DIRECT = {"data.episode_min_len": L0}
 PROGRESSIVE = [("16x", _stage(16, 4, 50, **DIRECT)), ("32x", _stage(32, 2, 50, **DIRECT)), ("64x", DIRECT)]
 LEVERS = {  # VARIANT/NAME -> (what it restores, [(stage, overrides)], what it tests)
     "global/lr1e4": ("8x_yarn", [("64x", {**DIRECT, "optim.learning_rate": 1e-4})],
@@ -66,12 +69,31 @@ def _workdir(name: str, stage: str, chain: list) -> str:
   return base if len(chain) == 1 else os.path.join(base, stage)
 
 
-def _resolve(ref: str) -> str:
-  """A lever's starting point: the variant's seed-0 stage ("8x_yarn") or another lever's stage."""
+def _start(name: str) -> str:
+  """The run a lever's first stage restores: its variant's seed-0 stage ("8x_yarn") or another lever's stage
+  ("global/prog/32x")."""
+  ref = LEVERS[name][0]
   if "/" not in ref:
-    return ref
-  name, stage = ref.rsplit("/", 1)
-  return _workdir(name, stage, LEVERS[name][1])
+    return os.path.join(FLAGS.root, "seed0", name.split("/")[0], ref)
+  other, stage = ref.rsplit("/", 1)
+  return _workdir(other, stage, LEVERS[other][1])
+
+
+def check(name: str):
+  """Build and validate the config of every stage of a lever (a bad override key or value fails here, before
+  anything trains)."""
+  variant = name.split("/")[0]
+  for stage, overrides in LEVERS[name][1]:
+    c = extend_64x.get_config(f"64x,{variant},yarn")
+    for key, value in overrides.items():
+      *path, leaf = key.split(".")
+      node = c
+      for part in path:
+        node = node[part]
+      if leaf not in node:
+        raise app.UsageError(f"lever {name}, stage {stage}: no config key {key!r}")
+      node[leaf] = value
+    from_config_dict(c)
 
 
 def _tasks(variant: str) -> str:
@@ -79,22 +101,18 @@ def _tasks(variant: str) -> str:
 
 
 def run(name: str, train: bool, evaluate: bool):
-  variant = name.split("/")[0]
-  start, chain, _ = LEVERS[name]
-  init = _resolve(start)
-  init = init if "/" in init else os.path.join(FLAGS.root, "seed0", variant, init)
-  timing = {}
+  variant, chain, init = name.split("/")[0], LEVERS[name][1], _start(name)
   for stage, overrides in chain:
     wd = _workdir(name, stage, chain)
     if train and latest_step(wd) is None:
       run_logged([sys.executable, "train.py", f"--config=configs/extend_64x.py:64x,{variant},yarn", f"--workdir={wd}",
                   "--config.seed=0", f"--config.init_from={init}"] +
-                 [f"--config.{k}={v}" for k, v in overrides.items()], wd + ".log", timing, "train", cwd=ROOT_DIR)
+                 [f"--config.{k}={v}" for k, v in overrides.items()], wd + ".log", {}, "train", cwd=ROOT_DIR)
     init = wd
-  if evaluate and stage != "warm" and not os.path.isdir(os.path.join(init, "eval")):
+  if evaluate and not os.path.isdir(os.path.join(init, "eval")):
     run_logged([sys.executable, "-m", "eval", f"--workdir={init}", f"--lengths={','.join(map(str, LENGTHS))}",
                 f"--tasks={_tasks(variant)}", "--passkey_samples=8", "--mqar_samples=4"],
-               init + ".eval.log", timing, "eval", cwd=ROOT_DIR)
+               init + ".eval.log", {}, "eval", cwd=ROOT_DIR)
 
 
 def _zero_shot_dir(factor: int) -> str:
@@ -131,7 +149,8 @@ def collect(names: list[str]) -> dict:
     pk, mq = read("passkey"), read("mqar")
     r = {"what": what, "restores": start, "stages": [[s, o] for s, o in chain],
          "passkey": dict(zip(map(str, pk["lengths"]), pk["accuracy_per_length"])),
-         "passkey_by_depth": {str(n): dict(zip(map(str, pk["depths"]), a)) for n, a in zip(pk["lengths"], pk["accuracy"])},
+         "passkey_by_depth": {str(n): dict(zip(map(str, pk["depths"]), a))
+                              for n, a in zip(pk["lengths"], pk["accuracy"])},
          "mqar": dict(zip(map(str, mq["lengths"]), mq["accuracy"]))}
     if os.path.isfile(os.path.join(d, "indexer_recall.json")):
       ir = read("indexer_recall")
@@ -147,16 +166,19 @@ def main(argv):
   unknown = sorted(set(names) - set(LEVERS)) + sorted(set(FLAGS.stages) - {"zero_shot", "train", "eval", "collect"})
   if unknown:
     raise app.UsageError(f"unknown lever or stage {unknown}; levers: {list(LEVERS)}")
+  for name in names:
+    check(name)
   if "zero_shot" in FLAGS.stages:
     zero_shot()
   for name in names:
     run(name, "train" in FLAGS.stages, "eval" in FLAGS.stages)
   if "collect" in FLAGS.stages:
+    out = collect(names)
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     with open(FLAGS.out, "w") as f:
-      json.dump(collect(names), f, indent=1)
+      json.dump(out, f, indent=1)
     fmt = lambda d: " / ".join(f"{v:.0%}" for v in d.values())
-    for name, r in collect(names)["levers"].items():
+    for name, r in out["levers"].items():
       print(f"{name}: passkey {fmt(r['passkey'])}, MQAR {fmt(r['mqar'])} at {' / '.join(r['passkey'])}")
 
 

@@ -1,6 +1,6 @@
 """Progressive context extension to 64x on the CPU: the retrieval base of configs/retrieval_base.py at
-L0 = 128, then 8x (1024), 16x, 32x and 64x (8192), each stage a short continued run that restores the previous
-stage's params (config.init_from), as ProLong (Gao et al., arXiv 2410.02660) and Llama 3.1 grow the
+L0 = 128, then 8x (1024), 16x, 32x and 64x (8192), each stage a short continued run that restores the
+previous stage's params (config.init_from), as ProLong (Gao et al., arXiv 2410.02660) and Llama 3.1 grow the
 context in steps instead of one jump.
 
 The argument is STAGE[,VARIANT][,RULE][,tiny]:

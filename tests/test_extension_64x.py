@@ -70,4 +70,18 @@ def test_tiny_stages_dry_run_and_report(tmp_path):
   shutil.copytree(root / "seed0" / "dsa" / "8x_yarn", stale)
   p = subprocess.run([sys.executable, "-m", "benchmarks.extension_64x", "--tiny", f"--root={tmp_path / 'stale'}",
                       "--seeds=0", "--variants=dsa", "--stages=train"], capture_output=True, text=True)
-  assert p.returncode != 0 and "move it away" in p.stderr and not (tmp_path / "stale" / "seed0" / "dsa" / "base").exists()
+  assert p.returncode != 0 and "move it away" in p.stderr
+  assert not (tmp_path / "stale" / "seed0" / "dsa" / "base").exists()
+
+
+
+def test_levers_validate_every_stage_config(tmp_path):
+  # benchmarks/extension_64x_levers.py checks every lever's overrides against the 64x config before it
+  # trains anything; with nothing under --root, collect then finds no results.
+  out = tmp_path / "levers.json"
+  subprocess.run([sys.executable, "-m", "benchmarks.extension_64x_levers", f"--root={tmp_path}", "--stages=collect",
+                  f"--out={out}"], check=True, capture_output=True)
+  assert json.loads(out.read_text())["levers"] == {}
+  p = subprocess.run([sys.executable, "-m", "benchmarks.extension_64x_levers", f"--root={tmp_path}",
+                      "--stages=collect", "--levers=global/nope"], capture_output=True, text=True)
+  assert p.returncode != 0 and "global/nope" in p.stderr

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from attention.rope import RopeScaling
 import models
 from models import build_model, presets
 from tests.test_models import _decode_all, _forward, _tokens
@@ -91,7 +92,6 @@ def test_dsa_generate_and_flops():
 def test_indexer_selection_ignores_yarn_temperature():
   # YaRN's temperature scales every logit of a softmax; inside the indexer's partial RoPE it would scale only
   # the rotated dims and change which keys win (the collapse of DSA's recall at 64x, docs/extension.md).
-  from attention.rope import RopeScaling
   x = jax.random.normal(jax.random.key(0), (2, 48, 64))
   pos = jnp.broadcast_to(jnp.arange(48), (2, 48))
   picks = []
