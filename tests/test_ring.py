@@ -55,7 +55,8 @@ CASES = {
     "bidirectional": dict(mask=Mask(), hv=8),
     "window_shorter_than_shard": dict(mask=Mask(window=(5, 3))),
     "causal_window_over_shards": dict(mask=Mask(causal=True, window=(20, 0))),
-    "packed_causal": dict(mask=Mask(causal=True), docs=5),
+    # On a (data=2, context=4) mesh with the batch split over data: the ring along context keeps B sharded.
+    "packed_causal_data_axis": dict(mask=Mask(causal=True), docs=5, data=2),
 }
 
 
@@ -64,20 +65,23 @@ CASES = {
 def test_matches_single_device(case, load_balance):
   """4 context shards of L=64 (chunks of 8 or 16 tokens), GQA 4:2; forward and gradients."""
   spec = dict(CASES[case])
-  mask, hv, docs = spec["mask"], spec.get("hv"), spec.get("docs")
+  mask, hv, docs, data = spec["mask"], spec.get("hv"), spec.get("docs"), spec.get("data", 1)
   q, k, v, ct = random_qkv(list(CASES).index(case), 2, 64, 64, 4, 2, 16, hv=hv)
   seg = None if docs is None else _packed_segments(1, 2, 64, docs)
-  _assert_ring_matches(_mesh((4,), ("context",)), q, k, v, ct, mask=mask, segment_ids=seg,
-                       load_balance=load_balance, block_sizes=BlockSizes(8, 8))
+  if data == 1:
+    mesh = _mesh((4,), ("context",))
+  else:
+    mesh = _mesh((data, 4), ("data", "context"))
+    by_data = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
+    q, k, v, ct, seg = map(by_data, (q, k, v, ct, seg))
+  _assert_ring_matches(mesh, q, k, v, ct, mask=mask, segment_ids=seg, load_balance=load_balance,
+                       block_sizes=BlockSizes(8, 8))
 
 
-def test_eight_shards_with_data_axis():
-  """Mesh (data=2, context=4) with the batch split over data, and a plain 8-way ring; packed causal."""
+def test_eight_shards():
+  """A plain 8-way ring with the default tiles; packed causal (the data axis: packed_causal_data_axis)."""
   q, k, v, ct = random_qkv(3, 2, 128, 128, 2, 1, 8)
   seg = _packed_segments(2, 2, 128, 6)
-  mesh = _mesh((2, 4), ("data", "context"))
-  by_data = lambda x: jax.device_put(x, NamedSharding(mesh, P("data")))
-  _assert_ring_matches(mesh, *map(by_data, (q, k, v, ct)), mask=Mask(causal=True), segment_ids=by_data(seg))
   _assert_ring_matches(_mesh((8,), ("context",)), q, k, v, ct, mask=Mask(causal=True), segment_ids=seg)
 
 
