@@ -1,6 +1,6 @@
 """Tests for configs/extend.py and configs/extend_gpu.py: the extension stages restore the base run's params
 from another workdir, switch RoPE scaling and train at 8x the length; mismatched shapes are refused with a
-clear message; every stage of the GPU recipe runs (at toy size) on the CPU."""
+clear message; the GPU recipe's base and its longest YaRN stage run (at toy size) on the CPU."""
 
 import os
 
@@ -54,8 +54,10 @@ def test_gpu_recipe_stages_dry_run(tmp_path):
   assert [full[s].data.seq_len for s in ("base", "yarn16k", "yarn32k")] == [2048, 16384, 32768]
   assert full["yarn32k"].model.rope_scaling.factor == 16.0 and full["yarn16k"].model.rope_scaling.kind == "yarn"
   assert all(c.num_steps > 100 for c in full.values())
+  # Dry runs: the base and the longest YaRN stage restoring it. yarn16k is the same code (a YaRN stage
+  # restoring the base) at half the factor and length; its full-size config is checked above.
   base = str(tmp_path / "base")
-  for stage in extend_gpu.STAGES:
+  for stage in ("base", "yarn32k"):
     c = _tiny(stage, extend_gpu, **({} if stage == "base" else {"init_from": base}))
     assert train_and_evaluate(c, base if stage == "base" else str(tmp_path / stage))["step"] == 1
 
