@@ -75,15 +75,27 @@ def _init_from(root: str, seed: int, variant: str, stage: str, rule: str) -> str
 
 
 def check_chain(root: str, seed: int, variant: str, rule: str):
-  """Refuse, before training anything, a stage run that restored another run than this recipe's previous
-  stage (a run of an older recipe): resuming it would mix two recipes in one chain."""
+  """Refuse, before training anything, a stage run that this recipe would not have made: one that restored
+  another run than the previous stage, or whose model, data or optimiser settings differ from the config's
+  now (a run of an older recipe). Resuming it would mix two recipes in one chain."""
+  from training.config import from_config_dict  # pylint: disable=g-import-not-at-top  (jax)
   for stage in STAGES:
     wd, want = workdir(root, seed, variant, stage, rule), _init_from(root, seed, variant, stage, rule)
-    if latest_step(wd) is not None:
-      saved = restore.saved_config(wd)[1].get("init_from") or ""
-      if os.path.normpath(saved or ".") != os.path.normpath(want or "."):
-        raise app.UsageError(f"{wd} restored {saved!r}, but this recipe's {stage} stage restores {want!r} "
-                             "(a run of an older recipe?): move it away to retrain it")
+    if latest_step(wd) is None:
+      continue
+    saved = restore.saved_config(wd)[1]
+    have = saved.get("init_from") or ""
+    if os.path.normpath(have or ".") != os.path.normpath(want or "."):
+      raise app.UsageError(f"{wd} restored {have!r}, but this recipe's {stage} stage restores {want!r} "
+                           "(a run of an older recipe?): move it away to retrain it")
+    saved = from_config_dict(saved).to_dict()  # keys added since the run was saved take their defaults
+    recipe = from_config_dict(extend_64x.get_config(config_arg(stage, variant, rule))).to_dict()
+    for section in ("model", "data", "optim"):
+      for key, value in recipe[section].items():
+        if saved[section][key] != value:
+          raise app.UsageError(f"{wd} was trained with {section}.{key}={saved[section][key]!r}, but this "
+                               f"recipe's {stage} stage sets {value!r} (a run of an older recipe?): move it "
+                               "away to retrain it")
 
 
 def train(root: str, seed: int, variant: str, rule: str, timing: dict):

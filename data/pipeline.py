@@ -70,10 +70,23 @@ class _Rows:
     return {k: self._rows[k][i] for k in ROW_KEYS}
 
 
+def jitter_positions(positions: np.ndarray, stride: int, rng: np.random.Generator) -> np.ndarray:
+  """Randomised positions (Ruoss et al., arXiv 2305.16843, in miniature): int32 [T] positions that restart at 0
+  per piece -> the same pieces, each starting at 0 and advancing by a stride drawn uniformly from 1..stride
+  per token, so order is kept but no distance between two tokens is exact: a head that recognises a place
+  by its precise offset from a landmark (a RoPE-fragile shortcut) cannot fit it, a head that matches content
+  can. The largest position grows to about (1 + stride) / 2 times the piece's length.
+  """
+  steps = rng.integers(1, stride + 1, positions.shape) * (positions > 0)  # 0 at every piece's first token
+  total = np.cumsum(steps)
+  start = np.maximum.accumulate(np.where(positions == 0, np.arange(positions.size), 0))  # each token's piece start
+  return (total - total[start]).astype(np.int32)
+
+
 def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, seed: int,
                   passkey_rate: float = 0.0, passkey_prompt: str = "landmark", mqar_rate: float = 0.0,
-                  episode_min_len: int = 0, mqar_loss: str = "all", shard_index: int = 0,
-                  shard_count: int = 1) -> grain.MapDataset:
+                  episode_min_len: int = 0, mqar_loss: str = "all", position_stride: int = 1,
+                  shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
   """An infinite MapDataset of batches {tokens, segment_ids, positions}: int32 [batch_size, T].
 
   Rows are shuffled per epoch; decided per row index (deterministically), a row is replaced with
@@ -90,6 +103,7 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
       heads), plus the answer (" " + key) weighted as much as the rest of its episode together;
     - text rows: 1.
   "all" (the default) scores every token with weight 1.
+  `position_stride` > 1 re-draws every row's positions with jitter_positions.
   `shard_index`/`shard_count` give this host its share of every global batch (batch_size is the per-host batch).
   """
   if not (0.0 <= passkey_rate <= 1.0 and 0.0 <= mqar_rate <= 1.0 - passkey_rate):
@@ -97,6 +111,8 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
                      f"{mqar_rate}")
   if mqar_loss not in ("all", "answers"):
     raise ValueError(f"mqar_loss must be 'all' or 'answers', got {mqar_loss!r}")
+  if position_stride < 1:
+    raise ValueError(f"position_stride must be >= 1, got {position_stride}")
   answers = mqar_loss == "answers"
   seq_len = rows["tokens"].shape[1]
   passkey_min = episode_min_len
@@ -139,7 +155,14 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
       return one_row(mqar_tokens(seq_len, int(rng.integers(2**31))))
     return dict(row, loss_weights=np.ones(seq_len, np.float32)) if answers else row
 
-  ds = grain.MapDataset.source(_Rows(rows)).shuffle(seed % 2**32).repeat().map_with_index(mix)
+  def mixed(index, row):
+    row = mix(index, row)
+    if position_stride == 1:
+      return row
+    rng = np.random.default_rng([seed, index, 0x5791])
+    return dict(row, positions=jitter_positions(row["positions"], position_stride, rng))
+
+  ds = grain.MapDataset.source(_Rows(rows)).shuffle(seed % 2**32).repeat().map_with_index(mixed)
   if shard_count > 1:
     ds = ds[shard_index::shard_count]
   return ds.batch(batch_size, drop_remainder=True)

@@ -178,6 +178,27 @@ def test_pipeline_passkey_mix_rate_and_sharding():
   np.testing.assert_array_equal(b[0]["tokens"][0], whole[1]["tokens"][0])
 
 
+def test_position_stride_jitters_positions_within_each_piece_only():
+  tok = tokenizer.ByteTokenizer()
+  rows = _rows(t=64)
+  plain = pipeline.train_dataset(rows, tok, batch_size=4, seed=0, mqar_rate=0.5, episode_min_len=16)
+  jit = pipeline.train_dataset(rows, tok, batch_size=4, seed=0, mqar_rate=0.5, episode_min_len=16,
+                               position_stride=3)
+  strides = []
+  for i in range(8):
+    a, b = plain[i], jit[i]
+    for k in ("tokens", "segment_ids"):
+      np.testing.assert_array_equal(a[k], b[k])  # only the positions change
+    np.testing.assert_array_equal(b["positions"] == 0, a["positions"] == 0)  # every piece still starts at 0
+    step = np.diff(b["positions"], axis=1)[a["positions"][:, 1:] > 0]  # within pieces
+    strides.append(step)
+  strides = np.concatenate(strides)
+  assert set(np.unique(strides)) == {1, 2, 3}  # strictly increasing, every stride drawn
+  np.testing.assert_array_equal(jit[3]["positions"], jit[3]["positions"])  # deterministic per row
+  with pytest.raises(ValueError, match="position_stride"):
+    pipeline.train_dataset(rows, tok, batch_size=4, seed=0, position_stride=0)
+
+
 def test_load_splits_and_val_batches(tmp_path):
   for i in range(30):
     (tmp_path / f"f{i:02d}.txt").write_text(f"text of file {i}\n" * (i + 1))

@@ -33,6 +33,7 @@ class DataConfig:
   mqar_rate: float = 0.0  # fraction of training rows replaced by MQAR rows (data/mqar.py)
   episode_min_len: int = 0  # > 0: passkey/MQAR rows are packs of episodes this long and up (data/retrieval.py)
   mqar_loss: str = "all"  # "answers": retrieval answers weighted up, MQAR rows score only theirs (data.train_dataset)
+  position_stride: int = 1  # > 1: training positions advance by a random 1..N per token (data.jitter_positions)
   num_val_batches: int = 4
   mlm_rate: float = 0.3  # encoder only: ModernBERT masks 30% (80% MASK / 10% random / 10% kept)
   loader_threads: int = 2
@@ -221,6 +222,7 @@ def _validate(c: TrainConfig):
          d.episode_min_len, f"must be 0 or in [2, data.seq_len={d.seq_len}]")
   _check(0 <= d.mqar_rate <= 1 - d.passkey_rate, "data.mqar_rate", d.mqar_rate,
          f"must be in [0, 1 - data.passkey_rate={d.passkey_rate}]")
+  _check(d.position_stride >= 1, "data.position_stride", d.position_stride, "must be >= 1")
   _check(d.mqar_loss in ("all", "answers"), "data.mqar_loss", d.mqar_loss,
          "must be 'all' or 'answers'")
   _check(0 < d.mlm_rate < 1, "data.mlm_rate", d.mlm_rate, "must be in (0, 1)")
