@@ -120,8 +120,14 @@ def _problem(name: str):
   """(inputs (q, k, v, do, dlse), keyword arguments) of a case."""
   case = CASES[name]
   s = case.t if case.s is None else case.s
-  q, k, v, do = random_qkv(case.seed, case.b, case.t, s, case.n, case.k, case.h, case.hv, jnp.dtype(case.dtype))
-  dlse = jax.random.normal(jax.random.PRNGKey(case.seed + 1), (case.b, case.n, case.t), jnp.float32)
+  # Fresh normal inputs drawn with NumPy: jax.random would compile a sampler for every new shape.
+  rng = np.random.default_rng(case.seed)
+  hv = case.h if case.hv is None else case.hv
+  shapes = ((case.b, case.t, case.n, case.h), (case.b, s, case.k, case.h), (case.b, s, case.k, hv),
+            (case.b, case.t, case.n, hv))
+  q, k, v, do = (jnp.asarray(rng.standard_normal(shape, np.float32).astype(jnp.dtype(case.dtype)))
+                 for shape in shapes)
+  dlse = jnp.asarray(rng.standard_normal((case.b, case.n, case.t), np.float32))
   if case.zero_cotangent:
     do, dlse = jnp.zeros_like(do), jnp.zeros_like(dlse)
   seg, kv_seg = _segments(case, s)
