@@ -10,6 +10,9 @@ A lever is a chain of stages; each stage is train.py --config=configs/extend_64x
 overrides (the factor, length and batch of an intermediate stage; a data mix; a learning rate), restoring
 the stage before it (the first restores the variant's seed-0 8x_yarn, or another lever's stage). Runs go
 to ROOT/levers/VARIANT/NAME[/STAGE].
+
+These levers were measured on the first recipe's 8x stage (one 200-step stage on exact positions, before
+8x_rand; its runs were moved to runs/ext64_v1), which is why ROOT defaults there.
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from configs import extend_64x
 from configs.extend_64x import L0
 from training.config import from_config_dict
 
-flags.DEFINE_string("root", "runs/ext64", "benchmarks/extension_64x.py's root (its seed0 runs are restored).")
+flags.DEFINE_string("root", "runs/ext64_v1",
+                    "The first recipe's runs (ROOT/seed0/VARIANT/8x_yarn is restored; docstring).")
 flags.DEFINE_list("levers", None, "VARIANT/NAME of the levers to run (default: all).")
 flags.DEFINE_list("stages", ["zero_shot", "train", "eval", "collect"], "zero_shot, train, eval, collect.")
 flags.DEFINE_string("out", "docs/results/extension_64x/levers.json", "Collected results.")

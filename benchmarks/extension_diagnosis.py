@@ -30,6 +30,7 @@ import data as data_lib
 from configs import extend
 from data import passkey as passkey_lib
 from eval import indexer_recall as ir
+from eval.attention_rows import layer_attention
 from eval import passkey as passkey_eval
 from training import restore
 
@@ -39,23 +40,7 @@ flags.DEFINE_list("lengths", [str(extend.L0), str(extend.L0 * extend.FACTOR)], "
 flags.DEFINE_integer("samples", 4, "Prompts per (length, depth).")
 flags.DEFINE_string("out", "docs/results/extension_diagnosis.json", "Output JSON.")
 FLAGS = flags.FLAGS
-DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def layer_attention(model, tokens, query_pos):
-  """tokens [B, T], query_pos [B] -> per layer, the attention probabilities of each row's query [B, N, T]."""
-  b, t = tokens.shape
-  positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-  x, rows = model.embed(tokens), []  # [B, T, D]
-  for block in model.blocks:
-    q, k, _, _ = block.attn._qkv(block._pre(x), positions)  # [B, T, N, H], [B, T, K, H]: rotated, scaled
-    q = jnp.take_along_axis(q, query_pos[:, None, None, None], axis=1)[:, 0]  # [B, N, H]
-    k = jnp.repeat(k, q.shape[1] // k.shape[2], axis=2)  # GQA: one key head per query head
-    s = jnp.einsum("bnh,bsnh->bns", q, k) * q.shape[-1] ** -0.5
-    s = jnp.where(jnp.arange(t)[None, None] <= query_pos[:, None, None], s, -jnp.inf)  # causal
-    rows.append(jax.nn.softmax(s, axis=-1))
-    x, _ = block(x, positions)
-  return rows
+DEPTHS = passkey_eval.DEPTHS
 
 
 def diagnose(model, tokenizer, length: int, samples: int) -> dict:

@@ -4,7 +4,7 @@ previous stage's params (config.init_from), as ProLong (Gao et al., arXiv 2410.0
 context in steps instead of one jump.
 
 The argument is STAGE[,VARIANT][,RULE][,tiny]:
-  STAGE    base | 8x | 16x | 32x | 64x
+  STAGE    base | 8x_rand | 8x | 16x | 32x | 64x
   VARIANT  global (default: 2 global layers) | local ("GL", window 32 < L0) | dsa ("DG", top_k 32 < L0:
            at 64x the sparse layer keeps 32 of 8192 keys, 1/256) -- configs/extend.py's variants; dsa adds
            smeared indexer keys (model.dsa_smeared_keys), and dsa_plain is configs/extend.py's DSA without
@@ -19,16 +19,20 @@ The argument is STAGE[,VARIANT][,RULE][,tiny]:
   tiny     the same stages at L0 = 32 with 2 steps each (the suite's dry run).
 
 python train.py --config=configs/extend_64x.py:base --workdir=runs/ext64/seed0/global/base --config.seed=0
-python train.py --config=configs/extend_64x.py:8x --workdir=runs/ext64/seed0/global/8x_yarn \
+python train.py --config=configs/extend_64x.py:8x_rand --workdir=runs/ext64/seed0/global/8x_rand_yarn \
     --config.init_from=runs/ext64/seed0/global/base --config.seed=0
+python train.py --config=configs/extend_64x.py:8x --workdir=runs/ext64/seed0/global/8x_yarn \
+    --config.init_from=runs/ext64/seed0/global/8x_rand_yarn --config.seed=0
+(16x and 32x likewise, each restoring the one before)
 python train.py --config=configs/extend_64x.py:64x --workdir=runs/ext64/seed0/global/64x_yarn \
-    --config.init_from=runs/ext64/seed0/global/8x_yarn --config.seed=0
+    --config.init_from=runs/ext64/seed0/global/32x_yarn --config.seed=0
 
 benchmarks/extension_64x.py runs these for every seed and variant, evaluates each stage at L0 x 1..64 and
 writes docs/extension_64x.json.
 
-Fine-tune budgets: the 8x stage is configs/extend.py's (200 steps x 4 rows of 1024, lr 3e-4 constant),
-the recipe that took seed 0 to 100% passkey and MQAR at 8x. From 8x to 64x the factor doubles per stage:
+Fine-tune budgets: the 8x step is two stages at lr 3e-4 constant, 4 rows of 1024: 8x_rand, 800 steps on
+randomised positions (data.position_stride 2: positions advance by 1 or 2 per token), then 8x, 200 steps
+on exact positions. From 8x to 64x the factor doubles per stage:
 16x (50 steps x 4 rows of 2048), 32x (50 x 2 of 4096), 64x (100 x 1 of 8192), each restoring the one
 before, at the same learning rate. Episodes run from L0 to the stage length, drawn uniformly over the
 doublings (data/retrieval.py); at 64x from 8 L0, so a whole-row episode (the only kind whose needle sits
@@ -43,20 +47,31 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
   - 8x -> 16x -> 32x -> 64x: passkey 100% at 128-4096 after each step, and 48% at 8192; with the 64x
     episodes from 8 L0, 100 / 100 / 100 / 80% at 128 / 1024 / 4096 / 8192 (40 prompts per length; the
     misses all at depth 1, the needle just before the question).
-  - Not yet robust across seeds: seed 1's global and local/global models lose passkey in the 8x stage
-    itself (0% and 9% at 128; MQAR 100%), and a 2x step from its base already drops it to 65%.
+  - Why 8x_rand (docs/results/extension_64x/probes/seed1_passkey_mechanism/): configs/extend.py's single
+    8x stage (200 steps, exact positions) took seed 0 to 100% but left seed 1 at 0% passkey at every length
+    (MQAR 100%). Seed 1's base copies the key's digits with a layer-1 head that finds "the i-th token after
+    the needle" by its offset, where seed 0's copies digits 2-5 by content (a layer-0 head on the smeared
+    keys); any RoPE change breaks the offset head and the 8x stage never rebuilt it (YaRN beta_fast 4,
+    episodes from 16 tokens or 2.5x the passkey rows: <= 6%). On randomised positions no offset is exact, so
+    only content copying fits: seed 1 reached 0 / 19 / 100% passkey at 1024 after 200 / 400 / 800 such
+    steps, using a layer-0 copy head. Seed 0 after the same 800 steps: 77% (the first digit missed for keys
+    starting with 0-2), and 200 steps on exact positions after them: 100 / 100 / 100% at 128 / 512 / 1024
+    for both seeds. The same jitter in the base (stride 2 or 3, 4000 steps) taught content copying but not
+    finding the needle (passkey 9% / 3%).
 """
 
 from configs import extend, retrieval_base
 
 L0 = retrieval_base.L0
-STAGES = {"base": 1, "8x": 8, "16x": 16, "32x": 32, "64x": 64}  # stage -> factor over L0, in training order
+# stage -> factor over L0, in training order; 8x_rand is the 8x fine-tune on randomised positions, 8x its end
+STAGES = {"base": 1, "8x_rand": 8, "8x": 8, "16x": 16, "32x": 32, "64x": 64}
 REPORTED = ("base", "8x", "64x")  # the stages evaluated at every length; 16x and 32x are steps on the way
 VARIANTS = ("global", "local", "dsa", "dsa_plain")
 RULES = ("yarn", "abf")
-STEPS = {"8x": 200, "16x": 50, "32x": 50, "64x": 100}
-BATCH = {"8x": 4, "16x": 4, "32x": 2, "64x": 1}
-EPISODE_MIN = {"8x": 1, "16x": 1, "32x": 1, "64x": 8}  # the shortest episode, in L0
+STEPS = {"8x_rand": 800, "8x": 200, "16x": 50, "32x": 50, "64x": 100}
+BATCH = {"8x_rand": 4, "8x": 4, "16x": 4, "32x": 2, "64x": 1}
+EPISODE_MIN = {"8x_rand": 1, "8x": 1, "16x": 1, "32x": 1, "64x": 8}  # the shortest episode, in L0
+POSITION_STRIDE = {"8x_rand": 2}  # data.position_stride: positions advance by 1 or 2 per token
 TINY_L0 = 32
 
 
@@ -99,7 +114,7 @@ def get_config(arg: str = "base"):
   else:
     c.model.rope_theta = abf_theta(c.model.rope_theta, factor, c.model.head_dim)
   c.data.update(episode_min_len=EPISODE_MIN[stage] * l0, num_val_batches=2 if not tiny else 1,
-                batch_size=2 if tiny else BATCH[stage])
+                batch_size=2 if tiny else BATCH[stage], position_stride=POSITION_STRIDE.get(stage, 1))
   c.optim.update(learning_rate=extend.FINETUNE_LR, schedule="constant", warmup_steps=1 if tiny else 10)
   steps = 2 if tiny else STEPS[stage]
   c.update(num_steps=steps, log_every=min(20, steps), eval_every=steps)

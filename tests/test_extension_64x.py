@@ -28,8 +28,9 @@ def test_stages_scale_rope_relative_to_l0(variant):
       assert abf.model.rope_scaling.kind == "none"
     if variant.startswith("dsa"):  # top_k fixed below L0: 1/256 of the keys at 64x
       assert yarn.dsa_top_k == 32 and yarn.dsa_smeared_keys == (variant == "dsa")
-  assert thetas[0] < thetas[1] < thetas[2]
-  assert [e64.previous(s) for s in e64.STAGES] == [None, "base", "8x", "16x", "32x"]
+  assert thetas == sorted(thetas) and thetas[0] < thetas[-1]  # ABF's theta grows with the factor
+  assert [e64.previous(s) for s in e64.STAGES] == [None, "base", "8x_rand", "8x", "16x", "32x"]
+  assert [from_config_dict(e64.get_config(s)).data.position_stride for s in e64.STAGES] == [1, 2, 1, 1, 1, 1]
   with pytest.raises(ValueError, match="extend_64x"):
     e64.get_config("128x")
 
@@ -72,6 +73,13 @@ def test_tiny_stages_dry_run_and_report(tmp_path):
                       "--seeds=0", "--variants=dsa", "--stages=train"], capture_output=True, text=True)
   assert p.returncode != 0 and "move it away" in p.stderr
   assert not (tmp_path / "stale" / "seed0" / "dsa" / "base").exists()
+  # So is a run whose settings differ from the recipe's (this base trained without the tiny config's warm-up).
+  shutil.rmtree(stale)
+  shutil.copytree(root / "seed0" / "dsa" / "base", tmp_path / "stale" / "seed0" / "dsa" / "base")
+  p = subprocess.run([sys.executable, "-m", "benchmarks.extension_64x", "--tiny", f"--root={tmp_path / 'stale'}",
+                      "--seeds=0", "--variants=dsa", "--stages=train"], capture_output=True, text=True)
+  assert p.returncode != 0 and "was trained with optim.warmup_steps=0" in p.stderr
+  assert not (tmp_path / "stale" / "seed0" / "dsa" / "8x_rand_yarn").exists()
 
 
 

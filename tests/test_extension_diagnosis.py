@@ -43,3 +43,19 @@ def test_passkey_diagnosis():
     assert 0.0 <= layer["digit_mass"] <= layer["needle_mass"] <= 1.0 + 1e-6
     assert 0.0 <= layer["entropy"] <= res["uniform_entropy"] + 1e-6
   assert res["indexer_recall"] is None  # no DSA layer
+
+
+def test_copy_heads_read_the_attention_on_each_key_digit():
+  from benchmarks import passkey_copy_heads  # pylint: disable=g-import-not-at-top
+  from data import passkey as passkey_lib  # pylint: disable=g-import-not-at-top
+  from eval import passkey as passkey_eval  # pylint: disable=g-import-not-at-top
+  model, tok = _model("GG"), data.get_tokenizer()
+  mass = np.asarray(passkey_copy_heads.copy_mass(model, tok, 64, samples=1))  # [digit, layer, head]
+  assert mass.shape == (5, 2, model.cfg.num_heads)
+  # Digit 3, one prompt per depth: the attention of the position that predicts it on that digit in the needle.
+  want = []
+  for d in passkey_eval.DEPTHS:
+    e = passkey_lib.passkey_example(tok, 64, d, passkey_eval.sample_seed(64, d, 0), "compact")
+    rows = diag.layer_attention(model, jnp.asarray(e.tokens[None]), jnp.array([e.answer_start + 3]))
+    want.append([np.asarray(p[0, :, e.key_start + 3]) for p in rows])  # [layer][head]
+  np.testing.assert_allclose(mass[3], np.mean(want, axis=0), atol=2e-3)  # copy_mass rounds to 3 decimals
