@@ -53,7 +53,7 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
     the needle" by its offset, where seed 0's copies digits 2-5 by content (a layer-0 head on the smeared
     keys); any RoPE change breaks the offset head and the 8x stage never rebuilt it (YaRN beta_fast 4,
     episodes from 16 tokens or 2.5x the passkey rows: <= 6%). On randomised positions no offset is exact, so
-    only content copying fits: seed 1 reached 0 / 19 / 100% passkey at 1024 after 200 / 400 / 800 such
+    only content copying fits: seed 1 reached 0 / 5 / 100% passkey at 1024 after 200 / 400 / 800 such
     steps, using a layer-0 copy head. Seed 0 after the same 800 steps: 77% (the first digit missed for keys
     starting with 0-2), and 200 steps on exact positions after them: 100 / 100 / 100% at 128 / 512 / 1024
     for both seeds. The same jitter in the base (stride 2 or 3, 4000 steps) taught content copying but not
