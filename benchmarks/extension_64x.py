@@ -1,6 +1,7 @@
-"""Progressive extension to 64x, per seed and variant: base at L0 = 128, 8x (1024), 16x, 32x, 64x (8192);
-base, 8x and 64x evaluated at L0 x 1, 2, 4, ..., 64 (passkey by depth, MQAR by gap, perplexity, and the
-lightning indexer's recall for DSA); the merged report is docs/extension_64x.json (min and mean over seeds).
+"""Progressive extension to 64x, per seed and variant: base at L0 = 128, 8x_rand and 8x (1024), 16x, 32x,
+64x (8192); base, 8x and 64x evaluated at L0 x 1, 2, 4, ..., 64 (passkey by depth, MQAR by gap,
+perplexity, and the lightning indexer's recall for DSA); the merged report is docs/extension_64x.json (min
+and mean over seeds).
 
 python -m benchmarks.extension_64x --seeds=0                 # train + eval + cost for seed 0, all variants
 python -m benchmarks.extension_64x --seeds=1 --variants=dsa  # one seed, one variant (resumable)
@@ -8,9 +9,10 @@ python -m benchmarks.extension_64x --stages=report            # merge every seed
 
 Stages (each skips work whose results exist, so a rerun resumes):
   train    per (seed, variant, rule): train.py --config=configs/extend_64x.py:STAGE,VARIANT,RULE
-           --config.seed=SEED for STAGE = base, 8x, 16x, 32x, 64x under ROOT/seedSEED/VARIANT/, each
-           restoring the previous (--config.init_from); a stage run that restored anything else (an older
-           recipe's chain) is refused before anything trains
+           --config.seed=SEED for STAGE = base, 8x_rand, 8x, 16x, 32x, 64x under ROOT/seedSEED/VARIANT/,
+           each restoring the previous (--config.init_from); a stage run that restored anything else or
+           was trained with other model/data/optim settings (an older recipe's run) is refused before
+           anything trains
   eval     python -m eval on base, 8x and 64x at every length: the base without scaling is the zero-shot row
   cost     per variant: the compiled bytes of one fine-tune step (batch 1) at 8x and 64x L0
            (benchmarks/train_memory.measure) and the measured seconds per step of the 8x and 64x stages
