@@ -15,6 +15,7 @@ import time
 
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
@@ -276,6 +277,25 @@ def test_every_saved_step_is_sealed_and_a_step_without_a_manifest_restores_with_
     assert restore.restore(str(run)).step == 1
   assert "checkpoint 2 has no" in caplog.text and "restoring it unverified" in caplog.text
   assert "checkpoint 2 is damaged" in caplog.text  # a decode error: never a half-read result
+
+
+def test_nan_weights_in_a_step_without_a_manifest_are_damage_and_restore_falls_back(base, tmp_path, caplog):
+  # What no checksum can see: a pre-checksum step whose params decode, but to NaN (train.py's NaN guard
+  # never saves such weights). Written with Orbax itself, so the files are well-formed.
+  run = _copy_run(base, tmp_path)
+  item = run / "checkpoints" / "2" / "params"
+  params = ocp.StandardCheckpointer().restore(item)
+  params["embed"]["embedding"] = np.full_like(np.asarray(params["embed"]["embedding"]), np.nan)
+  shutil.rmtree(item)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(item, params)
+  os.remove(run / "checkpoints" / "2" / checksums.MANIFEST)
+  with pytest.raises(checkpoint.DamagedCheckpointError,
+                     match=r"checkpoint 2 is damaged: .*checkpoints/2/params: parameter embed.embedding holds NaN"):
+    restore.restore(str(run), 2)
+  with caplog.at_level(logging.WARNING, logger="training"):
+    assert restore.restore(str(run)).step == 1
+  assert re.search("checkpoint 2 is damaged: .*holds NaN or inf; falling back", caplog.text)
 
 
 def test_init_from_skips_a_damaged_newest_checkpoint(base, tmp_path, caplog):
