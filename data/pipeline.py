@@ -83,15 +83,32 @@ def jitter_positions(positions: np.ndarray, stride: int, rng: np.random.Generato
   return (total - total[start]).astype(np.int32)
 
 
+PASSKEY_DEPTHS = ("uniform", "log_distance")
+
+
+def draw_depth(rng: np.random.Generator, n: int, kind: str) -> float:
+  """A passkey needle's depth in [0, 1] for a prompt of n tokens.
+
+  "uniform": uniform in depth, so a needle within d tokens of the question is drawn with probability ~d/n:
+  at n = 8192 almost never, and a model extended on such data misses exactly those (docs/extension.md).
+  "log_distance": half uniform; half with the needle's distance from the question log-uniform over
+  [1, n] tokens, so every doubling of the distance is equally common at every length.
+  """
+  u = float(rng.random())
+  if kind == "uniform" or rng.random() < 0.5:
+    return u
+  return 1.0 - float(n) ** -u  # distance (1 - depth) n = n^(1 - u): log-uniform over [1, n]
+
+
 def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, seed: int,
                   passkey_rate: float = 0.0, passkey_prompt: str = "landmark", mqar_rate: float = 0.0,
                   episode_min_len: int = 0, mqar_loss: str = "all", position_stride: int = 1,
-                  shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+                  passkey_depth: str = "uniform", shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
   """An infinite MapDataset of batches {tokens, segment_ids, positions}: int32 [batch_size, T].
 
   Rows are shuffled per epoch; decided per row index (deterministically), a row is replaced with
-  probability `passkey_rate` by a passkey example (prompt `passkey_prompt`) at a uniformly random depth,
-  and with probability `mqar_rate` by an MQAR row (data/mqar.py). `episode_min_len` > 0 makes those rows
+  probability `passkey_rate` by a passkey example (prompt `passkey_prompt`) at a depth drawn by
+  `passkey_depth` (draw_depth: "uniform" or "log_distance"), and with probability `mqar_rate` by an MQAR row (data/mqar.py). `episode_min_len` > 0 makes those rows
   packs of episodes of mixed lengths from episode_min_len up (data/retrieval.py; passkey episodes start at
   the first doubling that holds a prompt). `mqar_loss` "answers" adds "loss_weights" float32
   [batch_size, T] to every batch that weights the retrieval answers:
@@ -113,6 +130,8 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
     raise ValueError(f"mqar_loss must be 'all' or 'answers', got {mqar_loss!r}")
   if position_stride < 1:
     raise ValueError(f"position_stride must be >= 1, got {position_stride}")
+  if passkey_depth not in PASSKEY_DEPTHS:
+    raise ValueError(f"passkey_depth must be one of {PASSKEY_DEPTHS}, got {passkey_depth!r}")
   answers = mqar_loss == "answers"
   seq_len = rows["tokens"].shape[1]
   passkey_min = episode_min_len
@@ -124,7 +143,7 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
     return (ex.tokens, 1.0 + ex.answer_weights() * (ex.tokens.size / ex.answer_len)) if answers else ex.tokens
 
   def passkey_tokens(n, s):
-    depth = float(np.random.default_rng([s, 1]).random())
+    depth = draw_depth(np.random.default_rng([s, 1]), n, passkey_depth)
     return passkey_weighted(passkey.passkey_example(tokenizer, n, depth, s, passkey_prompt))
 
   def mqar_tokens(n, s):
@@ -146,7 +165,7 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
       return retrieval.episodes_row(passkey_tokens, tokenizer, seq_len, int(rng.integers(2**31)), passkey_min,
                                     weighted=answers)
     if u < passkey_rate:
-      depth, s = float(rng.random()), int(rng.integers(2**31))
+      depth, s = draw_depth(rng, seq_len, passkey_depth), int(rng.integers(2**31))
       return one_row(passkey_weighted(passkey.passkey_example(tokenizer, seq_len, depth, s, passkey_prompt)))
     if u < passkey_rate + mqar_rate and episode_min_len:
       return retrieval.episodes_row(mqar_tokens, tokenizer, seq_len, int(rng.integers(2**31)), episode_min_len,

@@ -201,6 +201,28 @@ def test_position_stride_jitters_positions_within_each_piece_only():
     pipeline.train_dataset(rows, tok, batch_size=4, seed=0, position_stride=0)
 
 
+def test_log_distance_depths_put_needles_near_the_question_at_every_length():
+  rng = np.random.default_rng(0)
+  for n in (128, 8192):
+    uniform = 1 - np.array([pipeline.draw_depth(rng, n, "uniform") for _ in range(4000)])
+    log = 1 - np.array([pipeline.draw_depth(rng, n, "log_distance") for _ in range(4000)])
+    assert 0 <= log.min() and log.max() <= 1
+    # Half uniform, half log-uniform distance: every doubling of the distance holds ~1 / (2 log2 n) + uniform's.
+    near = np.mean(log * n < 16)
+    assert abs(near - (0.5 * 4 / np.log2(n) + 0.5 * 16 / n)) < 0.03, (n, near)
+    assert np.mean(uniform * n < 16) < 16 / n + 0.02 and abs(np.mean(log > 0.5) - 0.25 - 0.5 / np.log2(n)) < 0.03
+  # Through the dataset: the needle's distance from the question, in whole-row passkey prompts of 1024 tokens.
+  tok, rows = tokenizer.ByteTokenizer(), _rows(t=1024)
+  def distances(kind):
+    ds = pipeline.train_dataset(rows, tok, batch_size=1, seed=0, passkey_rate=1.0, passkey_prompt="compact",
+                                passkey_depth=kind)
+    text = [bytes(ds[i]["tokens"][0].astype(np.uint8)).decode("latin-1") for i in range(60)]
+    return np.array([t.rfind("\nThe pass key is") - t.find("The pass key is") for t in text])
+  assert np.mean(distances("uniform") < 100) < 0.15 and np.mean(distances("log_distance") < 100) > 0.3
+  with pytest.raises(ValueError, match="passkey_depth"):
+    pipeline.train_dataset(rows, tok, batch_size=1, seed=0, passkey_depth="near")
+
+
 def test_load_splits_and_val_batches(tmp_path):
   for i in range(30):
     (tmp_path / f"f{i:02d}.txt").write_text(f"text of file {i}\n" * (i + 1))

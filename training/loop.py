@@ -113,6 +113,7 @@ def _setup_data(cfg: TrainConfig) -> _Data:
                                     passkey_rate=cfg.data.passkey_rate, passkey_prompt=cfg.data.passkey_prompt,
                                     mqar_rate=cfg.data.mqar_rate, episode_min_len=cfg.data.episode_min_len,
                                     mqar_loss=cfg.data.mqar_loss, position_stride=cfg.data.position_stride,
+                                    passkey_depth=cfg.data.passkey_depth,
                                     shard_index=jax.process_index(),
                                     shard_count=jax.process_count())
   micro = cfg.data.batch_size // cfg.optim.grad_accum_steps
