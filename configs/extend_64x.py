@@ -34,7 +34,8 @@ Fine-tune budgets: the 8x step is two stages at lr 3e-4 constant, 4 rows of 1024
 randomised positions (data.position_stride 2: positions advance by 1 or 2 per token), then 8x, 200 steps
 on exact positions. From 8x to 64x the factor doubles per stage:
 16x (50 steps x 4 rows of 2048), 32x (50 x 2 of 4096), 64x (100 x 1 of 8192), each restoring the one
-before, at the same learning rate. Episodes run from L0 to the stage length, drawn uniformly over the
+before, at the same learning rate. The 64x stage replaces half its rows by passkey episodes and 30% by
+MQAR ones (the base's mix is 20% / 55%). Episodes run from L0 to the stage length, drawn uniformly over the
 doublings (data/retrieval.py); at 64x from 8 L0, so a whole-row episode (the only kind whose needle sits
 past position 4096) is one draw in 4 instead of 7. Only base, 8x and 64x are evaluated (REPORTED).
 
@@ -58,6 +59,13 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
     starting with 0-2), and 200 steps on exact positions after them: 100 / 100 / 100% at 128 / 512 / 1024
     for both seeds. The same jitter in the base (stride 2 or 3, 4000 steps) taught content copying but not
     finding the needle (passkey 9% / 3%).
+  - Why RETRIEVAL_RATES (docs/results/extension_64x/probes/passkey_mix_64x/): with the base's mix (passkey
+    20% of rows) the 64x stage sees about 20 passkey rows. Seed 1's local/global model then kept 100% to
+    1024 but 84 / 85 / 55% at 2048 / 4096 / 8192, every miss the first digit and most at depth 1 (10% at
+    8192), where the layer-0 head that finds the digit at 1024 is out-competed by the 8192-token context.
+    Half the rows passkey and 30% MQAR: 100 / 100 / 100 / 95% at 1024 / 2048 / 4096 / 8192, MQAR still 100%.
+    Drawing needles near the question more often (data.passkey_depth="log_distance") instead fixed depth 1
+    at 2048-4096 but lost the far needles (15% at 8192), and added nothing on top of the new mix.
 """
 
 from configs import extend, retrieval_base
@@ -72,6 +80,9 @@ STEPS = {"8x_rand": 800, "8x": 200, "16x": 50, "32x": 50, "64x": 100}
 BATCH = {"8x_rand": 4, "8x": 4, "16x": 4, "32x": 2, "64x": 1}
 EPISODE_MIN = {"8x_rand": 1, "8x": 1, "16x": 1, "32x": 1, "64x": 8}  # the shortest episode, in L0
 POSITION_STRIDE = {"8x_rand": 2}  # data.position_stride: positions advance by 1 or 2 per token
+# (passkey_rate, mqar_rate) where they differ from the base's 0.2 / 0.55: the 64x stage's one row per step
+# would otherwise hold 20 passkey rows in all
+RETRIEVAL_RATES = {"64x": (0.5, 0.3)}
 TINY_L0 = 32
 
 
@@ -115,6 +126,8 @@ def get_config(arg: str = "base"):
     c.model.rope_theta = abf_theta(c.model.rope_theta, factor, c.model.head_dim)
   c.data.update(episode_min_len=EPISODE_MIN[stage] * l0, num_val_batches=2 if not tiny else 1,
                 batch_size=2 if tiny else BATCH[stage], position_stride=POSITION_STRIDE.get(stage, 1))
+  if stage in RETRIEVAL_RATES:
+    c.data.passkey_rate, c.data.mqar_rate = RETRIEVAL_RATES[stage]
   c.optim.update(learning_rate=extend.FINETUNE_LR, schedule="constant", warmup_steps=1 if tiny else 10)
   steps = 2 if tiny else STEPS[stage]
   c.update(num_steps=steps, log_every=min(20, steps), eval_every=steps)

@@ -30,7 +30,9 @@ def test_stages_scale_rope_relative_to_l0(variant):
       assert yarn.dsa_top_k == 32 and yarn.dsa_smeared_keys == (variant == "dsa")
   assert thetas == sorted(thetas) and thetas[0] < thetas[-1]  # ABF's theta grows with the factor
   assert [e64.previous(s) for s in e64.STAGES] == [None, "base", "8x_rand", "8x", "16x", "32x"]
-  assert [from_config_dict(e64.get_config(s)).data.position_stride for s in e64.STAGES] == [1, 2, 1, 1, 1, 1]
+  data = [from_config_dict(e64.get_config(s)).data for s in e64.STAGES]
+  assert [d.position_stride for d in data] == [1, 2, 1, 1, 1, 1]
+  assert [(d.passkey_rate, d.mqar_rate) for d in data] == [(0.2, 0.55)] * 5 + [(0.5, 0.3)]
   with pytest.raises(ValueError, match="extend_64x"):
     e64.get_config("128x")
 
