@@ -89,10 +89,11 @@ PASSKEY_DEPTHS = ("uniform", "log_distance")
 def draw_depth(rng: np.random.Generator, n: int, kind: str) -> float:
   """A passkey needle's depth in [0, 1] for a prompt of n tokens.
 
-  "uniform": uniform in depth, so a needle within d tokens of the question is drawn with probability ~d/n:
-  at n = 8192 almost never, and a model extended on such data misses exactly those (docs/extension.md).
+  "uniform": uniform in depth, so a needle within d tokens of the question is drawn with probability ~d/n,
+  at n = 8192 almost never.
   "log_distance": half uniform; half with the needle's distance from the question log-uniform over
-  [1, n] tokens, so every doubling of the distance is equally common at every length.
+  [1, n] tokens, so every doubling of the distance is equally common at every length. Measured as a lever
+  of the 64x extension in docs/results/extension_64x/probes/passkey_mix_64x/.
   """
   u = float(rng.random())
   if kind == "uniform" or rng.random() < 0.5:
@@ -108,9 +109,9 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
 
   Rows are shuffled per epoch; decided per row index (deterministically), a row is replaced with
   probability `passkey_rate` by a passkey example (prompt `passkey_prompt`) at a depth drawn by
-  `passkey_depth` (draw_depth: "uniform" or "log_distance"), and with probability `mqar_rate` by an MQAR row (data/mqar.py). `episode_min_len` > 0 makes those rows
-  packs of episodes of mixed lengths from episode_min_len up (data/retrieval.py; passkey episodes start at
-  the first doubling that holds a prompt). `mqar_loss` "answers" adds "loss_weights" float32
+  `passkey_depth` (draw_depth: "uniform" or "log_distance"), and with probability `mqar_rate` by an MQAR
+  row (data/mqar.py). `episode_min_len` > 0 makes those rows packs of episodes of mixed lengths from
+  episode_min_len up (data/retrieval.py; passkey episodes start at the first doubling that holds a prompt). `mqar_loss` "answers" adds "loss_weights" float32
   [batch_size, T] to every batch that weights the retrieval answers:
     - MQAR rows: 0 except where the next token is an answer (a value at its query), which weighs episode
       length / answers, so an episode carries the weight of as many scored text tokens while the random keys,
