@@ -111,8 +111,9 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
   probability `passkey_rate` by a passkey example (prompt `passkey_prompt`) at a depth drawn by
   `passkey_depth` (draw_depth: "uniform" or "log_distance"), and with probability `mqar_rate` by an MQAR
   row (data/mqar.py). `episode_min_len` > 0 makes those rows packs of episodes of mixed lengths from
-  episode_min_len up (data/retrieval.py; passkey episodes start at the first doubling that holds a prompt). `mqar_loss` "answers" adds "loss_weights" float32
-  [batch_size, T] to every batch that weights the retrieval answers:
+  episode_min_len up (data/retrieval.py; passkey episodes start at the first doubling that holds a prompt).
+  `mqar_loss` "answers" adds "loss_weights" float32 [batch_size, T] to every batch that weights the
+  retrieval answers:
     - MQAR rows: 0 except where the next token is an answer (a value at its query), which weighs episode
       length / answers, so an episode carries the weight of as many scored text tokens while the random keys,
       values and filler that no model can predict do not drown the retrieval gradient (with 0/1 weights the
