@@ -236,8 +236,10 @@ def test_two_processes_on_localhost():
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
-             PYTHONPATH=REPO)
+  # conftest's compile flags (-O0 and the rest), with 2 CPU devices per process instead of 8.
+  flags = [f for f in os.environ["XLA_FLAGS"].split() if "xla_force_host_platform_device_count" not in f]
+  env = dict(os.environ, XLA_FLAGS=" ".join(["--xla_force_host_platform_device_count=2", *flags]),
+             JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(i), str(port)], env=env, cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=240)[0] for p in procs]
