@@ -17,12 +17,13 @@ for name, wd in runs.items():
   r = {"workdir": wd}
   pk = json.load(open(os.path.join(ev, step, "passkey.json")))
   r["passkey_depths"] = pk["depths"]
-  r["passkey"] = {str(n): {"mean": round(m, 3), "by_depth": a} for n, m, a in zip(pk["lengths"], pk["accuracy_per_length"], pk["accuracy"])}
-  for sub in ("", "mqar"):
+  r["passkey"] = {str(n): {"mean": round(m, 3), "by_depth": a}
+                  for n, m, a in zip(pk["lengths"], pk["accuracy_per_length"], pk["accuracy"])}
+  for sub in ("", "mqar"):  # MQAR is in the run's eval or, when evaluated apart, under the tag "mqar"
     p = os.path.join(ev, step, sub, "mqar.json")
     if os.path.isfile(p):
       mq = json.load(open(p))
-      r["mqar"] = {str(n): a for n, a in zip(mq["lengths"], mq["accuracy"])} if "accuracy" in mq else mq
+      r["mqar"] = {str(n): a for n, a in zip(mq["lengths"], mq["accuracy"])}
   out[name] = r
 af = {}
 for v in ("local", "global"):
