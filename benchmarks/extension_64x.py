@@ -202,6 +202,9 @@ def collect(root: str, seed: int) -> dict:
       done = lambda wd: os.path.isfile(os.path.join(_eval_dir(wd), _tasks(variant)[-1] + ".json"))
       if all(latest_step(wd) is not None and done(wd) for wd in wds.values()):
         out["variants"].setdefault(variant, {})[rule] = {s: stage_result(wd, variant) for s, wd in wds.items()}
+  wall = os.path.join(root, f"seed{seed}", "wall.json")  # benchmarks/extension_64x_seed.sh's whole-seed run
+  if os.path.isfile(wall):
+    out["wall"] = _read(wall)
   return out
 
 
@@ -237,6 +240,7 @@ def merge(per_seed: list[dict]) -> dict:
           cell["indexer_recall"][metric] = {n: summarise(v) for n, v in by_len.items()}
   out["per_seed"] = {str(r["seed"]): r["variants"] for r in per_seed}
   out["timing"] = {str(r["seed"]): r["timing"] for r in per_seed}
+  out["wall"] = {str(r["seed"]): r["wall"] for r in per_seed if "wall" in r}
   return out
 
 
@@ -303,6 +307,9 @@ def report():
   os.makedirs(FLAGS.plots, exist_ok=True)
   plot(merged, os.path.join(FLAGS.plots, "extension_64x.png"))
   text = ("Cells: minimum / mean over seeds " + str(merged["seeds"]) + " (perplexity: mean).\n\n" + table(merged))
+  for seed, w in merged["wall"].items():
+    text += (f"\n\nSeed {seed}, the whole experiment ({', '.join(w['variants'])}; benchmarks/extension_64x_seed.sh,"
+             f" {w['processes']} processes): {w['wall_s'] / 60:.0f} min wall on the {merged['machine'].split(' (')[0]}.")
   with open(os.path.join(FLAGS.plots, "extension_64x_table.md"), "w") as f:
     f.write(text + "\n")
   print(text)
