@@ -30,23 +30,45 @@ from training import restore
 flags.DEFINE_list("runs", None, "train.py run directories (their newest checkpoint).", required=True)
 flags.DEFINE_integer("length", 128, "Prompt length.")
 flags.DEFINE_integer("prompts_per_depth", 8, "Prompts per needle depth.")
+flags.DEFINE_integer("gather_window", 0, "Also read, for each of the last N prompt positions (the question), the "
+                     "attention each layer and head puts on every key digit (0: not measured).")
 flags.DEFINE_string("json", "docs/results/passkey_copy_heads.json", "Output JSON.")
 FLAGS = flags.FLAGS
 
 
-def copy_mass(model, tokenizer, length: int, samples: int) -> list[list[list[float]]]:
-  """[digit][layer][head]: mean attention of the query producing key digit i on that digit in the needle."""
-  exs = [passkey_lib.passkey_example(tokenizer, length, d, passkey_eval.sample_seed(length, d, s), "compact")
-         for d in passkey_eval.DEPTHS for s in range(samples)]
-  tokens = jnp.asarray(np.stack([e.tokens for e in exs]))  # [E, T]
-  rows = jax.jit(lambda t, qp: layer_attention(model, t, qp))
+def _examples(tokenizer, length: int, samples: int):
+  return [passkey_lib.passkey_example(tokenizer, length, d, passkey_eval.sample_seed(length, d, s), "compact")
+          for d in passkey_eval.DEPTHS for s in range(samples)]
+
+
+def _digit_mass(rows, exs, tokens, query_offset: int) -> list[list[list[float]]]:
+  """[digit][layer][head]: mean attention of position answer_start + query_offset(i) on key digit i."""
   out = []
   for i in range(len(exs[0].key)):
-    # answer_start holds " ": the position answer_start + i predicts key digit i.
-    probs = rows(tokens, jnp.asarray([e.answer_start + i for e in exs]))  # per layer [E, N, T]
+    probs = rows(tokens, jnp.asarray([e.answer_start + query_offset(i) for e in exs]))  # per layer [E, N, T]
     target = np.array([e.key_start + i for e in exs])  # [E]
     out.append([np.asarray(p)[np.arange(len(exs)), :, target].mean(0).round(3).tolist() for p in probs])
   return out
+
+
+def copy_mass(model, tokenizer, length: int, samples: int) -> list[list[list[float]]]:
+  """[digit][layer][head]: mean attention of the query producing key digit i on that digit in the needle."""
+  exs = _examples(tokenizer, length, samples)
+  tokens = jnp.asarray(np.stack([e.tokens for e in exs]))  # [E, T]
+  rows = jax.jit(lambda t, qp: layer_attention(model, t, qp))
+  # answer_start holds " ": the position answer_start + i predicts key digit i.
+  return _digit_mass(rows, exs, tokens, lambda i: i)
+
+
+def gather_mass(model, tokenizer, length: int, samples: int, window: int) -> dict[str, list]:
+  """{offset: [digit][layer][head]} for offsets -window+1..0 before answer_start: the attention that a
+  question position puts on each key digit. A model whose answer position never attends to the digits
+  (copy_mass ~0) can still read them in two hops: a global layer gathers them into the question's
+  positions and a later (local) layer reads them from there."""
+  exs = _examples(tokenizer, length, samples)
+  tokens = jnp.asarray(np.stack([e.tokens for e in exs]))  # [E, T]
+  rows = jax.jit(lambda t, qp: layer_attention(model, t, qp))
+  return {str(off): _digit_mass(rows, exs, tokens, lambda i, off=off: off) for off in range(1 - window, 1)}
 
 
 def main(argv):
@@ -61,6 +83,13 @@ def main(argv):
     for i, layers in enumerate(result["runs"][wd]):
       print(f"{wd} digit {i}: " + " | ".join(f"layer {l}: " + " ".join(f"{m:.2f}" for m in heads)
                                               for l, heads in enumerate(layers)))
+    if FLAGS.gather_window:
+      gathered = gather_mass(model, tokenizer, FLAGS.length, FLAGS.prompts_per_depth, FLAGS.gather_window)
+      result.setdefault("gather", {})[wd] = gathered
+      for off, digits in gathered.items():  # the question positions that hold a digit (> 0.2 in some head)
+        if max(m for layers in digits for heads in layers for m in heads) > 0.2:
+          print(f"{wd} question position {off}: max over layers and heads per digit "
+                + " ".join(f"{max(max(h) for h in layers):.2f}" for layers in digits))
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.json)), exist_ok=True)
   with open(FLAGS.json, "w") as f:
     json.dump(result, f, indent=1)

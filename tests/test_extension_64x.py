@@ -27,7 +27,8 @@ def test_stages_scale_rope_relative_to_l0(variant):
           ("yarn", factor, e64.L0)
       assert abf.model.rope_scaling.kind == "none"
     if variant.startswith("dsa"):  # top_k fixed below L0: 1/256 of the keys at 64x
-      assert yarn.dsa_top_k == 32 and yarn.dsa_smeared_keys == (variant == "dsa")
+      assert yarn.dsa_top_k == 32 and yarn.dsa_smeared_keys == (variant != "dsa_plain")
+      assert "".join(t.value for t in yarn.attention_pattern) == ("GD" if variant == "dsa_gd" else "DG")
   assert thetas == sorted(thetas) and thetas[0] < thetas[-1]  # ABF's theta grows with the factor
   assert [e64.previous(s) for s in e64.STAGES] == [None, "base", "8x_rand", "8x", "16x", "32x"]
   data = [from_config_dict(e64.get_config(s)).data for s in e64.STAGES]

@@ -1,0 +1,50 @@
+"""Collect seed 2's lever probes (run.sh) into results.json: passkey by length and depth (with which key
+digits the misses got wrong), MQAR and the indexer's recall where evaluated."""
+import collections
+import json
+import os
+
+os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), *[os.pardir] * 5))  # the repo root
+RUNS = {  # name -> (run directory, eval tag)
+  "local: recipe (8x_rand 800 steps, stride 2, base mix), then 8x": ("runs/ext64/seed2/local/8x_yarn", ""),
+  "local: 8x_rand 1600 steps, then 8x": ("runs/probe_s2local/steps1600/8x_yarn", ""),
+  "local: 8x_rand with position_stride 3, then 8x": ("runs/probe_s2local/stride3/8x_yarn", ""),
+  "local: 8x_rand with passkey 0.5 / mqar 0.3, then 8x": ("runs/probe_s2local/passkey50/8x_yarn", ""),
+  "local: 8x_rand 1600 + 1600 steps, then 8x": ("runs/probe_s2local/steps3200/8x_yarn", ""),
+  "global 64x: attention_factor 1.416 (trained)": ("runs/ext64/seed2/global/64x_yarn", ""),
+  "global 64x: attention_factor 1.6 at eval": ("runs/ext64/seed2/global/64x_yarn", "attention_factor_1.6"),
+  "dsa (DG) 64x": ("runs/ext64/seed2/dsa/64x_yarn", ""),
+  "dsa_gd (GD) 64x": ("runs/ext64/seed2/dsa_gd/64x_yarn", ""),
+  "dsa_gd (GD) 64x: attention_factor 1.6 at eval": ("runs/ext64/seed2/dsa_gd/64x_yarn", "attention_factor_1.6"),
+}
+
+
+def wrong_digits(examples, length):
+  """Misses at `length` by the set of key digits (1-5) they got wrong, most common first."""
+  c = collections.Counter("".join(str(i + 1) for i, (a, b) in enumerate(zip(e["key"], e["predicted"])) if a != b)
+                          for e in examples if e["length"] == length and not e["correct"])
+  return dict(c.most_common())
+
+
+out = {}
+for name, (wd, tag) in RUNS.items():
+  ev = os.path.join(wd, "eval")
+  if not os.path.isdir(ev):
+    continue
+  d = os.path.join(ev, sorted(os.listdir(ev), key=int)[-1], tag)
+  r = {"workdir": wd, "tag": tag}
+  pk = json.load(open(os.path.join(d, "passkey.json")))
+  r["passkey_depths"] = pk["depths"]
+  r["passkey"] = {str(n): {"mean": round(m, 3), "by_depth": a, "wrong_digits": wrong_digits(pk["examples"], n)}
+                  for n, m, a in zip(pk["lengths"], pk["accuracy_per_length"], pk["accuracy"])}
+  if os.path.isfile(os.path.join(d, "mqar.json")):
+    mq = json.load(open(os.path.join(d, "mqar.json")))
+    r["mqar"] = {str(n): a for n, a in zip(mq["lengths"], mq["accuracy"])}
+  if os.path.isfile(os.path.join(d, "indexer_recall.json")):
+    ir = json.load(open(os.path.join(d, "indexer_recall.json")))
+    r["indexer_recall"] = {m: {str(n): v[0] for n, v in zip(ir["lengths"], ir[m]) if v is not None}
+                           for m in ("mqar_value", "passkey_digit")}
+  out[name] = r
+here = "docs/results/extension_64x/probes/seed2_levers"
+copy = json.load(open(os.path.join(here, "copy_heads.json")))
+json.dump({"levers": out, "copy_heads_at_128": copy["runs"], "gather_at_128": copy["gather"]}, open(os.path.join(here, "results.json"), "w"), indent=1)

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Levers on local/global seed 2's 8x step (it lost passkey there: 51 / 33% at 128 / 1024), from the recipe's
+# base run (runs/ext64/seed2/local/base): each lever replaces 8x_rand, then the recipe's 8x stage follows, and
+# passkey is read at 128 / 512 / 1024 (100 prompts each). Run from the repository root; LEVER is one of
+# steps1600 (8x_rand twice as long) | stride3 (positions advance by 1-3 per token) | passkey50 (half the
+# 8x_rand rows passkey episodes and 30% MQAR, the 64x stage's mix, instead of the base's 20% / 55%) |
+# steps3200 (steps1600's 8x_rand continued for 1600 more steps, on another data order: --config.seed=3; run
+# steps1600 first).
+set -euo pipefail
+lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200}
+base=runs/ext64/seed2/local/base
+root=runs/probe_s2local/$lever
+case $lever in
+  steps1600) extra=(--config.num_steps=1600 --config.checkpoint.every=1600 --config.eval_every=1600) ;;
+  stride3) extra=(--config.data.position_stride=3) ;;
+  passkey50) extra=(--config.data.passkey_rate=0.5 --config.data.mqar_rate=0.3) ;;
+  steps3200) base=runs/probe_s2local/steps1600/8x_rand_yarn
+             extra=(--config.num_steps=1600 --config.checkpoint.every=1600 --config.eval_every=1600 --config.seed=3) ;;
+  *) echo "unknown lever $lever"; exit 1 ;;
+esac
+python train.py --config=configs/extend_64x.py:8x_rand,local,yarn --workdir=$root/8x_rand_yarn --config.seed=2 \
+  --config.init_from=$base "${extra[@]}" > $root.8x_rand.log 2>&1
+python train.py --config=configs/extend_64x.py:8x,local,yarn --workdir=$root/8x_yarn --config.seed=2 \
+  --config.init_from=$root/8x_rand_yarn > $root.8x.log 2>&1
+python -m eval --workdir=$root/8x_yarn --lengths=128,512,1024 --tasks=passkey --passkey_samples=20 > $root.eval.log 2>&1
