@@ -36,12 +36,14 @@ flags.DEFINE_string("json", "docs/results/passkey_copy_heads.json", "Output JSON
 FLAGS = flags.FLAGS
 
 
-def _examples(tokenizer, length: int, samples: int):
-  return [passkey_lib.passkey_example(tokenizer, length, d, passkey_eval.sample_seed(length, d, s), "compact")
-          for d in passkey_eval.DEPTHS for s in range(samples)]
+def _prompts(model, tokenizer, length: int, samples: int):
+  """Eval's compact passkey prompts (samples per depth), their tokens [E, T] and a jitted layer_attention."""
+  exs = [passkey_lib.passkey_example(tokenizer, length, d, passkey_eval.sample_seed(length, d, s), "compact")
+         for d in passkey_eval.DEPTHS for s in range(samples)]
+  return exs, jnp.asarray(np.stack([e.tokens for e in exs])), jax.jit(lambda t, qp: layer_attention(model, t, qp))
 
 
-def _digit_mass(rows, exs, tokens, query_offset: int) -> list[list[list[float]]]:
+def _digit_mass(exs, tokens, rows, query_offset) -> list[list[list[float]]]:
   """[digit][layer][head]: mean attention of position answer_start + query_offset(i) on key digit i."""
   out = []
   for i in range(len(exs[0].key)):
@@ -53,11 +55,8 @@ def _digit_mass(rows, exs, tokens, query_offset: int) -> list[list[list[float]]]
 
 def copy_mass(model, tokenizer, length: int, samples: int) -> list[list[list[float]]]:
   """[digit][layer][head]: mean attention of the query producing key digit i on that digit in the needle."""
-  exs = _examples(tokenizer, length, samples)
-  tokens = jnp.asarray(np.stack([e.tokens for e in exs]))  # [E, T]
-  rows = jax.jit(lambda t, qp: layer_attention(model, t, qp))
   # answer_start holds " ": the position answer_start + i predicts key digit i.
-  return _digit_mass(rows, exs, tokens, lambda i: i)
+  return _digit_mass(*_prompts(model, tokenizer, length, samples), lambda i: i)
 
 
 def gather_mass(model, tokenizer, length: int, samples: int, window: int) -> dict[str, list]:
@@ -65,10 +64,8 @@ def gather_mass(model, tokenizer, length: int, samples: int, window: int) -> dic
   question position puts on each key digit. A model whose answer position never attends to the digits
   (copy_mass ~0) can still read them in two hops: a global layer gathers them into the question's
   positions and a later (local) layer reads them from there."""
-  exs = _examples(tokenizer, length, samples)
-  tokens = jnp.asarray(np.stack([e.tokens for e in exs]))  # [E, T]
-  rows = jax.jit(lambda t, qp: layer_attention(model, t, qp))
-  return {str(off): _digit_mass(rows, exs, tokens, lambda i, off=off: off) for off in range(1 - window, 1)}
+  prompts = _prompts(model, tokenizer, length, samples)
+  return {str(off): _digit_mass(*prompts, lambda i, off=off: off) for off in range(1 - window, 1)}
 
 
 def main(argv):
