@@ -13,6 +13,8 @@ RUNS = {  # name -> (run directory, eval tag)
   "local: 8x_rand 1600 + 1600 steps, then 8x": ("runs/probe_s2local/steps3200/8x_yarn", ""),
   "global 64x: attention_factor 1.416 (trained)": ("runs/ext64/seed2/global/64x_yarn", ""),
   "global 64x: attention_factor 1.6 at eval": ("runs/ext64/seed2/global/64x_yarn", "attention_factor_1.6"),
+  "global 64x: attention_factor 1.6 at eval, 128-4096": ("runs/ext64/seed2/global/64x_yarn",
+                                                         "attention_factor_1.6_short"),
   "dsa (DG) 64x": ("runs/ext64/seed2/dsa/64x_yarn", ""),
   "dsa_gd (GD) 64x": ("runs/ext64/seed2/dsa_gd/64x_yarn", ""),
   "dsa_gd (GD) 64x: attention_factor 1.6 at eval": ("runs/ext64/seed2/dsa_gd/64x_yarn", "attention_factor_1.6"),
