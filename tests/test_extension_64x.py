@@ -54,6 +54,8 @@ def test_tiny_stages_dry_run_and_report(tmp_path):
       continue
     evaluate(str(wd), tasks=["perplexity", "passkey", "mqar", "indexer_recall"], lengths=lengths, ppl_documents=1,
              passkey_samples=1, mqar_samples=1)
+  (root / "seed0" / "wall.json").write_text(json.dumps(  # what benchmarks/extension_64x_seed.sh writes
+      {"seed": 0, "wall_s": 600, "variants": ["dsa"], "processes": 1, "start": "2026-12-04T00:00:00Z"}))
   out = tmp_path / "report.json"
   subprocess.run([sys.executable, "-m", "benchmarks.extension_64x", "--tiny", f"--root={root}",
                   f"--results={tmp_path / 'seeds'}", f"--out={out}", f"--plots={tmp_path}", "--stages=collect,report",
@@ -67,6 +69,8 @@ def test_tiny_stages_dry_run_and_report(tmp_path):
     assert all(0.0 <= v["min"] <= v["mean"] <= 1.0 for v in cell["mqar"].values())
     assert set(cell["indexer_recall"]) == {"mqar_value", "mqar_key", "passkey_digit"}
   assert (tmp_path / "extension_64x.png").is_file() and (tmp_path / "extension_64x_table.md").is_file()
+  assert r["wall"]["0"]["wall_s"] == 600  # the whole-seed wall time reaches the report and its table
+  assert "Seed 0, the whole experiment (dsa" in (tmp_path / "extension_64x_table.md").read_text()
 
   # A 64x run that restored another run than the 32x stage (an older recipe's chain) is refused before
   # anything trains.
