@@ -13,6 +13,12 @@ The argument is STAGE[,VARIANT][,RULE][,tiny]:
            query can select the value only by position or luck (seed 0 at 8x: the top-32 held it for 32%).
            dsa_gd is dsa with the layers swapped ("GD"): the first layer dense, the second sparse, the lever
            for dsa's passkey at 64x (the layer-0 copy of the key's digits 2-5 needs keys its top-32 misses).
+           local_lg ("LG") and dsa_ld ("LD", window 32, top_k 32) put the local layer first and the long-range
+           layer second: a 2-layer "GL" model must copy far content in its one global layer 0 from token
+           embeddings and smeared keys alone, and local/global seed 2's base never formed such a copy head
+           (it read the key in two hops); with a local layer 0, layer 1 can copy by the induction circuit
+           (layer 0 marks each token with its neighbours, layer 1 matches them), and in dsa_ld the indexer
+           then has to select the far needle itself (no dense layer to fall back on).
   RULE     yarn (default): YaRN with the factor relative to L0 (8, then 64), so every stage interpolates
            the base's frequencies further (configs/extend_progressive.py does the same at 2K -> 128K);
            abf: no scaling rule, the RoPE base theta grows per stage instead (ABF, Xiong et al., arXiv
@@ -76,7 +82,9 @@ L0 = retrieval_base.L0
 # stage -> factor over L0, in training order; 8x_rand is the 8x fine-tune on randomised positions, 8x its end
 STAGES = {"base": 1, "8x_rand": 8, "8x": 8, "16x": 16, "32x": 32, "64x": 64}
 REPORTED = ("base", "8x", "64x")  # the stages evaluated at every length; 16x and 32x are steps on the way
-VARIANTS = ("global", "local", "dsa", "dsa_plain", "dsa_gd")
+VARIANTS = ("global", "local", "dsa", "dsa_plain", "dsa_gd", "local_lg", "dsa_ld")
+# the levers' attention patterns (configs/extend.py sets the three answers' own: local "GL", dsa "DG")
+PATTERNS = {"dsa_gd": "GD", "local_lg": "LG", "dsa_ld": "LD"}
 RULES = ("yarn", "abf")
 STEPS = {"8x_rand": 800, "8x": 200, "16x": 50, "32x": 50, "64x": 100}
 BATCH = {"8x_rand": 4, "8x": 4, "16x": 4, "32x": 2, "64x": 1}
@@ -113,10 +121,10 @@ def get_config(arg: str = "base"):
                      f"[,{'|'.join(VARIANTS)}][,{'|'.join(RULES)}][,tiny]")
   c = retrieval_base.get_config("tiny" if tiny else "")
   if variant != "global":
-    extend.apply_variant(c, variant.removesuffix("_plain").removesuffix("_gd"))
-    c.model.dsa_smeared_keys = variant in ("dsa", "dsa_gd")
-    if variant == "dsa_gd":
-      c.model.attention_pattern = "GD"
+    extend.apply_variant(c, variant.split("_")[0])
+    c.model.dsa_smeared_keys = variant in ("dsa", "dsa_gd", "dsa_ld")
+    if variant in PATTERNS:
+      c.model.attention_pattern = PATTERNS[variant]
     if tiny:
       c.model.update(window=(8, 0), dsa_top_k=8)
   l0 = c.data.seq_len
