@@ -186,8 +186,10 @@ def stage_result(wd: str, variant: str) -> dict:
   return out
 
 
-def collect(root: str, seed: int) -> dict:
-  """Every variant of one seed found under root (not only --variants): the seed's file is whole."""
+def collect(root: str, seed: int, previous: dict | None = None) -> dict:
+  """Every variant of one seed found under root (not only --variants): the seed's file is whole. Runs do not
+  outlive their machine, so a (variant, rule) whose runs are gone from root keeps its entry from `previous`
+  (the seed's file as it was), listed under "kept"."""
   out = {"seed": seed, "L0": lengths()[0], "lengths": lengths(), "variants": {}, "cost": {}, "timing": {},
          "eval": {"passkey_prompts_per_length": 5 * FLAGS.passkey_samples, "mqar_rows": FLAGS.mqar_samples,
                   "ppl_documents": FLAGS.ppl_documents},
@@ -206,6 +208,19 @@ def collect(root: str, seed: int) -> dict:
   wall = os.path.join(root, f"seed{seed}", "wall.json")  # benchmarks/extension_64x_seed.sh's whole-seed run
   if os.path.isfile(wall):
     out["wall"] = _read(wall)
+  if previous:
+    out["kept"] = []
+    for variant, rules in previous["variants"].items():
+      for rule, stages in rules.items():
+        if rule not in out["variants"].get(variant, {}):
+          out["variants"].setdefault(variant, {})[rule] = stages
+          out["kept"].append(f"{variant}/{rule}")
+    for key in ("cost", "timing"):
+      for variant, v in previous.get(key, {}).items():
+        if v and not out[key].get(variant):
+          out[key][variant] = v
+    if "wall" in previous and "wall" not in out:
+      out["wall"] = previous["wall"]
   return out
 
 
@@ -347,8 +362,10 @@ def main(argv):
           json.dump(timing, f, indent=1)
       if stage == "collect":
         os.makedirs(FLAGS.results, exist_ok=True)
-        with open(os.path.join(FLAGS.results, f"seed{seed}.json"), "w") as f:
-          json.dump(collect(FLAGS.root, seed), f, indent=1)
+        path = os.path.join(FLAGS.results, f"seed{seed}.json")
+        result = collect(FLAGS.root, seed, _read(path) if os.path.isfile(path) else None)
+        with open(path, "w") as f:
+          json.dump(result, f, indent=1)
   if "report" in FLAGS.stages:
     report()
 

@@ -26,9 +26,13 @@ def test_stages_scale_rope_relative_to_l0(variant):
       assert (yarn.rope_scaling.kind, yarn.rope_scaling.factor, yarn.rope_scaling.original_max_len) == \
           ("yarn", factor, e64.L0)
       assert abf.model.rope_scaling.kind == "none"
+    pattern = "".join(t.value for t in yarn.attention_pattern)
+    assert pattern == {"global": "GG", "local": "GL", "dsa": "DG", "dsa_plain": "DG"}.get(variant,
+                                                                                         e64.PATTERNS.get(variant))
     if variant.startswith("dsa"):  # top_k fixed below L0: 1/256 of the keys at 64x
       assert yarn.dsa_top_k == 32 and yarn.dsa_smeared_keys == (variant != "dsa_plain")
-      assert "".join(t.value for t in yarn.attention_pattern) == ("GD" if variant == "dsa_gd" else "DG")
+    if "L" in pattern:  # the local layer's window stays below L0
+      assert yarn.window == (32, 0)
   assert thetas == sorted(thetas) and thetas[0] < thetas[-1]  # ABF's theta grows with the factor
   assert [e64.previous(s) for s in e64.STAGES] == [None, "base", "8x_rand", "8x", "16x", "32x"]
   data = [from_config_dict(e64.get_config(s)).data for s in e64.STAGES]
@@ -71,6 +75,20 @@ def test_tiny_stages_dry_run_and_report(tmp_path):
   assert (tmp_path / "extension_64x.png").is_file() and (tmp_path / "extension_64x_table.md").is_file()
   assert r["wall"]["0"]["wall_s"] == 600  # the whole-seed wall time reaches the report and its table
   assert "Seed 0, the whole experiment (dsa" in (tmp_path / "extension_64x_table.md").read_text()
+  # Runs do not outlive their machine: collecting again keeps a (variant, rule) that is in the seed's file
+  # but gone from the root, names it under "kept", and recollects what the root still has.
+  seed_file = tmp_path / "seeds" / "seed0.json"
+  before = json.loads(seed_file.read_text())
+  before["variants"]["global"] = {"yarn": before["variants"]["dsa"]["yarn"]}
+  before["variants"]["dsa"]["yarn"]["base"]["passkey"] = {"64": -1.0}  # stale: the root's run replaces it
+  seed_file.write_text(json.dumps(before))
+  subprocess.run([sys.executable, "-m", "benchmarks.extension_64x", "--tiny", f"--root={root}",
+                  f"--results={tmp_path / 'seeds'}", f"--out={out}", f"--plots={tmp_path}", "--stages=collect,report",
+                  f"--lengths={','.join(map(str, lengths))}"], check=True, capture_output=True)
+  after = json.loads(seed_file.read_text())
+  assert after["kept"] == ["global/yarn"] and after["variants"]["global"] == before["variants"]["global"]
+  assert after["variants"]["dsa"]["yarn"]["base"]["passkey"] == r["per_seed"]["0"]["dsa"]["yarn"]["base"]["passkey"]
+  assert list(json.loads(out.read_text())["variants"]) == ["dsa", "global"]
 
   # A 64x run that restored another run than the 32x stage (an older recipe's chain) is refused before
   # anything trains.
