@@ -13,7 +13,9 @@ Stages (each skips work whose results exist, so a rerun resumes):
            each restoring the previous (--config.init_from); a stage run that restored anything else or
            was trained with other model/data/optim settings (an older recipe's run) is refused before
            anything trains
-  eval     python -m eval on base, 8x and 64x at every length: the base without scaling is the zero-shot row
+  eval     python -m eval on base, 8x and 64x at every length: the base without scaling is the zero-shot row;
+           with yarn, 64x once more at YaRN attention_factor 1.6 (extend_64x.EVAL_TEMPERATURE; tag t1.6,
+           reported as stage "64x@t1.6")
   cost     per variant: the compiled bytes of one fine-tune step (batch 1) at 8x and 64x L0
            (benchmarks/train_memory.measure) and the measured seconds per step of the 8x and 64x stages
   collect  ROOT/seedSEED -> RESULTS/seedSEED.json (every number of that seed, with the commands' timing)
@@ -117,19 +119,35 @@ def _tasks(variant: str) -> list[str]:
   return ["perplexity", "passkey", "mqar"] + (["indexer_recall"] if variant.startswith("dsa") else [])
 
 
-def _eval_dir(wd: str) -> str:
-  return os.path.join(wd, "eval", str(latest_step(wd)))
+def _eval_dir(wd: str, tag: str = "") -> str:
+  return os.path.join(wd, "eval", str(latest_step(wd)), *([tag] if tag else []))
+
+
+def reads(rule: str) -> list[tuple[str, str, str, list[str]]]:
+  """The evaluations of a chain: (name, stage, eval tag, eval overrides). Every REPORTED stage as trained;
+  with yarn also extend_64x.EVAL_TEMPERATURE's stage read at its YaRN attention_factor, named "64x@t1.6"."""
+  out = [(stage, stage, "", []) for stage in REPORTED]
+  stage, factor = extend_64x.EVAL_TEMPERATURE
+  if rule == "yarn":
+    out.append((f"{stage}@t{factor}", stage, f"t{factor}", [f"--config.model.rope_scaling.attention_factor={factor}"]))
+  return out
+
+
+def _evaluated(wd: str, variant: str, tag: str = "") -> bool:
+  return latest_step(wd) is not None and os.path.isfile(os.path.join(_eval_dir(wd, tag), _tasks(variant)[-1] + ".json"))
 
 
 def evaluate(root: str, seed: int, variant: str, rule: str, timing: dict):
-  for stage in REPORTED:
+  for name, stage, tag, overrides in reads(rule):
     wd = workdir(root, seed, variant, stage, rule)
-    if os.path.isfile(os.path.join(_eval_dir(wd), _tasks(variant)[-1] + ".json")):
+    if _evaluated(wd, variant, tag):
       continue
     run_logged([sys.executable, "-m", "eval", f"--workdir={wd}", f"--lengths={','.join(map(str, lengths()))}",
                 f"--tasks={','.join(_tasks(variant))}", f"--ppl_documents={FLAGS.ppl_documents}",
-                f"--passkey_samples={FLAGS.passkey_samples}", f"--mqar_samples={FLAGS.mqar_samples}"],
-               wd + ".eval.log", timing, f"eval_{os.path.basename(wd)}", cwd=ROOT_DIR)
+                f"--passkey_samples={FLAGS.passkey_samples}", f"--mqar_samples={FLAGS.mqar_samples}",
+                *([f"--tag={tag}"] if tag else []), *overrides],
+               wd + (f".{tag}" if tag else "") + ".eval.log", timing,
+               f"eval_{os.path.basename(wd)}" + (f"@{tag}" if tag else ""), cwd=ROOT_DIR)
 
 
 def step_seconds(wd: str) -> float | None:
@@ -162,9 +180,9 @@ def _read(path: str) -> dict:
     return json.load(f)
 
 
-def stage_result(wd: str, variant: str) -> dict:
+def stage_result(wd: str, variant: str, tag: str = "") -> dict:
   """One evaluated stage -> {"passkey", "mqar", "ppl"} by length (+ "indexer_recall"), and the detail."""
-  d = _eval_dir(wd)
+  d = _eval_dir(wd, tag)
   r = {t: _read(os.path.join(d, t + ".json")) for t in _tasks(variant)}
   out = {"passkey": {str(n): a for n, a in zip(r["passkey"]["lengths"], r["passkey"]["accuracy_per_length"])},
          "mqar": {str(n): a for n, a in zip(r["mqar"]["lengths"], r["mqar"]["accuracy"])},
@@ -201,10 +219,12 @@ def collect(root: str, seed: int, previous: dict | None = None) -> dict:
       out["cost"][variant] = timing.pop("cost", None)
       out["timing"][variant] = timing
     for rule in extend_64x.RULES:
-      wds = {s: workdir(root, seed, variant, s, rule) for s in REPORTED}
-      done = lambda wd: os.path.isfile(os.path.join(_eval_dir(wd), _tasks(variant)[-1] + ".json"))
-      if all(latest_step(wd) is not None and done(wd) for wd in wds.values()):
-        out["variants"].setdefault(variant, {})[rule] = {s: stage_result(wd, variant) for s, wd in wds.items()}
+      # (name, workdir, tag) of every read; the chain counts once its REPORTED stages are evaluated, and the
+      # temperature read joins it once it is evaluated too
+      runs = [(name, workdir(root, seed, variant, stage, rule), tag) for name, stage, tag, _ in reads(rule)]
+      if all(_evaluated(wd, variant) for name, wd, _ in runs if name in REPORTED):
+        out["variants"].setdefault(variant, {})[rule] = {name: stage_result(wd, variant, tag)
+                                                         for name, wd, tag in runs if _evaluated(wd, variant, tag)}
   wall = os.path.join(root, f"seed{seed}", "wall.json")  # benchmarks/extension_64x_seed.sh's whole-seed run
   if os.path.isfile(wall):
     out["wall"] = _read(wall)

@@ -82,6 +82,9 @@ L0 = retrieval_base.L0
 # stage -> factor over L0, in training order; 8x_rand is the 8x fine-tune on randomised positions, 8x its end
 STAGES = {"base": 1, "8x_rand": 8, "8x": 8, "16x": 16, "32x": 32, "64x": 64}
 REPORTED = ("base", "8x", "64x")  # the stages evaluated at every length; 16x and 32x are steps on the way
+# (stage, factor): the stage also read with this YaRN attention_factor (the cos/sin scale, so the logits
+# scale by its square) instead of the trained 0.1 ln(64) + 1 = 1.416 -- an evaluation, no training
+EVAL_TEMPERATURE = ("64x", 1.6)
 VARIANTS = ("global", "local", "dsa", "dsa_plain", "dsa_gd", "local_lg", "dsa_ld")
 # the levers' attention patterns (configs/extend.py sets the three answers' own: local "GL", dsa "DG")
 PATTERNS = {"dsa_gd": "GD", "local_lg": "LG", "dsa_ld": "LD"}

@@ -42,6 +42,14 @@ def test_stages_scale_rope_relative_to_l0(variant):
     e64.get_config("128x")
 
 
+def test_yarn_chains_are_also_read_at_the_eval_temperature():
+  from benchmarks import extension_64x as b  # pylint: disable=g-import-not-at-top  (defines absl flags)
+  assert e64.EVAL_TEMPERATURE == ("64x", 1.6)
+  assert b.reads("yarn") == [(s, s, "", []) for s in e64.REPORTED] + [
+      ("64x@t1.6", "64x", "t1.6", ["--config.model.rope_scaling.attention_factor=1.6"])]
+  assert [r[0] for r in b.reads("abf")] == list(e64.REPORTED)  # ABF has no YaRN temperature
+
+
 def test_tiny_stages_dry_run_and_report(tmp_path):
   root, lengths = tmp_path / "runs", [32, 64]
   previous = ""
@@ -56,8 +64,10 @@ def test_tiny_stages_dry_run_and_report(tmp_path):
     previous = str(wd)
     if stage not in e64.REPORTED:
       continue
-    evaluate(str(wd), tasks=["perplexity", "passkey", "mqar", "indexer_recall"], lengths=lengths, ppl_documents=1,
-             passkey_samples=1, mqar_samples=1)
+    for tag, overrides in [("", {})] + [(f"t{factor}", {"model.rope_scaling.attention_factor": factor})
+                                        for s, factor in [e64.EVAL_TEMPERATURE] if s == stage]:
+      evaluate(str(wd), tasks=["perplexity", "passkey", "mqar", "indexer_recall"], lengths=lengths,
+               ppl_documents=1, passkey_samples=1, mqar_samples=1, tag=tag, overrides=overrides)
   (root / "seed0" / "wall.json").write_text(json.dumps(  # what benchmarks/extension_64x_seed.sh writes
       {"seed": 0, "wall_s": 600, "variants": ["dsa"], "processes": 1, "start": "2026-12-04T00:00:00Z"}))
   out = tmp_path / "report.json"
@@ -67,7 +77,7 @@ def test_tiny_stages_dry_run_and_report(tmp_path):
   r = json.loads(out.read_text())
   assert r["seeds"] == [0] and r["lengths"] == lengths and list(r["variants"]) == ["dsa"]
   stages = r["variants"]["dsa"]["yarn"]
-  assert list(stages) == list(e64.REPORTED)
+  assert list(stages) == list(e64.REPORTED) + ["64x@t1.6"]  # the 64x stage read again at YaRN temperature 1.6
   for cell in stages.values():
     assert set(cell["mqar"]) == {"32", "64"} and set(cell["passkey"]) == {"64"}  # 32 < a passkey prompt
     assert all(0.0 <= v["min"] <= v["mean"] <= 1.0 for v in cell["mqar"].values())
