@@ -11,6 +11,8 @@ RUNS = {  # name -> (run directory, eval tag)
   "local: 8x_rand with position_stride 3, then 8x": ("runs/probe_s2local/stride3/8x_yarn", ""),
   "local: 8x_rand with passkey 0.5 / mqar 0.3, then 8x": ("runs/probe_s2local/passkey50/8x_yarn", ""),
   "local: 8x_rand 1600 + 1600 steps, then 8x": ("runs/probe_s2local/steps3200/8x_yarn", ""),
+  "local_lg (LG) base": ("runs/ext64/seed2/local_lg/base", "quick"),
+  "local_lg (LG): 8x_rand, then 8x (the recipe)": ("runs/ext64/seed2/local_lg/8x_yarn", "quick"),
   "global 64x: attention_factor 1.416 (trained)": ("runs/ext64/seed2/global/64x_yarn", ""),
   "global 64x: attention_factor 1.6 at eval": ("runs/ext64/seed2/global/64x_yarn", "attention_factor_1.6"),
   "global 64x: attention_factor 1.6 at eval, 128-4096": ("runs/ext64/seed2/global/64x_yarn",

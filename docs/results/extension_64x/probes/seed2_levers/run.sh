@@ -6,8 +6,22 @@
 # 8x_rand rows passkey episodes and 30% MQAR, the 64x stage's mix, instead of the base's 20% / 55%) |
 # steps3200 (steps1600's 8x_rand continued for 1600 more steps, on another data order: --config.seed=3; run
 # steps1600 first).
+#
+# local_lg is not an 8x_rand lever but the variant with the layers swapped ("LG": local layer 0, global
+# layer 1; configs/extend_64x.py), trained from its own base through the recipe's chain, then read at 128
+# (base) and 128 / 512 / 1024 (8x), with its copy heads.
 set -euo pipefail
-lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200}
+lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg}
+if [ "$lever" = local_lg ]; then
+  python -m benchmarks.extension_64x --seeds=2 --variants=local_lg --stages=train
+  python -m eval --workdir=runs/ext64/seed2/local_lg/base --lengths=128 --tasks=passkey,mqar --passkey_samples=20 \
+    --mqar_samples=16 --tag=quick
+  python -m eval --workdir=runs/ext64/seed2/local_lg/8x_yarn --lengths=128,512,1024 --tasks=passkey,mqar \
+    --passkey_samples=20 --mqar_samples=16 --tag=quick
+  python -m benchmarks.passkey_copy_heads --runs=runs/ext64/seed2/local_lg/base,runs/ext64/seed2/local_lg/8x_yarn \
+    --gather_window=32 --json=docs/results/extension_64x/probes/seed2_levers/copy_heads_local_lg.json
+  exit
+fi
 base=runs/ext64/seed2/local/base
 root=runs/probe_s2local/$lever
 case $lever in
