@@ -129,12 +129,13 @@ def reads(rule: str) -> list[tuple[str, str, str, list[str]]]:
   out = [(stage, stage, "", []) for stage in REPORTED]
   stage, factor = extend_64x.EVAL_TEMPERATURE
   if rule == "yarn":
-    out.append((f"{stage}@t{factor}", stage, f"t{factor}", [f"--config.model.rope_scaling.attention_factor={factor}"]))
+    override = f"--config.model.rope_scaling.attention_factor={factor}"
+    out.append((f"{stage}@t{factor}", stage, f"t{factor}", [override]))
   return out
 
 
 def _evaluated(wd: str, variant: str, tag: str = "") -> bool:
-  return latest_step(wd) is not None and os.path.isfile(os.path.join(_eval_dir(wd, tag), _tasks(variant)[-1] + ".json"))
+  return os.path.isfile(os.path.join(_eval_dir(wd, tag), _tasks(variant)[-1] + ".json"))  # no run: eval/None
 
 
 def evaluate(root: str, seed: int, variant: str, rule: str, timing: dict):
