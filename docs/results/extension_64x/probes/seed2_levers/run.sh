@@ -10,8 +10,32 @@
 # local_lg is not an 8x_rand lever but the variant with the layers swapped ("LG": local layer 0, global
 # layer 1; configs/extend_64x.py), trained from its own base through the recipe's chain, then read at 128
 # (base) and 128 / 512 / 1024 (8x), with its copy heads.
+#
+# basejit continues seed 2's local base for 1000 steps at L0 on randomised positions (position stride 2, lr 3e-4
+# constant: the 8x_rand stage's jitter before any RoPE change), then runs the recipe's 8x_rand and 8x from it
+# (read at 128 / 512 / 1024), then its 16x, 32x and 64x (read at every length).
 set -euo pipefail
-lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg}
+lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg|basejit}
+if [ "$lever" = basejit ]; then
+  root=runs/probe_s2local/basejit
+  python train.py --config=configs/extend_64x.py:base,local --workdir=$root/base --config.seed=2 \
+    --config.init_from=runs/ext64/seed2/local/base --config.data.position_stride=2 --config.num_steps=1000 \
+    --config.checkpoint.every=1000 --config.eval_every=1000 --config.optim.learning_rate=3e-4 \
+    --config.optim.schedule=constant --config.optim.warmup_steps=10 > $root.base.log 2>&1
+  python -m eval --workdir=$root/base --lengths=128 --tasks=passkey,mqar --passkey_samples=20 --mqar_samples=16 \
+    --tag=quick
+  prev=$root/base
+  for st in 8x_rand 8x 16x 32x 64x; do
+    python train.py --config=configs/extend_64x.py:$st,local,yarn --workdir=$root/${st}_yarn --config.seed=2 \
+      --config.init_from=$prev > $root.$st.log 2>&1
+    prev=$root/${st}_yarn
+  done
+  python -m eval --workdir=$root/8x_yarn --lengths=128,512,1024 --tasks=passkey,mqar --passkey_samples=20 \
+    --mqar_samples=16 --tag=quick
+  python -m eval --workdir=$root/64x_yarn --lengths=128,256,512,1024,2048,4096,8192 --tasks=passkey,mqar \
+    --passkey_samples=20 --mqar_samples=16 --tag=quick
+  exit
+fi
 if [ "$lever" = local_lg ]; then
   python -m benchmarks.extension_64x --seeds=2 --variants=local_lg --stages=train
   python -m eval --workdir=runs/ext64/seed2/local_lg/base --lengths=128 --tasks=passkey,mqar --passkey_samples=20 \
