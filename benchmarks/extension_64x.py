@@ -296,7 +296,7 @@ def plot(report: dict, path: str):
           continue
         for i, metric in enumerate(("passkey", "mqar")):
           runs = [report["per_seed"][s][variant][rule][stage][metric] for s in map(str, report["seeds"])
-                  if variant in report["per_seed"][s] and rule in report["per_seed"][s][variant]]
+                  if stage in report["per_seed"][s].get(variant, {}).get(rule, {})]
           ns = sorted({int(n) for r in runs for n in r})
           vals = [[r[str(n)] for r in runs if str(n) in r] for n in ns]
           mean = [sum(v) / len(v) for v in vals]

@@ -74,6 +74,13 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
     Half the rows passkey and 30% MQAR: 100 / 100 / 100 / 95% at 1024 / 2048 / 4096 / 8192, MQAR still 100%.
     Drawing needles near the question more often (data.passkey_depth="log_distance") instead fixed depth 1
     at 2048-4096 but lost the far needles (15% at 8192), and added nothing on top of the new mix.
+  - Why EVAL_TEMPERATURE (docs/extension.md, 64x section): the global models' misses at 8192 are the key's
+    first digit near the question, the same dilution. YaRN's temperature sharpens every long-range logit;
+    1.6 (logits x 2.56 instead of x 2.0) was chosen on seed 1 of recipe v2 at 4096 (depth 1: 60 -> 100%)
+    and then read, without training, on this recipe's global 64x models: passkey 100 / 100 / 98% at 8192
+    (seeds 0 / 1 / 2; trained 1.416: 100 / 100 / 93%), 100% at every shorter length, MQAR 100% everywhere,
+    at a cost in perplexity (mean 4.35 -> 4.60 at 128, 4.48 -> 4.67 at 8192). It does not repair
+    local/global seed 2 (38% at 128) or dsa_gd seed 0 (14% at 8192). Both reads are reported.
 """
 
 from configs import extend, retrieval_base

@@ -99,6 +99,14 @@ def test_tiny_stages_dry_run_and_report(tmp_path):
   assert after["kept"] == ["global/yarn"] and after["variants"]["global"] == before["variants"]["global"]
   assert after["variants"]["dsa"]["yarn"]["base"]["passkey"] == r["per_seed"]["0"]["dsa"]["yarn"]["base"]["passkey"]
   assert list(json.loads(out.read_text())["variants"]) == ["dsa", "global"]
+  # A seed without the temperature read: its cell lists only the seeds that ran it, and the plot draws it.
+  other = dict(after, seed=1)
+  del other["variants"]["dsa"]["yarn"]["64x@t1.6"]
+  (tmp_path / "seeds" / "seed1.json").write_text(json.dumps(other))
+  subprocess.run([sys.executable, "-m", "benchmarks.extension_64x", "--tiny", f"--results={tmp_path / 'seeds'}",
+                  f"--out={out}", f"--plots={tmp_path}", "--stages=report"], check=True, capture_output=True)
+  merged = json.loads(out.read_text())["variants"]["dsa"]["yarn"]
+  assert merged["64x@t1.6"]["seeds"] == [0] and merged["64x"]["seeds"] == [0, 1]
 
   # A 64x run that restored another run than the 32x stage (an older recipe's chain) is refused before
   # anything trains.
