@@ -80,7 +80,7 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
     and then read, without training, on this recipe's global 64x models: passkey 100 / 100 / 98% at 8192
     (seeds 0 / 1 / 2; trained 1.416: 100 / 100 / 93%), 100% at every shorter length, MQAR 100% everywhere,
     at a cost in perplexity (mean 4.35 -> 4.60 at 128, 4.48 -> 4.67 at 8192). It does not repair
-    local/global seed 2 (38% at 128) or dsa_gd seed 0 (14% at 8192). Both reads are reported.
+    local/global seed 2 (38% at 128) or dsa_gd seed 0 (14% at 8192 either way). Both reads are reported.
 """
 
 from configs import extend, retrieval_base
