@@ -302,14 +302,15 @@ def plot(report: dict, path: str):
           mean = [sum(v) / len(v) for v in vals]
           ax = axes[i, j]
           ax.set_xticks(ns, [str(n) for n in ns], fontsize=7)
-          line, = ax.plot(ns, mean, marker="o", label=f"{stage} ({rule})" if stage != "base" else "base, no scaling")
+          name = f"{stage} ({rule})" if stage != "base" else "base, no scaling"
+          line, = ax.plot(ns, mean, marker="o", label=f"{name}, seeds {','.join(map(str, stages[stage]['seeds']))}")
           ax.fill_between(ns, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.2)
     for i, metric in enumerate(("passkey", "mqar")):
       ax = axes[i, j]
       ax.set_xscale("log", base=2)
       ax.set_ylim(-0.02, 1.02)
       ax.axvline(report["L0"], color="grey", linestyle=":", linewidth=1)
-      ax.set_title(f"{variant}: {metric} (seeds {report['seeds']})", fontsize=9)
+      ax.set_title(f"{variant}: {metric} (mean over seeds, band: min-max)", fontsize=9)
       ax.set_xlabel("evaluation length (tokens)")
       ax.legend(fontsize=7)
   fig.tight_layout()
