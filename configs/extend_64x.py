@@ -18,7 +18,9 @@ The argument is STAGE[,VARIANT][,RULE][,tiny]:
            embeddings and smeared keys alone, and local/global seed 2's base never formed such a copy head
            (it read the key in two hops); with a local layer 0, layer 1 can copy by the induction circuit
            (layer 0 marks each token with its neighbours, layer 1 matches them), and in dsa_ld the indexer
-           then has to select the far needle itself (no dense layer to fall back on).
+           then has to select the far needle itself (no dense layer to fall back on). Measured: local_lg on
+           seed 2 lost passkey in the 8x step as GL did (42 / 31 / 32% at 128 / 512 / 1024, MQAR 46% at
+           1024; docs/results/extension_64x/probes/seed2_levers/); dsa_ld is not trained yet.
   RULE     yarn (default): YaRN with the factor relative to L0 (8, then 64), so every stage interpolates
            the base's frequencies further (configs/extend_progressive.py does the same at 2K -> 128K);
            abf: no scaling rule, the RoPE base theta grows per stage instead (ABF, Xiong et al., arXiv
