@@ -303,7 +303,8 @@ def plot(report: dict, path: str):
           ax = axes[i, j]
           ax.set_xticks(ns, [str(n) for n in ns], fontsize=7)
           name = f"{stage} ({rule})" if stage != "base" else "base, no scaling"
-          line, = ax.plot(ns, mean, marker="o", label=f"{name}, seeds {','.join(map(str, stages[stage]['seeds']))}")
+          seeds = ",".join(map(str, stages[stage]["seeds"]))
+          line, = ax.plot(ns, mean, marker="o", label=f"{name}, seeds {seeds}")
           ax.fill_between(ns, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.2)
     for i, metric in enumerate(("passkey", "mqar")):
       ax = axes[i, j]
