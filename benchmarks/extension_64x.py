@@ -9,8 +9,8 @@ python -m benchmarks.extension_64x --stages=report            # merge every seed
 
 Stages (each skips work whose results exist, so a rerun resumes):
   train    per (seed, variant, rule): train.py --config=configs/extend_64x.py:STAGE,VARIANT,RULE
-           --config.seed=SEED for STAGE = base, 8x_rand, 8x, 16x, 32x, 64x under ROOT/seedSEED/VARIANT/,
-           each restoring the previous (--config.init_from); a stage run that restored anything else or
+           --config.seed=SEED for STAGE = base, (base_rand for local,) 8x_rand, 8x, 16x, 32x, 64x under
+           ROOT/seedSEED/VARIANT/ (extend_64x.chain), each restoring the previous (--config.init_from); a stage run that restored anything else or
            was trained with other model/data/optim settings (an older recipe's run) is refused before
            anything trains
   eval     python -m eval on base, 8x and 64x at every length: the base without scaling is the zero-shot row;
@@ -55,16 +55,17 @@ flags.DEFINE_string("plots", "docs/results", "Where the report's plots and table
 flags.DEFINE_bool("tiny", False, "The configs' tiny stages (L0 = 32, 2 steps): the suite's dry run.")
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STAGES = tuple(extend_64x.STAGES)  # base, 8x, 16x, 32x, 64x: the training chain
 REPORTED = extend_64x.REPORTED  # base, 8x, 64x: evaluated, costed (but the base) and reported
 
 
 def config_arg(stage: str, variant: str, rule: str) -> str:
-  return ",".join([stage, variant] + ([rule] if stage != "base" else []) + (["tiny"] if FLAGS.tiny else []))
+  rule = [rule] if extend_64x.STAGES[stage] > 1 else []  # base and base_rand take no rule
+  return ",".join([stage, variant] + rule + (["tiny"] if FLAGS.tiny else []))
 
 
 def workdir(root: str, seed: int, variant: str, stage: str, rule: str) -> str:
-  return os.path.join(root, f"seed{seed}", variant, stage if stage == "base" else f"{stage}_{rule}")
+  rule_free = extend_64x.STAGES[stage] == 1  # base, base_rand: every rule restores the same run
+  return os.path.join(root, f"seed{seed}", variant, stage if rule_free else f"{stage}_{rule}")
 
 
 def lengths() -> list[int]:
@@ -75,7 +76,7 @@ def lengths() -> list[int]:
 
 
 def _init_from(root: str, seed: int, variant: str, stage: str, rule: str) -> str:
-  prev = extend_64x.previous(stage)
+  prev = extend_64x.previous(stage, variant)
   return workdir(root, seed, variant, prev, rule) if prev else ""
 
 
@@ -84,7 +85,7 @@ def check_chain(root: str, seed: int, variant: str, rule: str):
   another run than the previous stage, or whose model, data or optimiser settings differ from the config's
   now (a run of an older recipe). Resuming it would mix two recipes in one chain."""
   from training.config import from_config_dict  # pylint: disable=g-import-not-at-top  (jax)
-  for stage in STAGES:
+  for stage in extend_64x.chain(variant):
     wd, want = workdir(root, seed, variant, stage, rule), _init_from(root, seed, variant, stage, rule)
     if latest_step(wd) is None:
       continue
@@ -105,7 +106,7 @@ def check_chain(root: str, seed: int, variant: str, rule: str):
 
 def train(root: str, seed: int, variant: str, rule: str, timing: dict):
   """The stages of one (seed, variant, rule), each restoring the one before."""
-  for stage in STAGES:
+  for stage in extend_64x.chain(variant):
     wd, arg = workdir(root, seed, variant, stage, rule), config_arg(stage, variant, rule)
     if latest_step(wd) == extend_64x.get_config(arg).num_steps:
       continue

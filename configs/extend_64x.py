@@ -88,9 +88,11 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
 from configs import extend, retrieval_base
 
 L0 = retrieval_base.L0
-# stage -> factor over L0, in training order; 8x_rand is the 8x fine-tune on randomised positions, 8x its end
-STAGES = {"base": 1, "8x_rand": 8, "8x": 8, "16x": 16, "32x": 32, "64x": 64}
-REPORTED = ("base", "8x", "64x")  # the stages evaluated at every length; 16x and 32x are steps on the way
+# stage -> factor over L0, in training order; base_rand continues the base on randomised positions (BASE_RAND
+# variants only), 8x_rand is the 8x fine-tune on randomised positions, 8x its end
+STAGES = {"base": 1, "base_rand": 1, "8x_rand": 8, "8x": 8, "16x": 16, "32x": 32, "64x": 64}
+BASE_RAND = ("local",)  # the variants whose chain runs base_rand
+REPORTED = ("base", "8x", "64x")  # the stages evaluated at every length; the others are steps on the way
 # (stage, factor): the stage also read with this YaRN attention_factor (the cos/sin scale, so the logits
 # scale by its square) instead of the trained 0.1 ln(64) + 1 = 1.416 -- an evaluation, no training
 EVAL_TEMPERATURE = ("64x", 1.6)
@@ -98,10 +100,11 @@ VARIANTS = ("global", "local", "dsa", "dsa_plain", "dsa_gd", "local_lg", "dsa_ld
 # the levers' attention patterns (configs/extend.py sets the three answers' own: local "GL", dsa "DG")
 PATTERNS = {"dsa_gd": "GD", "local_lg": "LG", "dsa_ld": "LD"}
 RULES = ("yarn", "abf")
-STEPS = {"8x_rand": 800, "8x": 200, "16x": 50, "32x": 50, "64x": 100}
+STEPS = {"base_rand": 1000, "8x_rand": 800, "8x": 200, "16x": 50, "32x": 50, "64x": 100}
+VARIANT_STEPS = {("local", "64x"): 800}  # (variant, stage) -> steps where they differ from STEPS
 BATCH = {"8x_rand": 4, "8x": 4, "16x": 4, "32x": 2, "64x": 1}
 EPISODE_MIN = {"8x_rand": 1, "8x": 1, "16x": 1, "32x": 1, "64x": 8}  # the shortest episode, in L0
-POSITION_STRIDE = {"8x_rand": 2}  # data.position_stride: positions advance by 1 or 2 per token
+POSITION_STRIDE = {"base_rand": 2, "8x_rand": 2}  # data.position_stride: positions advance by 1 or 2 per token
 # (passkey_rate, mqar_rate) where they differ from the base's 0.2 / 0.55: the 64x stage's one row per step
 # would otherwise hold 20 passkey rows in all
 RETRIEVAL_RATES = {"64x": (0.5, 0.3)}
@@ -113,9 +116,14 @@ def abf_theta(theta: float, factor: int, head_dim: int) -> float:
   return theta * factor ** (head_dim / (head_dim - 2))
 
 
-def previous(stage: str) -> str | None:
-  """The stage whose params `stage` starts from (None for the base)."""
-  names = list(STAGES)
+def chain(variant: str) -> list[str]:
+  """The stages `variant` trains, in order (base_rand only for BASE_RAND variants)."""
+  return [s for s in STAGES if s != "base_rand" or variant in BASE_RAND]
+
+
+def previous(stage: str, variant: str = "global") -> str | None:
+  """The stage whose params `stage` starts from in `variant`'s chain (None for the base)."""
+  names = chain(variant) if stage in chain(variant) else list(STAGES)
   return None if stage == "base" else names[names.index(stage) - 1]
 
 
@@ -143,17 +151,19 @@ def get_config(arg: str = "base"):
   if stage == "base":
     return c
   factor = STAGES[stage]
-  c.model.max_len = c.data.seq_len = factor * l0
-  if rule == "yarn":
-    c.model.rope_scaling.update(kind="yarn", factor=float(factor), original_max_len=l0)
-  else:
-    c.model.rope_theta = abf_theta(c.model.rope_theta, factor, c.model.head_dim)
-  c.data.update(episode_min_len=EPISODE_MIN[stage] * l0, num_val_batches=2 if not tiny else 1,
-                batch_size=2 if tiny else BATCH[stage], position_stride=POSITION_STRIDE.get(stage, 1))
+  if factor > 1:  # base_rand keeps the base's length, RoPE and rows
+    c.model.max_len = c.data.seq_len = factor * l0
+    if rule == "yarn":
+      c.model.rope_scaling.update(kind="yarn", factor=float(factor), original_max_len=l0)
+    else:
+      c.model.rope_theta = abf_theta(c.model.rope_theta, factor, c.model.head_dim)
+    c.data.update(episode_min_len=EPISODE_MIN[stage] * l0, num_val_batches=2 if not tiny else 1,
+                  batch_size=2 if tiny else BATCH[stage])
+  c.data.position_stride = POSITION_STRIDE.get(stage, 1)
   if stage in RETRIEVAL_RATES:
     c.data.passkey_rate, c.data.mqar_rate = RETRIEVAL_RATES[stage]
   c.optim.update(learning_rate=extend.FINETUNE_LR, schedule="constant", warmup_steps=1 if tiny else 10)
-  steps = 2 if tiny else STEPS[stage]
+  steps = 2 if tiny else VARIANT_STEPS.get((variant, stage), STEPS[stage])
   c.update(num_steps=steps, log_every=min(20, steps), eval_every=steps)
   c.checkpoint.every = steps
   return c

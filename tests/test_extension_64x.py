@@ -2,6 +2,7 @@
 -> 64x chain and scale RoPE relative to L0, and a tiny dry run (every stage trained restoring the previous
 one, the reported ones evaluated, then collected and merged by the runner into the report's schema)."""
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -22,7 +23,7 @@ def test_stages_scale_rope_relative_to_l0(variant):
     abf = from_config_dict(e64.get_config(f"{stage},{variant},abf"))
     assert abf.data.seq_len == abf.model.max_len == yarn.max_len == factor * e64.L0
     thetas.append(abf.model.rope_theta)
-    if stage != "base":
+    if factor > 1:
       assert (yarn.rope_scaling.kind, yarn.rope_scaling.factor, yarn.rope_scaling.original_max_len) == \
           ("yarn", factor, e64.L0)
       assert abf.model.rope_scaling.kind == "none"
@@ -34,10 +35,17 @@ def test_stages_scale_rope_relative_to_l0(variant):
     if "L" in pattern:  # the local layer's window stays below L0
       assert yarn.window == (32, 0)
   assert thetas == sorted(thetas) and thetas[0] < thetas[-1]  # ABF's theta grows with the factor
-  assert [e64.previous(s) for s in e64.STAGES] == [None, "base", "8x_rand", "8x", "16x", "32x"]
-  data = [from_config_dict(e64.get_config(s)).data for s in e64.STAGES]
-  assert [d.position_stride for d in data] == [1, 2, 1, 1, 1, 1]
-  assert [(d.passkey_rate, d.mqar_rate) for d in data] == [(0.2, 0.55)] * 5 + [(0.5, 0.3)]
+  chain = e64.chain(variant)
+  assert chain == ["base"] + (["base_rand"] if variant == "local" else []) + ["8x_rand", "8x", "16x", "32x", "64x"]
+  assert [e64.previous(s, variant) for s in chain] == [None] + chain[:-1]
+  configs = [from_config_dict(e64.get_config(f"{s},{variant}")) for s in chain]
+  assert [c.data.position_stride for c in configs] == [2 if s.endswith("_rand") else 1 for s in chain]
+  assert [(c.data.passkey_rate, c.data.mqar_rate) for c in configs] == [(0.2, 0.55)] * (len(chain) - 1) + [(0.5, 0.3)]
+  assert configs[-1].num_steps == (800 if variant == "local" else 100)
+  if variant == "local":  # base_rand: the base's rows and RoPE, on randomised positions at the fine-tune rate
+    base, jit = configs[:2]
+    assert (jit.model, dataclasses.replace(jit.data, position_stride=1)) == (base.model, base.data)
+    assert (jit.optim.learning_rate, jit.optim.schedule, jit.num_steps) == (3e-4, "constant", 1000)
   with pytest.raises(ValueError, match="extend_64x"):
     e64.get_config("128x")
 
@@ -55,16 +63,22 @@ def test_yarn_chains_are_also_read_at_the_eval_temperature():
 
 def test_tiny_stages_dry_run_and_report(tmp_path):
   root, lengths = tmp_path / "runs", [32, 64]
-  previous = ""
-  for stage in e64.STAGES:
-    c = e64.get_config(f"{stage},dsa,yarn,tiny")
+  def train(stage, variant, previous):
+    c = e64.get_config(f"{stage},{variant},yarn,tiny")
     c.mesh.data = 1
     c.update(num_steps=1, eval_every=1, init_from=previous)
     c.optim.warmup_steps = 0
     c.checkpoint.every = 1
-    wd = root / "seed0" / "dsa" / (stage if stage == "base" else f"{stage}_yarn")
+    wd = root / "seed0" / variant / (stage if e64.STAGES[stage] == 1 else f"{stage}_yarn")
     assert train_and_evaluate(c, str(wd))["step"] == 1
-    previous = str(wd)
+    return str(wd)
+
+  # local's chain continues its base on randomised positions before any RoPE change
+  train("base_rand", "local", train("base", "local", ""))
+  shutil.rmtree(root / "seed0" / "local")  # the report below is dsa's alone
+  previous = ""
+  for stage in e64.chain("dsa"):
+    wd = previous = train(stage, "dsa", previous)
     if stage not in e64.REPORTED:
       continue
     for tag, overrides in [("", {})] + [(f"t{factor}", {"model.rope_scaling.attention_factor": factor})
