@@ -56,6 +56,7 @@ flags.DEFINE_bool("tiny", False, "The configs' tiny stages (L0 = 32, 2 steps): t
 
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORTED = extend_64x.REPORTED  # base, 8x, 64x: evaluated, costed (but the base) and reported
+RECALL_PASSKEY = ("passkey_digit", "passkey_digits_2_5")  # eval/indexer_recall.py's passkey recalls
 
 
 def config_arg(stage: str, variant: str, rule: str) -> str:
@@ -198,8 +199,8 @@ def stage_result(wd: str, variant: str, tag: str = "") -> dict:
     # One DSA layer per model here: the recall of its top-k (a list over layers in the task's JSON).
     out["indexer_recall"] = {"mqar_value": {str(n): v[0] for n, v in zip(ir["lengths"], ir["mqar_value"])},
                              "mqar_key": {str(n): v[0] for n, v in zip(ir["lengths"], ir["mqar_key"])},
-                             "passkey_digit": {str(n): v[0] for n, v in zip(ir["lengths"], ir["passkey_digit"])
-                                               if v is not None},
+                             **{m: {str(n): v[0] for n, v in zip(ir["lengths"], ir[m]) if v is not None}
+                                for m in RECALL_PASSKEY if m in ir},  # digits 2-5: not in older evals
                              "mqar_value_by_gap": {str(n): v[0] for n, v in zip(ir["lengths"],
                                                                                 ir["mqar_value_by_gap"])},
                              "top_k": ir["top_k"]}
@@ -262,7 +263,7 @@ def merge(per_seed: list[dict]) -> dict:
             for n, v in res[metric].items():
               cell.setdefault(metric, {}).setdefault(n, []).append(v)
           for metric, by_len in res.get("indexer_recall", {}).items():
-            if metric in ("mqar_value", "mqar_key", "passkey_digit"):
+            if metric in ("mqar_value", "mqar_key") + RECALL_PASSKEY:
               for n, v in by_len.items():
                 cell.setdefault("indexer_recall", {}).setdefault(metric, {}).setdefault(n, []).append(v)
     for variant, c in r.get("cost", {}).items():

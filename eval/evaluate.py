@@ -84,7 +84,8 @@ def summary(results: dict) -> str:
   if "indexer_recall" in results:
     p = results["indexer_recall"]
     lines += [f"indexer recall @ {n:>6} (top-{p['top_k']}, layers {p['layers']}): MQAR value {v}, passkey digit {d}"
-              for n, v, d in zip(p["lengths"], p["mqar_value"], p["passkey_digit"])]
+              f", digits 2-5 {d5}"
+              for n, v, d, d5 in zip(p["lengths"], p["mqar_value"], p["passkey_digit"], p["passkey_digits_2_5"])]
   if "mlm" in results:
     p = results["mlm"]
     lines += [f"mlm accuracy @ {n:>6}: {acc:.3f}" for n, acc in zip(p["lengths"], p["accuracy"])]

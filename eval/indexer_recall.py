@@ -6,7 +6,10 @@ rows (the same MQAR rows and passkey prompts as the mqar and passkey tasks):
     copies; with smeared keys the match lands there) -- also by gap bucket, as eval/mqar.py splits accuracy;
   - mqar_key: the share whose top-k holds the pair's key (the definition);
   - passkey_digit: the share of passkey prompts whose top-k, at the position that predicts the key's first
-    digit, holds that digit in the needle.
+    digit, holds that digit in the needle;
+  - passkey_digits_2_5: the same for the key's digits 2-5, each at the position that predicts it (the answer
+    teacher-forced), averaged over the four: with smeared keys the induction match (the previous digit)
+    lands on the needed digit itself, so this is what a sparse layer that copies the key by content needs.
 The top-k is Attention.selection(): the model's own indexer, top_k, mask, impl and score precision.
 """
 
@@ -56,7 +59,7 @@ def indexer_recall(model, tokenizer, lengths: list[int], *, mqar_samples: int = 
     raise ValueError("the indexer_recall task needs a model with DSA layers (attention_pattern with 'D')")
   usable = mqar_eval.usable_lengths(lengths)
   out = {"layers": layers, "top_k": model.cfg.dsa_top_k, "lengths": usable, "mqar_value": [], "mqar_key": [],
-         "mqar_value_by_gap": [], "gap_edges": [], "passkey_digit": []}
+         "mqar_value_by_gap": [], "gap_edges": [], "passkey_digit": [], "passkey_digits_2_5": []}
   for n in usable:
     rows = max(1, batch_tokens // n)
     exs = [mqar_lib.mqar_example(tokenizer, n, mqar_eval.sample_seed(n, s)) for s in range(mqar_samples)]
@@ -77,19 +80,25 @@ def indexer_recall(model, tokenizer, lengths: list[int], *, mqar_samples: int = 
     split = [mqar_eval.by_gap(v, gaps, n, gap_buckets) for v in value]  # per layer: (buckets, edges)
     out["mqar_value_by_gap"].append([buckets for buckets, _ in split])
     out["gap_edges"].append(split[0][1])
-    out["passkey_digit"].append(_passkey_digit(model, tokenizer, n, passkey_samples, prompt, rows)
-                                if n >= passkey_eval.min_length(tokenizer, prompt) else None)
+    first, later = (_passkey_digits(model, tokenizer, n, passkey_samples, prompt, rows)
+                    if n >= passkey_eval.min_length(tokenizer, prompt) else (None, None))
+    out["passkey_digit"].append(first)
+    out["passkey_digits_2_5"].append(later)
   return out
 
 
-def _passkey_digit(model, tokenizer, n: int, samples: int, prompt: str, rows: int) -> list[float]:
+def _passkey_digits(model, tokenizer, n: int, samples: int, prompt: str, rows: int):
+  """Per DSA layer, the recall of the key's first digit and the mean recall of its digits 2-5 (docstring)."""
   exs = [data_lib.passkey_example(tokenizer, n, d, seed=passkey_eval.sample_seed(n, d, s), prompt=prompt)
          for d in passkey_eval.DEPTHS for s in range(samples)]
-  found = []
+  found = []  # per batch, per layer: bool [E, 5], digit i found at the position that predicts it
   for j in range(0, len(exs), rows):
     part = exs[j:j + rows]
-    q = np.array([e.answer_start for e in part])  # the answer is " " + key: this position predicts the first digit
-    digit = np.array([e.key_start for e in part])
+    # the answer is " " + key: answer_start + i predicts digit i, which sits at key_start + i in the needle
+    q = np.array([[e.answer_start + i for i in range(5)] for e in part])  # [E, 5]
+    digit = np.array([[e.key_start + i for i in range(5)] for e in part])  # [E, 5]
+    row = np.repeat(np.arange(len(part)), 5)
     sel = selections(model, np.stack([e.tokens for e in part]))
-    found.append([hits(idx, np.arange(len(part)), q, digit) for idx in sel])
-  return [float(np.concatenate([f[layer] for f in found]).mean()) for layer in range(len(found[0]))]
+    found.append([hits(idx, row, q.ravel(), digit.ravel()).reshape(-1, 5) for idx in sel])
+  per_layer = [np.concatenate([f[layer] for f in found]) for layer in range(len(found[0]))]  # [P, 5] each
+  return [float(h[:, 0].mean()) for h in per_layer], [float(h[:, 1:].mean()) for h in per_layer]

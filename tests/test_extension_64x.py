@@ -98,7 +98,7 @@ def test_tiny_stages_dry_run_and_report(tmp_path):
   for cell in stages.values():
     assert set(cell["mqar"]) == {"32", "64"} and set(cell["passkey"]) == {"64"}  # 32 < a passkey prompt
     assert all(0.0 <= v["min"] <= v["mean"] <= 1.0 for v in cell["mqar"].values())
-    assert set(cell["indexer_recall"]) == {"mqar_value", "mqar_key", "passkey_digit"}
+    assert set(cell["indexer_recall"]) == {"mqar_value", "mqar_key", "passkey_digit", "passkey_digits_2_5"}
   assert (tmp_path / "extension_64x.png").is_file() and (tmp_path / "extension_64x_table.md").is_file()
   assert r["wall"]["0"]["wall_s"] == 600  # the whole-seed wall time reaches the report and its table
   assert "Seed 0, the whole experiment (dsa" in (tmp_path / "extension_64x_table.md").read_text()

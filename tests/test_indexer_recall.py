@@ -55,11 +55,14 @@ def test_recall_matches_brute_force_topk():
   pk = [data.passkey_example(tok, n, d, seed=passkey_eval.sample_seed(n, d, 0), prompt="compact")
         for d in passkey_eval.DEPTHS]
   (idx,) = _brute_force_topk(model, np.stack([e.tokens for e in pk]), top_k)
-  want = []
+  want = []  # [prompt][digit]: the needle's digit i in the top-k of the position that predicts it
   for i, e in enumerate(pk):
-    digit = e.needle_start + e.tokens[e.needle_start:].tolist().index(e.tokens[e.answer_start + 1])
-    want.append(digit in set(idx[i, e.answer_start]))
-  assert res["passkey_digit"] == [[pytest.approx(np.mean(want))]]
+    first = e.needle_start + e.tokens[e.needle_start:].tolist().index(e.tokens[e.answer_start + 1])
+    assert e.tokens[first:first + 5].tolist() == e.tokens[e.answer_start + 1:e.answer_start + 6].tolist()
+    want.append([first + d in set(idx[i, e.answer_start + d]) for d in range(5)])
+  want = np.array(want)
+  assert res["passkey_digit"] == [[pytest.approx(want[:, 0].mean())]]
+  assert res["passkey_digits_2_5"] == [[pytest.approx(want[:, 1:].mean())]]
 
 
 def test_top_k_over_the_length_keeps_every_key_and_plain_models_are_refused():
