@@ -4,7 +4,7 @@ previous stage's params (config.init_from), as ProLong (Gao et al., arXiv 2410.0
 context in steps instead of one jump.
 
 The argument is STAGE[,VARIANT][,RULE][,tiny]:
-  STAGE    base | 8x_rand | 8x | 16x | 32x | 64x
+  STAGE    base | base_rand (local/global only) | 8x_rand | 8x | 16x | 32x | 64x
   VARIANT  global (default: 2 global layers) | local ("GL", window 32 < L0) | dsa ("DG", top_k 32 < L0:
            at 64x the sparse layer keeps 32 of 8192 keys, 1/256) -- configs/extend.py's variants; dsa adds
            smeared indexer keys (model.dsa_smeared_keys), and dsa_plain is configs/extend.py's DSA without
@@ -18,7 +18,9 @@ The argument is STAGE[,VARIANT][,RULE][,tiny]:
            embeddings and smeared keys alone, and local/global seed 2's base never formed such a copy head
            (it read the key in two hops); with a local layer 0, layer 1 can copy by the induction circuit
            (layer 0 marks each token with its neighbours, layer 1 matches them), and in dsa_ld the indexer
-           then has to select the far needle itself (no dense layer to fall back on). Measured: local_lg on
+           then has to select the far needle itself (no dense layer to fall back on). dsa_nope is dsa
+           with an indexer without RoPE (model.dsa_rope_dim 0: it scores keys by content alone), the lever
+           for dsa's far needles at 8192, which its top-32 drops by distance (below). Measured: local_lg on
            seed 2 lost passkey in the 8x step as GL did (42 / 31 / 32% at 128 / 512 / 1024, MQAR 46% at
            1024; docs/results/extension_64x/probes/seed2_levers/); dsa_ld is not trained yet.
   RULE     yarn (default): YaRN with the factor relative to L0 (8, then 64), so every stage interpolates
@@ -39,6 +41,10 @@ python train.py --config=configs/extend_64x.py:64x --workdir=runs/ext64/seed0/gl
 
 benchmarks/extension_64x.py runs these for every seed and variant, evaluates each stage at L0 x 1..64 and
 writes docs/extension_64x.json.
+
+local/global's chain (chain("local")) first continues its base for 1000 steps at L0 on randomised positions
+(base_rand: the base's rows, position stride 2, lr 3e-4 constant, no RoPE change), and trains its 64x stage
+for 600 steps instead of 100 (VARIANT_STEPS).
 
 Fine-tune budgets: the 8x step is two stages at lr 3e-4 constant, 4 rows of 1024: 8x_rand, 800 steps on
 randomised positions (data.position_stride 2: positions advance by 1 or 2 per token), then 8x, 200 steps
@@ -76,6 +82,17 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
     Half the rows passkey and 30% MQAR: 100 / 100 / 100 / 95% at 1024 / 2048 / 4096 / 8192, MQAR still 100%.
     Drawing needles near the question more often (data.passkey_depth="log_distance") instead fixed depth 1
     at 2048-4096 but lost the far needles (15% at 8192), and added nothing on top of the new mix.
+  - Why base_rand and the 600-step 64x stage for local/global (docs/results/extension_64x/probes/
+    seed2_levers/): recipe v3 (no base_rand, 100 steps at 64x) left local/global seed 2 at 43 / 33 / 0%
+    passkey at 128 / 1024 / 8192 (seeds 0 and 1: 100 / 95% at 8192). Its base reads the key in two hops,
+    through question positions that hold the needle's digits, and no 8x_rand budget (up to 3200 steps) nor
+    the layers swapped (LG) built a direct copy head from it. The base's 1000 steps on randomised positions,
+    before any RoPE change, did: after the 8x step 97 / 91 / 66% at 128 / 512 / 1024, after 64x
+    94 / 92 / 81 / 21% at 128 / 1024 / 4096 / 8192 with every MQAR cell at 100%, the misses at 8192 first
+    digits at every depth (the dilution). The 64x stage continued from there in 200-step runs read 8192 at
+    53 / 80 / 90 / 83% after 200 / 400 / 600 / 800 steps (1024: 92 / 97 / 94 / 96%): 600 is where it stops
+    improving. YaRN temperature 1.6 did not help it (24% at 8192 after 100 steps). The global and DSA chains
+    are unchanged: their 8192 misses are repaired by the temperature read (global) or not by steps alone.
   - Why EVAL_TEMPERATURE (docs/extension.md, 64x section): the global models' misses at 8192 are the key's
     first digit near the question, the same dilution. YaRN's temperature sharpens every long-range logit;
     1.6 (logits x 2.56 instead of x 2.0) was chosen on seed 1 of recipe v2 at 4096 (depth 1: 60 -> 100%)
@@ -96,7 +113,7 @@ REPORTED = ("base", "8x", "64x")  # the stages evaluated at every length; the ot
 # (stage, factor): the stage also read with this YaRN attention_factor (the cos/sin scale, so the logits
 # scale by its square) instead of the trained 0.1 ln(64) + 1 = 1.416 -- an evaluation, no training
 EVAL_TEMPERATURE = ("64x", 1.6)
-VARIANTS = ("global", "local", "dsa", "dsa_plain", "dsa_gd", "local_lg", "dsa_ld")
+VARIANTS = ("global", "local", "dsa", "dsa_plain", "dsa_gd", "local_lg", "dsa_ld", "dsa_nope")
 # the levers' attention patterns (configs/extend.py sets the three answers' own: local "GL", dsa "DG")
 PATTERNS = {"dsa_gd": "GD", "local_lg": "LG", "dsa_ld": "LD"}
 RULES = ("yarn", "abf")
@@ -142,7 +159,9 @@ def get_config(arg: str = "base"):
   c = retrieval_base.get_config("tiny" if tiny else "")
   if variant != "global":
     extend.apply_variant(c, variant.split("_")[0])
-    c.model.dsa_smeared_keys = variant in ("dsa", "dsa_gd", "dsa_ld")
+    c.model.dsa_smeared_keys = variant in ("dsa", "dsa_gd", "dsa_ld", "dsa_nope")
+    if variant == "dsa_nope":  # the indexer scores by content alone: no RoPE dims, so no distance term
+      c.model.dsa_rope_dim = 0
     if variant in PATTERNS:
       c.model.attention_pattern = PATTERNS[variant]
     if tiny:

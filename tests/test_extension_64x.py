@@ -28,10 +28,11 @@ def test_stages_scale_rope_relative_to_l0(variant):
           ("yarn", factor, e64.L0)
       assert abf.model.rope_scaling.kind == "none"
     pattern = "".join(t.value for t in yarn.attention_pattern)
-    assert pattern == {"global": "GG", "local": "GL", "dsa": "DG", "dsa_plain": "DG"}.get(variant,
-                                                                                         e64.PATTERNS.get(variant))
+    own = {"global": "GG", "local": "GL", "dsa": "DG", "dsa_plain": "DG", "dsa_nope": "DG"}
+    assert pattern == own.get(variant, e64.PATTERNS.get(variant))
     if variant.startswith("dsa"):  # top_k fixed below L0: 1/256 of the keys at 64x
       assert yarn.dsa_top_k == 32 and yarn.dsa_smeared_keys == (variant != "dsa_plain")
+      assert yarn.dsa_rope_dim == (0 if variant == "dsa_nope" else 8)
     if "L" in pattern:  # the local layer's window stays below L0
       assert yarn.window == (32, 0)
   assert thetas == sorted(thetas) and thetas[0] < thetas[-1]  # ABF's theta grows with the factor

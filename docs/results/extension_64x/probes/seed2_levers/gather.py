@@ -6,7 +6,8 @@ import os
 
 os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), *[os.pardir] * 5))  # the repo root
 RUNS = {  # name -> (run directory, eval tag)
-  "local: recipe (8x_rand 800 steps, stride 2, base mix), then 8x": ("runs/ext64/seed2/local/8x_yarn", ""),
+  # recipe v3's local chain, moved aside when recipe v4 (base_rand, 600 steps at 64x) retrained the seed
+  "local: recipe (8x_rand 800 steps, stride 2, base mix), then 8x": ("runs/ext64_v3/seed2/local/8x_yarn", ""),
   "local: 8x_rand 1600 steps, then 8x": ("runs/probe_s2local/steps1600/8x_yarn", ""),
   "local: 8x_rand with position_stride 3, then 8x": ("runs/probe_s2local/stride3/8x_yarn", ""),
   "local: 8x_rand with passkey 0.5 / mqar 0.3, then 8x": ("runs/probe_s2local/passkey50/8x_yarn", ""),
@@ -16,11 +17,18 @@ RUNS = {  # name -> (run directory, eval tag)
   "local: base + 1000 steps at L0 on randomised positions (basejit)": ("runs/probe_s2local/basejit/base", "quick"),
   "local: basejit, then 8x_rand and 8x (the recipe)": ("runs/probe_s2local/basejit/8x_yarn", "quick"),
   "local: basejit, then the recipe to 64x": ("runs/probe_s2local/basejit/64x_yarn", "quick"),
+  "local: basejit to 64x, read at attention_factor 1.6": ("runs/probe_s2local/basejit/64x_yarn", "t1.6"),
+  "local: basejit, 64x stage 200 steps": ("runs/probe_s2local/basejit/64x200_yarn", "quick"),
+  "local: basejit, 64x stage 200 + 200 steps": ("runs/probe_s2local/basejit/64x400_yarn", "quick"),
+  "local: basejit, 64x stage 200 + 200 + 200 steps": ("runs/probe_s2local/basejit/64x600_yarn", "quick"),
+  "local: basejit, 64x stage 200 + 200 + 200 + 200 steps": ("runs/probe_s2local/basejit/64x800_yarn", "quick"),
   "global 64x: attention_factor 1.416 (trained)": ("runs/ext64/seed2/global/64x_yarn", ""),
   "global 64x: attention_factor 1.6 at eval": ("runs/ext64/seed2/global/64x_yarn", "attention_factor_1.6"),
   "global 64x: attention_factor 1.6 at eval, 128-4096": ("runs/ext64/seed2/global/64x_yarn",
                                                          "attention_factor_1.6_short"),
   "dsa (DG) 64x": ("runs/ext64/seed2/dsa/64x_yarn", ""),
+  "dsa (DG): 50 dense warm-up steps at 8192, then the 64x stage": ("runs/probe_s2dsa/64x_yarn", "quick"),
+  "dsa (DG) 64x, continued 200 steps": ("runs/probe_s2dsa/64x300_yarn", "quick"),
   "dsa_gd (GD) 64x": ("runs/ext64/seed2/dsa_gd/64x_yarn", ""),
   "dsa_gd (GD) 64x: attention_factor 1.6 at eval": ("runs/ext64/seed2/dsa_gd/64x_yarn", "attention_factor_1.6"),
 }

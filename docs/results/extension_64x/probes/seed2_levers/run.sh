@@ -14,8 +14,49 @@
 # basejit continues seed 2's local base for 1000 steps at L0 on randomised positions (position stride 2, lr 3e-4
 # constant: the 8x_rand stage's jitter before any RoPE change), then runs the recipe's 8x_rand and 8x from it
 # (read at 128 / 512 / 1024), then its 16x, 32x and 64x (read at every length).
+#
+# basejit_64x (session 8; run basejit first) reads basejit's 64x read at YaRN temperature 1.6, then trains its
+# 64x stage longer: 200 steps from its 32x, then three more 200-step runs each restoring the one before (data
+# seeds 3, 4, 5), each read at 128 / 1024 / (4096 /) 8192. dsa_warm64 puts V3.2's dense warm-up (50
+# indexer-only steps at 8192) before seed 2's dsa 64x stage; dsa_64x300 continues seed 2's dsa 64x run for 200
+# more steps (data seed 3). Both are read at 1024 / 8192.
 set -euo pipefail
-lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg|basejit}
+lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg|basejit|basejit_64x|dsa_warm64|dsa_64x300}
+quick=(--tasks=passkey --passkey_samples=20 --tag=quick)
+if [ "$lever" = basejit_64x ]; then
+  root=runs/probe_s2local/basejit
+  python -m eval --workdir=$root/64x_yarn --lengths=128,1024,8192 "${quick[@]:0:2}" --tag=t1.6 \
+    --config.model.rope_scaling.attention_factor=1.6
+  prev=$root/32x_yarn
+  for n in 200:2 400:3 600:4 800:5; do
+    python train.py --config=configs/extend_64x.py:64x,local,yarn --workdir=$root/64x${n%:*}_yarn \
+      --config.seed=${n#*:} --config.init_from=$prev --config.num_steps=200 --config.checkpoint.every=200 \
+      --config.eval_every=200 > $root.64x${n%:*}.log 2>&1
+    prev=$root/64x${n%:*}_yarn
+    python -m eval --workdir=$prev --lengths=128,1024,4096,8192 "${quick[@]}"
+  done
+  exit
+fi
+if [ "$lever" = dsa_warm64 ] || [ "$lever" = dsa_64x300 ]; then
+  root=runs/probe_s2dsa
+  dsa=runs/ext64/seed2/dsa
+  if [ "$lever" = dsa_warm64 ]; then
+    python train.py --config=configs/extend_64x.py:64x,dsa,yarn --workdir=$root/64x_warm --config.seed=2 \
+      --config.init_from=$dsa/32x_yarn --config.model.dsa_phase=dense_warmup --config.num_steps=50 \
+      --config.checkpoint.every=50 --config.eval_every=50 > $root.64x_warm.log 2>&1
+    python train.py --config=configs/extend_64x.py:64x,dsa,yarn --workdir=$root/64x_yarn --config.seed=2 \
+      --config.init_from=$root/64x_warm > $root.64x.log 2>&1
+    python -m eval --workdir=$root/64x_yarn --lengths=1024,8192 --tasks=passkey,indexer_recall \
+      --passkey_samples=20 --mqar_samples=16 --tag=quick
+  else
+    python train.py --config=configs/extend_64x.py:64x,dsa,yarn --workdir=$root/64x300_yarn --config.seed=3 \
+      --config.init_from=$dsa/64x_yarn --config.num_steps=200 --config.checkpoint.every=200 \
+      --config.eval_every=200 > $root.64x300.log 2>&1
+    python -m eval --workdir=$root/64x300_yarn --lengths=1024,8192 --tasks=passkey,mqar --passkey_samples=20 \
+      --mqar_samples=16 --tag=quick
+  fi
+  exit
+fi
 if [ "$lever" = basejit ]; then
   root=runs/probe_s2local/basejit
   python train.py --config=configs/extend_64x.py:base,local --workdir=$root/base --config.seed=2 \
