@@ -10,9 +10,9 @@ python -m benchmarks.extension_64x --stages=report            # merge every seed
 Stages (each skips work whose results exist, so a rerun resumes):
   train    per (seed, variant, rule): train.py --config=configs/extend_64x.py:STAGE,VARIANT,RULE
            --config.seed=SEED for STAGE = base, (base_rand for local,) 8x_rand, 8x, 16x, 32x, 64x under
-           ROOT/seedSEED/VARIANT/ (extend_64x.chain), each restoring the previous (--config.init_from); a stage run that restored anything else or
-           was trained with other model/data/optim settings (an older recipe's run) is refused before
-           anything trains
+           ROOT/seedSEED/VARIANT/ (extend_64x.chain), each restoring the previous (--config.init_from); a
+           stage run that restored anything else or was trained with other model/data/optim settings (an
+           older recipe's run) is refused before anything trains
   eval     python -m eval on base, 8x and 64x at every length: the base without scaling is the zero-shot row;
            with yarn, 64x once more at YaRN attention_factor 1.6 (extend_64x.EVAL_TEMPERATURE; tag t1.6,
            reported as stage "64x@t1.6")
