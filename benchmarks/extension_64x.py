@@ -323,16 +323,20 @@ def plot(report: dict, path: str):
 
 def table(report: dict) -> str:
   ns = [str(n) for n in report["lengths"]]
-  head = ["variant", "rule", "stage", "task"] + [f"@{n}" for n in ns]
+  head = ["variant", "rule", "stage", "seeds", "task"] + [f"@{n}" for n in ns]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for variant, rules in report["variants"].items():
     for rule, stages in rules.items():
       for stage, cell in stages.items():
-        rows = [(t, cell[t], True) for t in ("passkey", "mqar")] + [("ppl", cell["ppl"], False)]
-        rows += [(f"indexer recall ({m})", v, True) for m, v in cell.get("indexer_recall", {}).items()]
-        for task, by_len, pct in rows:
+        seeds = ",".join(map(str, cell["seeds"]))
+        rows = [(t, cell[t], True, seeds) for t in ("passkey", "mqar")] + [("ppl", cell["ppl"], False, seeds)]
+        for m, v in cell.get("indexer_recall", {}).items():  # a recall added later: only the seeds that have it
+          have = [s for s in map(str, cell["seeds"])
+                  if m in report["per_seed"][s][variant][rule][stage].get("indexer_recall", {})]
+          rows.append((f"indexer recall ({m})", v, True, ",".join(have)))
+        for task, by_len, pct, over in rows:
           fmt = (lambda c: f"{c['min']:.0%} / {c['mean']:.0%}") if pct else (lambda c: f"{c['mean']:.2f}")
-          lines.append("| " + " | ".join([variant, rule, stage, task] +
+          lines.append("| " + " | ".join([variant, rule, stage, over, task] +
                                          [fmt(by_len[n]) if n in by_len else "-" for n in ns]) + " |")
   return "\n".join(lines)
 
@@ -347,10 +351,11 @@ def report():
     json.dump(merged, f, indent=1)
   os.makedirs(FLAGS.plots, exist_ok=True)
   plot(merged, os.path.join(FLAGS.plots, "extension_64x.png"))
-  text = ("Cells: minimum / mean over seeds " + str(merged["seeds"]) + " (perplexity: mean).\n\n" + table(merged))
+  text = ("Cells: minimum / mean over the seeds of the row's seeds column (perplexity: mean).\n\n" + table(merged))
   for seed, w in merged["wall"].items():
     text += (f"\n\nSeed {seed}, the whole experiment ({', '.join(w['variants'])}; benchmarks/extension_64x_seed.sh,"
-             f" {w['processes']} processes): {w['wall_s'] / 60:.0f} min wall on the {merged['machine'].split(' (')[0]}.")
+             f" {w['processes']} processes, started {w['start']}): {w['wall_s'] / 60:.0f} min wall on the "
+             f"{merged['machine'].split(' (')[0]}.")
   with open(os.path.join(FLAGS.plots, "extension_64x_table.md"), "w") as f:
     f.write(text + "\n")
   print(text)

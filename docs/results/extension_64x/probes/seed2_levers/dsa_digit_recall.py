@@ -3,8 +3,9 @@ eval's own 100 per length), whether the top-32 at the position that predicts eac
 the needle (eval/indexer_recall.py's passkey_digits_2_5, per prompt), joined with whether the model's
 teacher-forced answer was right (the run's passkey.json). Writes dsa_digit_recall.json beside this file.
 
-  python docs/results/extension_64x/probes/seed2_levers/dsa_digit_recall.py RUN [RUN ...]   (default: seed 2's
-  dsa 64x); each RUN must have been evaluated with the passkey task at the lengths read here.
+  python docs/results/extension_64x/probes/seed2_levers/dsa_digit_recall.py RUN[@TAG] ...   (default: seed
+  2's dsa 64x); each RUN must have been evaluated with the passkey task at the lengths read here (under eval
+  tag TAG).
 """
 import json
 import os
@@ -23,9 +24,9 @@ LENGTHS = (1024, 4096, 8192)
 SAMPLES = 20  # per depth: the eval's 100 prompts per length
 
 
-def per_prompt(wd: str, n: int, tokenizer) -> dict:
+def per_prompt(wd: str, tag: str, n: int, tokenizer) -> dict:
   ev = os.path.join(wd, "eval")
-  pk = json.load(open(os.path.join(ev, sorted(os.listdir(ev), key=int)[-1], "passkey.json")))
+  pk = json.load(open(os.path.join(ev, sorted(os.listdir(ev), key=int)[-1], tag, "passkey.json")))
   correct = {(e["depth"], e["key"]): e["correct"] for e in pk["examples"] if e["length"] == n}
   model = restore.restore(wd, None, None, min_max_len=n).model
   exs = [data_lib.passkey_example(tokenizer, n, d, seed=passkey_eval.sample_seed(n, d, s), prompt="compact")
@@ -54,8 +55,9 @@ def per_prompt(wd: str, n: int, tokenizer) -> dict:
 def main(runs):
   tokenizer = data_lib.get_tokenizer()
   out = {}
-  for wd in runs:
-    out[wd] = {str(n): per_prompt(wd, n, tokenizer) for n in LENGTHS}
+  for run in runs:
+    wd, _, tag = run.partition("@")
+    out[wd] = {str(n): per_prompt(wd, tag, n, tokenizer) for n in LENGTHS}
     for n, r in out[wd].items():
       print(wd, n, {k: v for k, v in r.items() if k != "by_depth"})
   path = "docs/results/extension_64x/probes/seed2_levers/dsa_digit_recall.json"

@@ -19,9 +19,11 @@
 # 64x stage longer: 200 steps from its 32x, then three more 200-step runs each restoring the one before (data
 # seeds 3, 4, 5), each read at 128 / 1024 / (4096 /) 8192. dsa_warm64 puts V3.2's dense warm-up (50
 # indexer-only steps at 8192) before seed 2's dsa 64x stage; dsa_64x300 continues seed 2's dsa 64x run for 200
-# more steps (data seed 3). Both are read at 1024 / 8192.
+# more steps (data seed 3). Both are read at 1024 / 8192. dsa_nope trains the dsa_nope chain (an indexer
+# without RoPE) for seed 2 and reads its 64x stage at 1024 / 4096 / 8192 with the indexer's recall, then
+# dsa_digit_recall.py on it beside DG's.
 set -euo pipefail
-lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg|basejit|basejit_64x|dsa_warm64|dsa_64x300}
+lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg|basejit|basejit_64x|dsa_warm64|dsa_64x300|dsa_nope}
 quick=(--tasks=passkey --passkey_samples=20 --tag=quick)
 if [ "$lever" = basejit_64x ]; then
   root=runs/probe_s2local/basejit
@@ -35,6 +37,14 @@ if [ "$lever" = basejit_64x ]; then
     prev=$root/64x${n%:*}_yarn
     python -m eval --workdir=$prev --lengths=128,1024,4096,8192 "${quick[@]}"
   done
+  exit
+fi
+if [ "$lever" = dsa_nope ]; then
+  python -m benchmarks.extension_64x --seeds=2 --variants=dsa_nope --stages=train
+  python -m eval --workdir=runs/ext64/seed2/dsa_nope/64x_yarn --lengths=1024,4096,8192 \
+    --tasks=passkey,mqar,indexer_recall --passkey_samples=20 --mqar_samples=16 --tag=quick
+  python docs/results/extension_64x/probes/seed2_levers/dsa_digit_recall.py runs/ext64/seed2/dsa/64x_yarn \
+    runs/ext64/seed2/dsa_nope/64x_yarn@quick
   exit
 fi
 if [ "$lever" = dsa_warm64 ] || [ "$lever" = dsa_64x300 ]; then
