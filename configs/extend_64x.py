@@ -20,7 +20,9 @@ The argument is STAGE[,VARIANT][,RULE][,tiny]:
            (layer 0 marks each token with its neighbours, layer 1 matches them), and in dsa_ld the indexer
            then has to select the far needle itself (no dense layer to fall back on). dsa_nope is dsa
            with an indexer without RoPE (model.dsa_rope_dim 0: it scores keys by content alone), the lever
-           for dsa's far needles at 8192, which its top-32 drops by distance (below). Measured: local_lg on
+           for dsa's far needles at 8192, which its top-32 drops by distance: on seed 2, passkey
+           62% at 8192 with the RoPE indexer (all of the key's digits 2-5 in the top-32 for 59% of the
+           prompts, 0% at depth 0), 100% passkey and MQAR at 1024 / 4096 / 8192 without it. Measured: local_lg on
            seed 2 lost passkey in the 8x step as GL did (42 / 31 / 32% at 128 / 512 / 1024, MQAR 46% at
            1024; docs/results/extension_64x/probes/seed2_levers/); dsa_ld is not trained yet.
   RULE     yarn (default): YaRN with the factor relative to L0 (8, then 64), so every stage interpolates

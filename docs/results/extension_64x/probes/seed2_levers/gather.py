@@ -29,6 +29,7 @@ RUNS = {  # name -> (run directory, eval tag)
   "dsa (DG) 64x": ("runs/ext64/seed2/dsa/64x_yarn", ""),
   "dsa (DG): 50 dense warm-up steps at 8192, then the 64x stage": ("runs/probe_s2dsa/64x_yarn", "quick"),
   "dsa (DG) 64x, continued 200 steps": ("runs/probe_s2dsa/64x300_yarn", "quick"),
+  "dsa_nope (DG, no RoPE in the indexer) 64x": ("runs/ext64/seed2/dsa_nope/64x_yarn", "quick"),
   "dsa_gd (GD) 64x": ("runs/ext64/seed2/dsa_gd/64x_yarn", ""),
   "dsa_gd (GD) 64x: attention_factor 1.6 at eval": ("runs/ext64/seed2/dsa_gd/64x_yarn", "attention_factor_1.6"),
 }
@@ -58,7 +59,7 @@ for name, (wd, tag) in RUNS.items():
   if os.path.isfile(os.path.join(d, "indexer_recall.json")):
     ir = json.load(open(os.path.join(d, "indexer_recall.json")))
     r["indexer_recall"] = {m: {str(n): v[0] for n, v in zip(ir["lengths"], ir[m]) if v is not None}
-                           for m in ("mqar_value", "passkey_digit")}
+                           for m in ("mqar_value", "passkey_digit", "passkey_digits_2_5") if m in ir}
   out[name] = r
 # The copy heads are in copy_heads.json beside this file (benchmarks/passkey_copy_heads.py writes it).
 json.dump({"levers": out}, open("docs/results/extension_64x/probes/seed2_levers/results.json", "w"), indent=1)
