@@ -15,7 +15,7 @@ Stages (each skips work whose results exist, so a rerun resumes):
            older recipe's run) is refused before anything trains
   eval     python -m eval on base, 8x and 64x at every length: the base without scaling is the zero-shot row;
            with yarn, 64x once more at YaRN attention_factor 1.6 (extend_64x.EVAL_TEMPERATURE; tag t1.6,
-           reported as stage "64x@t1.6")
+           reported as stage "64x@t1.6"); for DSA the 64x read also measures the indexer's recall
   cost     per variant: the compiled bytes of one fine-tune step (batch 1) at 8x and 64x L0
            (benchmarks/train_memory.measure) and the measured seconds per step of the 8x and 64x stages
   collect  ROOT/seedSEED -> RESULTS/seedSEED.json (every number of that seed, with the commands' timing)
@@ -57,6 +57,7 @@ flags.DEFINE_bool("tiny", False, "The configs' tiny stages (L0 = 32, 2 steps): t
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORTED = extend_64x.REPORTED  # base, 8x, 64x: evaluated, costed (but the base) and reported
 RECALL_PASSKEY = ("passkey_digit", "passkey_digits_2_5")  # eval/indexer_recall.py's passkey recalls
+RECALL_READ = REPORTED[-1]  # the read that also measures a DSA indexer's recall (64x as trained)
 
 
 def config_arg(stage: str, variant: str, rule: str) -> str:
@@ -92,7 +93,7 @@ def check_chain(root: str, seed: int, variant: str, rule: str):
       continue
     saved = restore.saved_config(wd)[1]
     have = saved.get("init_from") or ""
-    if os.path.normpath(have or ".") != os.path.normpath(want or "."):
+    if os.path.realpath(have or ".") != os.path.realpath(want or "."):  # a relative or an absolute root
       raise app.UsageError(f"{wd} restored {have!r}, but this recipe's {stage} stage restores {want!r} "
                            "(a run of an older recipe?): move it away to retrain it")
     saved = from_config_dict(saved).to_dict()  # keys added since the run was saved take their defaults
@@ -117,8 +118,11 @@ def train(root: str, seed: int, variant: str, rule: str, timing: dict):
                 f"--config.seed={seed}", *init], wd + ".log", timing, f"train_{os.path.basename(wd)}", cwd=ROOT_DIR)
 
 
-def _tasks(variant: str) -> list[str]:
-  return ["perplexity", "passkey", "mqar"] + (["indexer_recall"] if variant.startswith("dsa") else [])
+def _tasks(variant: str, name: str) -> list[str]:
+  """The eval tasks of read `name` (reads()): the indexer's recall for DSA's 64x read only, the stage whose
+  selection at 64x is the question (it is most of a DSA read's time: about 5 of its 8 min per stage)."""
+  recall = variant.startswith("dsa") and name == RECALL_READ
+  return ["perplexity", "passkey", "mqar"] + (["indexer_recall"] if recall else [])
 
 
 def _eval_dir(wd: str, tag: str = "") -> str:
@@ -136,17 +140,17 @@ def reads(rule: str) -> list[tuple[str, str, str, list[str]]]:
   return out
 
 
-def _evaluated(wd: str, variant: str, tag: str = "") -> bool:
-  return os.path.isfile(os.path.join(_eval_dir(wd, tag), _tasks(variant)[-1] + ".json"))  # no run: eval/None
+def _evaluated(wd: str, variant: str, name: str, tag: str = "") -> bool:
+  return os.path.isfile(os.path.join(_eval_dir(wd, tag), _tasks(variant, name)[-1] + ".json"))  # no run: eval/None
 
 
 def evaluate(root: str, seed: int, variant: str, rule: str, timing: dict):
   for name, stage, tag, overrides in reads(rule):
     wd = workdir(root, seed, variant, stage, rule)
-    if _evaluated(wd, variant, tag):
+    if _evaluated(wd, variant, name, tag):
       continue
     run_logged([sys.executable, "-m", "eval", f"--workdir={wd}", f"--lengths={','.join(map(str, lengths()))}",
-                f"--tasks={','.join(_tasks(variant))}", f"--ppl_documents={FLAGS.ppl_documents}",
+                f"--tasks={','.join(_tasks(variant, name))}", f"--ppl_documents={FLAGS.ppl_documents}",
                 f"--passkey_samples={FLAGS.passkey_samples}", f"--mqar_samples={FLAGS.mqar_samples}",
                 *([f"--tag={tag}"] if tag else []), *overrides],
                wd + (f".{tag}" if tag else "") + ".eval.log", timing,
@@ -183,10 +187,12 @@ def _read(path: str) -> dict:
     return json.load(f)
 
 
-def stage_result(wd: str, variant: str, tag: str = "") -> dict:
-  """One evaluated stage -> {"passkey", "mqar", "ppl"} by length (+ "indexer_recall"), and the detail."""
+def stage_result(wd: str, tag: str = "") -> dict:
+  """One evaluated stage -> {"passkey", "mqar", "ppl"} by length (+ "indexer_recall" where it was measured:
+  older reads have it at every stage), and the detail."""
   d = _eval_dir(wd, tag)
-  r = {t: _read(os.path.join(d, t + ".json")) for t in _tasks(variant)}
+  r = {t: _read(os.path.join(d, t + ".json")) for t in ("perplexity", "passkey", "mqar", "indexer_recall")
+       if os.path.isfile(os.path.join(d, t + ".json"))}
   out = {"passkey": {str(n): a for n, a in zip(r["passkey"]["lengths"], r["passkey"]["accuracy_per_length"])},
          "mqar": {str(n): a for n, a in zip(r["mqar"]["lengths"], r["mqar"]["accuracy"])},
          "ppl": {str(n): p for n, p in zip(r["perplexity"]["lengths"], r["perplexity"]["perplexity"])},
@@ -225,9 +231,9 @@ def collect(root: str, seed: int, previous: dict | None = None) -> dict:
       # (name, workdir, tag) of every read; the chain counts once its REPORTED stages are evaluated, and the
       # temperature read joins it once it is evaluated too
       runs = [(name, workdir(root, seed, variant, stage, rule), tag) for name, stage, tag, _ in reads(rule)]
-      if all(_evaluated(wd, variant) for name, wd, _ in runs if name in REPORTED):
-        out["variants"].setdefault(variant, {})[rule] = {name: stage_result(wd, variant, tag)
-                                                         for name, wd, tag in runs if _evaluated(wd, variant, tag)}
+      if all(_evaluated(wd, variant, name) for name, wd, _ in runs if name in REPORTED):
+        out["variants"].setdefault(variant, {})[rule] = {name: stage_result(wd, tag) for name, wd, tag in runs
+                                                         if _evaluated(wd, variant, name, tag)}
   wall = os.path.join(root, f"seed{seed}", "wall.json")  # benchmarks/extension_64x_seed.sh's whole-seed run
   if os.path.isfile(wall):
     out["wall"] = _read(wall)
