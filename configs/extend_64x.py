@@ -6,25 +6,28 @@ context in steps instead of one jump.
 The argument is STAGE[,VARIANT][,RULE][,tiny]:
   STAGE    base | base_rand (local/global only) | 8x_rand | 8x | 16x | 32x | 64x
   VARIANT  global (default: 2 global layers) | local ("GL", window 32 < L0) | dsa ("DG", top_k 32 < L0:
-           at 64x the sparse layer keeps 32 of 8192 keys, 1/256) -- configs/extend.py's variants; dsa adds
-           smeared indexer keys (model.dsa_smeared_keys), and dsa_plain is configs/extend.py's DSA without
-           them, the measured lever (docs/extension.md): in the first layer the indexer sees only the token
-           embedding, so at a value's position nothing tells it which key the value belongs to, and an MQAR
-           query can select the value only by position or luck (seed 0 at 8x: the top-32 held it for 32%).
-           dsa_gd is dsa with the layers swapped ("GD"): the first layer dense, the second sparse, the lever
-           for dsa's passkey at 64x (the layer-0 copy of the key's digits 2-5 needs keys its top-32 misses).
-           local_lg ("LG") and dsa_ld ("LD", window 32, top_k 32) put the local layer first and the long-range
-           layer second: a 2-layer "GL" model must copy far content in its one global layer 0 from token
-           embeddings and smeared keys alone, and local/global seed 2's base never formed such a copy head
-           (it read the key in two hops); with a local layer 0, layer 1 can copy by the induction circuit
-           (layer 0 marks each token with its neighbours, layer 1 matches them), and in dsa_ld the indexer
-           then has to select the far needle itself (no dense layer to fall back on). dsa_nope is dsa
-           with an indexer without RoPE (model.dsa_rope_dim 0: it scores keys by content alone), the lever
-           for dsa's far needles at 8192, which its top-32 drops by distance: on seed 2, passkey
-           62% at 8192 with the RoPE indexer (all of the key's digits 2-5 in the top-32 for 59% of the
-           prompts, 0% at depth 0), 100% passkey and MQAR at 1024 / 4096 / 8192 without it. Measured: local_lg on
-           seed 2 lost passkey in the 8x step as GL did (42 / 31 / 32% at 128 / 512 / 1024, MQAR 46% at
-           1024; docs/results/extension_64x/probes/seed2_levers/); dsa_ld is not trained yet.
+           at 64x the sparse layer keeps 32 of 8192 keys, 1/256) -- configs/extend.py's variants. dsa's
+           indexer differs from configs/extend.py's in two measured ways (docs/extension.md): smeared keys
+           (model.dsa_smeared_keys) and no RoPE (model.dsa_rope_dim 0: it scores keys by content alone).
+           The levers, each trained through the same chain:
+           dsa_rope   dsa with configs/extend.py's indexer RoPE (8 of its 16 dims), dsa of recipes v1-v4.
+                      Its top-32 drops far needles by distance: passkey 49 / 90 / 62% at 8192 (seeds
+                      0 / 1 / 2); on seed 2 all of the key's digits 2-5 were selected for 59% of the
+                      prompts at 8192 (0% at depth 0), and without RoPE for every prompt.
+           dsa_plain  configs/extend.py's DSA: dsa_rope without smeared keys. In the first layer its indexer
+                      sees only the token embedding, so at a value's position nothing tells it which key the
+                      value belongs to, and an MQAR query can select the value only by position or luck
+                      (seed 0 at 8x: the top-32 held it for 32%).
+           dsa_gd     dsa_rope with the layers swapped ("GD"): the first layer dense, the second sparse (the
+                      layer-0 copy of the key's digits 2-5 needs keys a top-32 misses).
+           local_lg ("LG") and dsa_ld ("LD", window 32, top_k 32; on dsa_rope) put the local layer first and
+           the long-range layer second: a 2-layer "GL" model must copy far content in its one global layer
+           0 from token embeddings and smeared keys alone, and local/global seed 2's base never formed such a
+           copy head (it read the key in two hops); with a local layer 0, layer 1 can copy by the induction
+           circuit (layer 0 marks each token with its neighbours, layer 1 matches them), and in dsa_ld the
+           indexer then has to select the far needle itself. Measured: local_lg on seed 2 lost passkey in
+           the 8x step as GL did (42 / 31 / 32% at 128 / 512 / 1024, MQAR 46% at 1024;
+           docs/results/extension_64x/probes/seed2_levers/); dsa_ld is not trained.
   RULE     yarn (default): YaRN with the factor relative to L0 (8, then 64), so every stage interpolates
            the base's frequencies further (configs/extend_progressive.py does the same at 2K -> 128K);
            abf: no scaling rule, the RoPE base theta grows per stage instead (ABF, Xiong et al., arXiv
@@ -46,7 +49,8 @@ writes docs/extension_64x.json.
 
 local/global's chain (chain("local")) first continues its base for 1000 steps at L0 on randomised positions
 (base_rand: the base's rows, position stride 2, lr 3e-4 constant, no RoPE change), and trains its 64x stage
-for 600 steps instead of 100 (VARIANT_STEPS).
+for 800 steps instead of 100, the last 200 decaying linearly to 0, on episodes from 2 L0 instead of 8 L0
+(LOCAL_64X).
 
 Fine-tune budgets: the 8x step is two stages at lr 3e-4 constant, 4 rows of 1024: 8x_rand, 800 steps on
 randomised positions (data.position_stride 2: positions advance by 1 or 2 per token), then 8x, 200 steps
@@ -115,12 +119,14 @@ REPORTED = ("base", "8x", "64x")  # the stages evaluated at every length; the ot
 # (stage, factor): the stage also read with this YaRN attention_factor (the cos/sin scale, so the logits
 # scale by its square) instead of the trained 0.1 ln(64) + 1 = 1.416 -- an evaluation, no training
 EVAL_TEMPERATURE = ("64x", 1.6)
-VARIANTS = ("global", "local", "dsa", "dsa_plain", "dsa_gd", "local_lg", "dsa_ld", "dsa_nope")
+VARIANTS = ("global", "local", "dsa", "dsa_rope", "dsa_plain", "dsa_gd", "local_lg", "dsa_ld")
 # the levers' attention patterns (configs/extend.py sets the three answers' own: local "GL", dsa "DG")
 PATTERNS = {"dsa_gd": "GD", "local_lg": "LG", "dsa_ld": "LD"}
 RULES = ("yarn", "abf")
 STEPS = {"base_rand": 1000, "8x_rand": 800, "8x": 200, "16x": 50, "32x": 50, "64x": 100}
-VARIANT_STEPS = {("local", "64x"): 600}  # (variant, stage) -> steps where they differ from STEPS
+# local/global's 64x stage: more steps, a linear decay to 0 over the last 200 (optim.schedule "wsd"), and
+# episodes from 2 L0 (EPISODE_MIN's unit), so that the 64x stage still trains needles in 256-token prompts
+LOCAL_64X = {"steps": 800, "decay_fraction": 0.25, "episode_min": 2}
 BATCH = {"8x_rand": 4, "8x": 4, "16x": 4, "32x": 2, "64x": 1}
 EPISODE_MIN = {"8x_rand": 1, "8x": 1, "16x": 1, "32x": 1, "64x": 8}  # the shortest episode, in L0
 POSITION_STRIDE = {"base_rand": 2, "8x_rand": 2}  # data.position_stride: positions advance by 1 or 2 per token
@@ -161,8 +167,8 @@ def get_config(arg: str = "base"):
   c = retrieval_base.get_config("tiny" if tiny else "")
   if variant != "global":
     extend.apply_variant(c, variant.split("_")[0])
-    c.model.dsa_smeared_keys = variant in ("dsa", "dsa_gd", "dsa_ld", "dsa_nope")
-    if variant == "dsa_nope":  # the indexer scores by content alone: no RoPE dims, so no distance term
+    c.model.dsa_smeared_keys = variant in ("dsa", "dsa_rope", "dsa_gd", "dsa_ld")
+    if variant == "dsa":  # the indexer scores by content alone: no RoPE dims, so no distance term
       c.model.dsa_rope_dim = 0
     if variant in PATTERNS:
       c.model.attention_pattern = PATTERNS[variant]
@@ -184,7 +190,12 @@ def get_config(arg: str = "base"):
   if stage in RETRIEVAL_RATES:
     c.data.passkey_rate, c.data.mqar_rate = RETRIEVAL_RATES[stage]
   c.optim.update(learning_rate=extend.FINETUNE_LR, schedule="constant", warmup_steps=1 if tiny else 10)
-  steps = 2 if tiny else VARIANT_STEPS.get((variant, stage), STEPS[stage])
+  steps = STEPS[stage]
+  if (variant, stage) == ("local", "64x"):
+    steps = LOCAL_64X["steps"]
+    c.data.episode_min_len = LOCAL_64X["episode_min"] * l0
+    c.optim.update(schedule="wsd", decay_fraction=LOCAL_64X["decay_fraction"], min_lr_ratio=0.0)
+  steps = 2 if tiny else steps
   c.update(num_steps=steps, log_every=min(20, steps), eval_every=steps)
   c.checkpoint.every = steps
   return c

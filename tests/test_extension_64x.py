@@ -28,11 +28,11 @@ def test_stages_scale_rope_relative_to_l0(variant):
           ("yarn", factor, e64.L0)
       assert abf.model.rope_scaling.kind == "none"
     pattern = "".join(t.value for t in yarn.attention_pattern)
-    own = {"global": "GG", "local": "GL", "dsa": "DG", "dsa_plain": "DG", "dsa_nope": "DG"}
+    own = {"global": "GG", "local": "GL", "dsa": "DG", "dsa_rope": "DG", "dsa_plain": "DG"}
     assert pattern == own.get(variant, e64.PATTERNS.get(variant))
     if variant.startswith("dsa"):  # top_k fixed below L0: 1/256 of the keys at 64x
       assert yarn.dsa_top_k == 32 and yarn.dsa_smeared_keys == (variant != "dsa_plain")
-      assert yarn.dsa_rope_dim == (0 if variant == "dsa_nope" else 8)
+      assert yarn.dsa_rope_dim == (0 if variant == "dsa" else 8)  # dsa: an indexer without RoPE
     if "L" in pattern:  # the local layer's window stays below L0
       assert yarn.window == (32, 0)
   assert thetas == sorted(thetas) and thetas[0] < thetas[-1]  # ABF's theta grows with the factor
@@ -42,7 +42,12 @@ def test_stages_scale_rope_relative_to_l0(variant):
   configs = [from_config_dict(e64.get_config(f"{s},{variant}")) for s in chain]
   assert [c.data.position_stride for c in configs] == [2 if s.endswith("_rand") else 1 for s in chain]
   assert [(c.data.passkey_rate, c.data.mqar_rate) for c in configs] == [(0.2, 0.55)] * (len(chain) - 1) + [(0.5, 0.3)]
-  assert configs[-1].num_steps == (600 if variant == "local" else 100)
+  last = configs[-1]
+  if variant == "local":  # 800 steps, the last 200 decaying to 0, episodes from 2 L0
+    assert (last.num_steps, last.data.episode_min_len) == (800, 2 * e64.L0)
+    assert (last.optim.schedule, last.optim.decay_fraction, last.optim.min_lr_ratio) == ("wsd", 0.25, 0.0)
+  else:
+    assert (last.num_steps, last.data.episode_min_len, last.optim.schedule) == (100, 8 * e64.L0, "constant")
   if variant == "local":  # base_rand: the base's rows and RoPE, on randomised positions at the fine-tune rate
     base, jit = configs[:2]
     assert (jit.model, dataclasses.replace(jit.data, position_stride=1)) == (base.model, base.data)

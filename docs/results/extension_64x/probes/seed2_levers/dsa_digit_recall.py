@@ -65,4 +65,4 @@ def main(runs):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:] or ["runs/ext64/seed2/dsa/64x_yarn"])
+  main(sys.argv[1:] or ["runs/ext64/seed2/dsa_rope/64x_yarn"])

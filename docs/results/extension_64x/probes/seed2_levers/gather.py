@@ -26,10 +26,10 @@ RUNS = {  # name -> (run directory, eval tag)
   "global 64x: attention_factor 1.6 at eval": ("runs/ext64/seed2/global/64x_yarn", "attention_factor_1.6"),
   "global 64x: attention_factor 1.6 at eval, 128-4096": ("runs/ext64/seed2/global/64x_yarn",
                                                          "attention_factor_1.6_short"),
-  "dsa (DG) 64x": ("runs/ext64/seed2/dsa/64x_yarn", ""),
+  "dsa_rope (DG, RoPE in the indexer) 64x": ("runs/ext64/seed2/dsa_rope/64x_yarn", ""),
   "dsa (DG): 50 dense warm-up steps at 8192, then the 64x stage": ("runs/probe_s2dsa/64x_yarn", "quick"),
   "dsa (DG) 64x, continued 200 steps": ("runs/probe_s2dsa/64x300_yarn", "quick"),
-  "dsa_nope (DG, no RoPE in the indexer) 64x": ("runs/ext64/seed2/dsa_nope/64x_yarn", "quick"),
+  "dsa (DG, no RoPE in the indexer) 64x": ("runs/ext64/seed2/dsa/64x_yarn", "quick"),
   "dsa_gd (GD) 64x": ("runs/ext64/seed2/dsa_gd/64x_yarn", ""),
   "dsa_gd (GD) 64x: attention_factor 1.6 at eval": ("runs/ext64/seed2/dsa_gd/64x_yarn", "attention_factor_1.6"),
 }

@@ -18,13 +18,52 @@
 # basejit_64x (session 8; run basejit first) reads basejit's 64x read at YaRN temperature 1.6, then trains its
 # 64x stage longer: 200 steps from its 32x, then three more 200-step runs each restoring the one before (data
 # seeds 3, 4, 5), each read at 128 / 1024 / (4096 /) 8192. dsa_warm64 puts V3.2's dense warm-up (50
-# indexer-only steps at 8192) before seed 2's dsa 64x stage; dsa_64x300 continues seed 2's dsa 64x run for 200
-# more steps (data seed 3). Both are read at 1024 / 8192. dsa_nope trains the dsa_nope chain (an indexer
-# without RoPE) for seed 2 and reads its 64x stage at 1024 / 4096 / 8192 with the indexer's recall, then
-# dsa_digit_recall.py on it beside DG's.
+# indexer-only steps at 8192) before seed 2's dsa_rope 64x stage (session 8's dsa, an indexer with RoPE);
+# dsa_64x300 continues that 64x run for 200 more steps (data seed 3). Both are read at 1024 / 8192. dsa_nope
+# (session 8's name for today's dsa: an indexer without RoPE) trains the dsa chain for seed 2 and reads its
+# 64x stage at 1024 / 4096 / 8192 with the indexer's recall, then dsa_digit_recall.py on it beside
+# dsa_rope's (dsa_digit_recall.json keeps session 8's run paths: runs/.../dsa is today's dsa_rope,
+# runs/.../dsa_nope today's dsa).
+#
+# Session 9, on local/global seed 2's recipe-v4 chain (runs/ext64/seed2/local): cool200 continues its 64x run
+# (600 steps at the constant rate) for 200 steps decaying linearly to 0 (data seed 3), read at 128 / 256 /
+# 1024 / 4096 / 8192; br2000 continues its base_rand (1000 steps, constant rate) to 2000 steps, then trains
+# the recipe's 8x_rand ... 32x and a 64x stage of 800 steps whose last 200 decay to 0 (schedule wsd), read at
+# every length.
 set -euo pipefail
-lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg|basejit|basejit_64x|dsa_warm64|dsa_64x300|dsa_nope}
+lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg|basejit|basejit_64x|dsa_warm64|dsa_64x300|dsa_nope|cool200|br2000}
 quick=(--tasks=passkey --passkey_samples=20 --tag=quick)
+cool=(--config.optim.schedule=wsd --config.optim.min_lr_ratio=0.0)  # linear decay to 0
+lengths=128,256,512,1024,2048,4096,8192
+if [ "$lever" = cool200 ]; then
+  root=runs/probe_s2local/cool200
+  python train.py --config=configs/extend_64x.py:64x,local,yarn --workdir=$root --config.seed=3 \
+    --config.init_from=runs/ext64/seed2/local/64x_yarn --config.num_steps=200 --config.checkpoint.every=200 \
+    --config.eval_every=200 "${cool[@]}" --config.optim.decay_fraction=1.0 --config.optim.warmup_steps=0 \
+    > $root.log 2>&1
+  python -m eval --workdir=$root --lengths=128,256,1024,4096,8192 "${quick[@]}"
+  exit
+fi
+if [ "$lever" = br2000 ]; then
+  root=runs/probe_s2local/br2000
+  mkdir -p $root && cp -r runs/ext64/seed2/local/base_rand $root/  # constant rate: resuming to 2000 = a 2000-step run
+  python train.py --config=configs/extend_64x.py:base_rand,local --workdir=$root/base_rand --config.seed=2 \
+    --config.num_steps=2000 --config.checkpoint.every=1000 --config.eval_every=1000 > $root.base_rand.log 2>&1
+  prev=$root/base_rand
+  for st in 8x_rand 8x 16x 32x 64x; do
+    extra=()
+    if [ $st = 64x ]; then
+      extra=(--config.num_steps=800 --config.checkpoint.every=800 --config.eval_every=800 "${cool[@]}"
+             --config.optim.decay_fraction=0.25)
+    fi
+    python train.py --config=configs/extend_64x.py:$st,local,yarn --workdir=$root/${st}_yarn --config.seed=2 \
+      --config.init_from=$prev "${extra[@]}" > $root.$st.log 2>&1
+    prev=$root/${st}_yarn
+  done
+  python -m eval --workdir=$root/64x_yarn --lengths=$lengths --tasks=passkey,mqar --passkey_samples=20 \
+    --mqar_samples=16 --tag=quick
+  exit
+fi
 if [ "$lever" = basejit_64x ]; then
   root=runs/probe_s2local/basejit
   python -m eval --workdir=$root/64x_yarn --lengths=128,1024,8192 "${quick[@]:0:2}" --tag=t1.6 \
@@ -40,26 +79,26 @@ if [ "$lever" = basejit_64x ]; then
   exit
 fi
 if [ "$lever" = dsa_nope ]; then
-  python -m benchmarks.extension_64x --seeds=2 --variants=dsa_nope --stages=train
-  python -m eval --workdir=runs/ext64/seed2/dsa_nope/64x_yarn --lengths=1024,4096,8192 \
+  python -m benchmarks.extension_64x --seeds=2 --variants=dsa --stages=train
+  python -m eval --workdir=runs/ext64/seed2/dsa/64x_yarn --lengths=1024,4096,8192 \
     --tasks=passkey,mqar,indexer_recall --passkey_samples=20 --mqar_samples=16 --tag=quick
-  python docs/results/extension_64x/probes/seed2_levers/dsa_digit_recall.py runs/ext64/seed2/dsa/64x_yarn \
-    runs/ext64/seed2/dsa_nope/64x_yarn@quick
+  python docs/results/extension_64x/probes/seed2_levers/dsa_digit_recall.py runs/ext64/seed2/dsa_rope/64x_yarn \
+    runs/ext64/seed2/dsa/64x_yarn@quick
   exit
 fi
 if [ "$lever" = dsa_warm64 ] || [ "$lever" = dsa_64x300 ]; then
   root=runs/probe_s2dsa
-  dsa=runs/ext64/seed2/dsa
+  dsa=runs/ext64/seed2/dsa_rope
   if [ "$lever" = dsa_warm64 ]; then
-    python train.py --config=configs/extend_64x.py:64x,dsa,yarn --workdir=$root/64x_warm --config.seed=2 \
+    python train.py --config=configs/extend_64x.py:64x,dsa_rope,yarn --workdir=$root/64x_warm --config.seed=2 \
       --config.init_from=$dsa/32x_yarn --config.model.dsa_phase=dense_warmup --config.num_steps=50 \
       --config.checkpoint.every=50 --config.eval_every=50 > $root.64x_warm.log 2>&1
-    python train.py --config=configs/extend_64x.py:64x,dsa,yarn --workdir=$root/64x_yarn --config.seed=2 \
+    python train.py --config=configs/extend_64x.py:64x,dsa_rope,yarn --workdir=$root/64x_yarn --config.seed=2 \
       --config.init_from=$root/64x_warm > $root.64x.log 2>&1
     python -m eval --workdir=$root/64x_yarn --lengths=1024,8192 --tasks=passkey,indexer_recall \
       --passkey_samples=20 --mqar_samples=16 --tag=quick
   else
-    python train.py --config=configs/extend_64x.py:64x,dsa,yarn --workdir=$root/64x300_yarn --config.seed=3 \
+    python train.py --config=configs/extend_64x.py:64x,dsa_rope,yarn --workdir=$root/64x300_yarn --config.seed=3 \
       --config.init_from=$dsa/64x_yarn --config.num_steps=200 --config.checkpoint.every=200 \
       --config.eval_every=200 > $root.64x300.log 2>&1
     python -m eval --workdir=$root/64x300_yarn --lengths=1024,8192 --tasks=passkey,mqar --passkey_samples=20 \
