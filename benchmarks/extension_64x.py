@@ -359,8 +359,9 @@ def report():
   plot(merged, os.path.join(FLAGS.plots, "extension_64x.png"))
   text = ("Cells: minimum / mean over the seeds of the row's seeds column (perplexity: mean).\n\n" + table(merged))
   for seed, w in merged["wall"].items():
+    code = f"commit {w['commit']}" if "commit" in w else "a commit before recipe v4"  # older files lack it
     text += (f"\n\nSeed {seed}, the whole experiment ({', '.join(w['variants'])}; benchmarks/extension_64x_seed.sh,"
-             f" {w['processes']} processes, started {w['start']}): {w['wall_s'] / 60:.0f} min wall on the "
+             f" {w['processes']} processes, started {w['start']}, {code}): {w['wall_s'] / 60:.0f} min wall on the "
              f"{merged['machine'].split(' (')[0]}.")
   with open(os.path.join(FLAGS.plots, "extension_64x_table.md"), "w") as f:
     f.write(text + "\n")

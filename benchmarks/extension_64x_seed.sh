@@ -23,7 +23,8 @@ for p in "${pids[@]}"; do
 done
 end=$(date +%s)
 mkdir -p "$root/seed$seed"
-printf '{"seed": %d, "wall_s": %d, "variants": ["global", "local", "dsa"], "processes": %d, "start": "%s"}\n' \
-  "$seed" "$((end - start))" "${#variants[@]}" "$(date -u -d "@$start" +%FT%TZ)" > "$root/seed$seed/wall.json"
+printf '{"seed": %d, "wall_s": %d, "variants": ["global", "local", "dsa"], "processes": %d, "start": "%s", "commit": "%s"}\n' \
+  "$seed" "$((end - start))" "${#variants[@]}" "$(date -u -d "@$start" +%FT%TZ)" "$(git rev-parse --short HEAD)" \
+  > "$root/seed$seed/wall.json"
 python -m benchmarks.extension_64x --root="$root" --seeds="$seed" --stages=collect
 echo "seed $seed: $((end - start)) s wall for global, local and dsa"
