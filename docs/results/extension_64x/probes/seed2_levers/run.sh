@@ -29,9 +29,10 @@
 # (600 steps at the constant rate) for 200 steps decaying linearly to 0 (data seed 3), read at 128 / 256 /
 # 1024 / 4096 / 8192; br2000 continues its base_rand (1000 steps, constant rate) to 2000 steps, then trains
 # the recipe's 8x_rand ... 32x and a 64x stage of 800 steps whose last 200 decay to 0 (schedule wsd), read at
-# every length.
+# every length. v5_400 continues recipe v5's 64x run (800 steps, the last 200 decaying) for 400 more steps,
+# 200 at the constant rate then 200 decaying to 0, read at 128 / 256 / 1024 / 4096 / 8192.
 set -euo pipefail
-lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg|basejit|basejit_64x|dsa_warm64|dsa_64x300|dsa_nope|cool200|br2000}
+lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg|basejit|basejit_64x|dsa_warm64|dsa_64x300|dsa_nope|cool200|br2000|v5_400}
 quick=(--tasks=passkey --passkey_samples=20 --tag=quick)
 cool=(--config.optim.schedule=wsd --config.optim.min_lr_ratio=0.0)  # linear decay to 0
 lengths=128,256,512,1024,2048,4096,8192
@@ -41,6 +42,14 @@ if [ "$lever" = cool200 ]; then
     --config.init_from=runs/ext64/seed2/local/64x_yarn --config.num_steps=200 --config.checkpoint.every=200 \
     --config.eval_every=200 "${cool[@]}" --config.optim.decay_fraction=1.0 --config.optim.warmup_steps=0 \
     > $root.log 2>&1
+  python -m eval --workdir=$root --lengths=128,256,1024,4096,8192 "${quick[@]}"
+  exit
+fi
+if [ "$lever" = v5_400 ]; then  # recipe v5's 64x run continued: 400 steps, 200 at 3e-4 then 200 decaying to 0
+  root=runs/probe_s2local/v5_400
+  python train.py --config=configs/extend_64x.py:64x,local,yarn --workdir=$root --config.seed=3 \
+    --config.init_from=runs/ext64/seed2/local/64x_yarn --config.num_steps=400 --config.checkpoint.every=400 \
+    --config.eval_every=400 --config.optim.decay_fraction=0.5 > $root.log 2>&1
   python -m eval --workdir=$root --lengths=128,256,1024,4096,8192 "${quick[@]}"
   exit
 fi
