@@ -120,7 +120,7 @@ def train(root: str, seed: int, variant: str, rule: str, timing: dict):
 
 def _tasks(variant: str, name: str) -> list[str]:
   """The eval tasks of read `name` (reads()): the indexer's recall for DSA's 64x read only, the stage whose
-  selection at 64x is the question (it is most of a DSA read's time: about 5 of its 8 min per stage)."""
+  selection at 64x is the question (about half of that read's 7 CPU minutes)."""
   recall = variant.startswith("dsa") and name == RECALL_READ
   return ["perplexity", "passkey", "mqar"] + (["indexer_recall"] if recall else [])
 

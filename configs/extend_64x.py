@@ -88,7 +88,7 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
     Half the rows passkey and 30% MQAR: 100 / 100 / 100 / 95% at 1024 / 2048 / 4096 / 8192, MQAR still 100%.
     Drawing needles near the question more often (data.passkey_depth="log_distance") instead fixed depth 1
     at 2048-4096 but lost the far needles (15% at 8192), and added nothing on top of the new mix.
-  - Why base_rand and the 600-step 64x stage for local/global (docs/results/extension_64x/probes/
+  - Why base_rand and the longer 64x stage for local/global (docs/results/extension_64x/probes/
     seed2_levers/): recipe v3 (no base_rand, 100 steps at 64x) left local/global seed 2 at 43 / 33 / 0%
     passkey at 128 / 1024 / 8192 (seeds 0 and 1: 100 / 95% at 8192). Its base reads the key in two hops,
     through question positions that hold the needle's digits, and no 8x_rand budget (up to 3200 steps) nor
@@ -97,8 +97,14 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
     94 / 92 / 81 / 21% at 128 / 1024 / 4096 / 8192 with every MQAR cell at 100%, the misses at 8192 first
     digits at every depth (the dilution). The 64x stage continued from there in 200-step runs read 8192 at
     53 / 80 / 90 / 83% after 200 / 400 / 600 / 800 steps (1024: 92 / 97 / 94 / 96%): 600 is where it stops
-    improving. YaRN temperature 1.6 did not help it (24% at 8192 after 100 steps). The global and DSA chains
-    are unchanged: their 8192 misses are repaired by the temperature read (global) or not by steps alone.
+    improving. YaRN temperature 1.6 did not help it (24% at 8192 after 100 steps). With 600 constant-rate
+    steps (recipe v4) seed 2 read 93 / 81 / 93 / 85% at 128 / 256 / 1024 / 8192, digits 2-5 miscopied at
+    every length. LOCAL_64X (recipe v5): 200 more steps decaying linearly to 0 left 2 miscopies per length
+    at 128-4096 (98% at 128, 1024 and 4096); what remained at 256 (90%) was the first digit, the 64x stage
+    not training needles in short prompts (episodes from 8 L0); episodes from 2 L0 made it 98%. v5 on seed 2:
+    99 / 98 / 100 / 99 / 97 / 96 / 86% at 128-8192 (seeds 0 and 1: 100% at every length). A base_rand of
+    2000 steps changed nothing beyond noise. The global and DSA chains keep 100 steps at 64x: global's 8192
+    misses are repaired by the temperature read, and DSA's by its RoPE-free indexer.
   - Why EVAL_TEMPERATURE (docs/extension.md, 64x section): the global models' misses at 8192 are the key's
     first digit near the question, the same dilution. YaRN's temperature sharpens every long-range logit;
     1.6 (logits x 2.56 instead of x 2.0) was chosen on seed 1 of recipe v2 at 4096 (depth 1: 60 -> 100%)
