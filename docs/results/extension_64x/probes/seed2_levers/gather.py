@@ -23,6 +23,7 @@ RUNS = {  # name -> (run directory, eval tag)
   "local: base_rand 2000 steps, the chain, 64x 600 + 200 decaying (br2000)": ("runs/probe_s2local/br2000/64x_yarn",
                                                                               "quick"),
   "local v5 64x (600 + 200 decaying, episodes from 2 L0)": ("runs/ext64/seed2/local/64x_yarn", ""),
+  "local v5 64x + 400 steps (200 constant, 200 decaying; v5_400)": ("runs/probe_s2local/v5_400", "quick"),
   "local: basejit to 64x, read at attention_factor 1.6": ("runs/probe_s2local/basejit/64x_yarn", "t1.6"),
   "local: basejit, 64x stage 200 steps": ("runs/probe_s2local/basejit/64x200_yarn", "quick"),
   "local: basejit, 64x stage 200 + 200 steps": ("runs/probe_s2local/basejit/64x400_yarn", "quick"),
