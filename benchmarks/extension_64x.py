@@ -253,6 +253,30 @@ def collect(root: str, seed: int, previous: dict | None = None) -> dict:
   return out
 
 
+def wall_estimate(per_seed: list[dict], variants=("global", "local", "dsa"), rule: str = "yarn",
+                  cores: int = 2) -> dict:
+  """The whole-seed wall time of benchmarks/extension_64x_seed.sh (one process per variant), estimated from
+  the seeds' measured CPU seconds: per variant, the sum over the commands of its chain and reads of the
+  slowest seed's cpu_s (a resumed run logs only its own part), then the processes share `cores` fairly."""
+  cpu, missing = {}, []
+  for v in variants:
+    names = [os.path.basename(workdir("", 0, v, s, rule)) for s in extend_64x.chain(v)]
+    commands = [f"train_{n}" for n in names] + [
+        f"eval_{os.path.basename(workdir('', 0, v, stage, rule))}" + (f"@{tag}" if tag else "")
+        for _, stage, tag, _ in reads(rule)]
+    times = {c: [r["timing"][v][c]["cpu_s"] for r in per_seed if c in r.get("timing", {}).get(v, {})]
+             for c in commands}
+    missing += [f"{v}/{c}" for c, t in times.items() if not t]
+    cpu[v] = sum(max(t) for t in times.values() if t)
+  left, wall = dict(cpu), 0.0
+  while left:  # fair sharing: each of n processes runs at min(1, cores / n) of a core until one finishes
+    rate = min(1.0, cores / len(left))
+    step = min(left.values()) / rate
+    wall += step
+    left = {v: t - step * rate for v, t in left.items() if t - step * rate > 1e-9}
+  return {"cpu_s": cpu, "wall_s": wall, "cores": cores, "missing": missing}
+
+
 def merge(per_seed: list[dict]) -> dict:
   """Seed files -> the issue's schema: every numeric leaf of a stage as {"min", "mean"} over the seeds that
   ran it (a cell lists its own seeds when fewer than all ran it)."""
@@ -286,6 +310,7 @@ def merge(per_seed: list[dict]) -> dict:
   out["per_seed"] = {str(r["seed"]): r["variants"] for r in per_seed}
   out["timing"] = {str(r["seed"]): r["timing"] for r in per_seed}
   out["wall"] = {str(r["seed"]): r["wall"] for r in per_seed if "wall" in r}
+  out["wall_estimate"] = wall_estimate(per_seed)
   return out
 
 
@@ -363,6 +388,11 @@ def report():
     text += (f"\n\nSeed {seed}, the whole experiment ({', '.join(w['variants'])}; benchmarks/extension_64x_seed.sh,"
              f" {w['processes']} processes, started {w['start']}, {code}): {w['wall_s'] / 60:.0f} min wall on the "
              f"{merged['machine'].split(' (')[0]}.")
+  est = merged["wall_estimate"]
+  text += (f"\n\nThe whole experiment for one seed, estimated from every command's measured CPU time (the slowest "
+           f"seed's; {', '.join(f'{v} {t / 60:.1f}' for v, t in est['cpu_s'].items())} CPU min), one process per "
+           f"variant on {est['cores']} cores: {est['wall_s'] / 60:.0f} min wall"
+           + (f" (no timing for {', '.join(est['missing'])})." if est["missing"] else "."))
   with open(os.path.join(FLAGS.plots, "extension_64x_table.md"), "w") as f:
     f.write(text + "\n")
   print(text)

@@ -201,7 +201,7 @@ def get_config(arg: str = "base"):
     steps = LOCAL_64X["steps"]
     c.data.episode_min_len = LOCAL_64X["episode_min"] * l0
     c.optim.update(schedule="wsd", decay_fraction=LOCAL_64X["decay_fraction"], min_lr_ratio=0.0)
-  steps = 2 if tiny else steps
+  steps = 2 if tiny else steps  # the tiny dry run keeps each stage's settings but not its length
   c.update(num_steps=steps, log_every=min(20, steps), eval_every=steps)
   c.checkpoint.every = steps
   return c

@@ -67,6 +67,33 @@ def test_yarn_chains_are_also_read_at_the_eval_temperature():
   assert [r[0] for r in abf] == list(e64.REPORTED)  # ABF has no YaRN temperature
 
 
+def test_indexer_recall_at_64x_only_and_the_wall_estimate():
+  # In a subprocess (absl flags, as above). Three variants of 60, 90 and 90 CPU s on 2 cores share them:
+  # 90 s at 2/3 of a core each finishes global, then 30 s each alone: 120 s. A seed's slower run counts.
+  code = """if True:
+    import json
+    from benchmarks import extension_64x as b
+    from configs import extend_64x as e
+    def seed(scale):
+      timing = {}
+      for v, total in [("global", 60.0), ("local", 90.0), ("dsa", 90.0)]:
+        n = len(e.chain(v)) + len(b.reads("yarn"))
+        names = ([f"train_{s if e.STAGES[s] == 1 else s + '_yarn'}" for s in e.chain(v)] +
+                 [f"eval_{st if st == 'base' else st + '_yarn'}" + (f"@{t}" if t else "") for _, st, t, _ in b.reads("yarn")])
+        timing[v] = {c: {"cpu_s": scale * total / n} for c in names}
+      return {"timing": timing}
+    tasks = {v: {n: b._tasks(v, n) for n, *_ in b.reads("yarn")} for v in ("global", "dsa")}
+    print(json.dumps([tasks, b.wall_estimate([seed(0.5), seed(1.0)]), b.wall_estimate([{"timing": {}}])]))"""
+  tasks, est, empty = json.loads(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                                text=True).stdout)
+  plain = ["perplexity", "passkey", "mqar"]
+  assert tasks["global"] == {n: plain for n in tasks["global"]}
+  assert tasks["dsa"] == {n: plain + (["indexer_recall"] if n == "64x" else []) for n in tasks["dsa"]}
+  assert est["cpu_s"] == pytest.approx({"global": 60.0, "local": 90.0, "dsa": 90.0})
+  assert est["wall_s"] == pytest.approx(120.0) and est["missing"] == []
+  assert empty["wall_s"] == 0.0 and "dsa/eval_64x_yarn" in empty["missing"]
+
+
 def test_tiny_stages_dry_run_and_report(tmp_path):
   root, lengths = tmp_path / "runs", [32, 64]
   def train(stage, variant, previous):
