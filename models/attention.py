@@ -36,6 +36,11 @@ def is_indexer_param(path) -> bool:
   return bool(names & set(INDEXER_MODULES))
 
 
+def logn_scale(positions, length: int):
+  """float32 [B, T]: max(1, log(p + 1) / log(length)) at positions p [B, T] (ModelConfig.logn_attention)."""
+  return jnp.maximum(1.0, jnp.log1p(positions.astype(jnp.float32)) / jnp.log(float(length)))
+
+
 def _topk_impl(impl: str) -> str:
   """topk_indices' impl for a layer's attention impl: the same name where topk_indices has it, else "auto"
   (e.g. for "cudnn")."""
@@ -89,7 +94,10 @@ class Attention(nnx.Module):
     """
     k_raw = self.k(x)  # [B, T, K, H]
     k = self._smear(k_raw, positions, segment_ids, cache, self.smear, "k_last") if self.cfg.smeared_keys else k_raw
-    return self._rope(self.q(x), positions), self._rope(k, positions), self.v(x), k_raw
+    q = self._rope(self.q(x), positions)  # [B, T, N, H]
+    if self.cfg.logn_attention and self.layer_type is not AttentionType.LOCAL:
+      q = q * logn_scale(positions, self.cfg.logn_attention)[..., None, None].astype(q.dtype)
+    return q, self._rope(k, positions), self.v(x), k_raw
 
   @staticmethod
   def _smear(k, positions, segment_ids, cache, logit, last: str):

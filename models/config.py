@@ -91,6 +91,12 @@ class ModelConfig:
   # attention layer's key at t is sigmoid(a) k_t + (1 - sigmoid(a)) k_{t-1}, a learned per kv head, so one
   # layer can match "the token before this key" without a previous-token head in an earlier layer.
   smeared_keys: bool = False
+  # Log-n attention (Qwen's logn_attn; Nakanishi 2025, "Scalable-Softmax", arXiv 2501.19399): 0 is off; L > 1
+  # multiplies a GLOBAL or DSA layer's logits at query position p (p + 1 keys visible, positions counted from
+  # each document's start) by max(1, log(p + 1) / log(L)), so that past L the softmax over more keys stays
+  # as peaked as it was over L: without it the weight a query puts on one matching key falls as the number
+  # of keys grows. LOCAL layers see at most their window and are left alone.
+  logn_attention: int = 0
 
   def __post_init__(self):
     set_ = lambda k, v: object.__setattr__(self, k, v)
@@ -139,6 +145,9 @@ class ModelConfig:
       raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
     if not isinstance(self.smeared_keys, bool):
       raise ValueError(f"smeared_keys must be a bool, got {self.smeared_keys!r}")
+    if not isinstance(self.logn_attention, int) or isinstance(self.logn_attention, bool) or self.logn_attention < 0 \
+        or self.logn_attention == 1:
+      raise ValueError(f"logn_attention must be 0 (off) or an int length > 1, got {self.logn_attention!r}")
     if not isinstance(self.attention_impl, str):
       raise ValueError(f"attention_impl must be a string, got {self.attention_impl!r}")
 

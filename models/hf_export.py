@@ -72,6 +72,8 @@ def _decoder_config(cfg: ModelConfig, family: str) -> dict:
   letters = cfg.pattern_string()
   if cfg.smeared_keys:
     _fail("smeared_keys", True, f"the {family} family has no smeared keys")
+  if cfg.logn_attention:
+    _fail("logn_attention", cfg.logn_attention, f"the {family} family's attention has no log-n scale")
   if AttentionType.DSA in cfg.attention_pattern:
     _fail("attention_pattern", letters, "DSA layers have no Hugging Face Llama/Qwen2/Mistral counterpart")
   for field, value, want in (("mlp_kind", cfg.mlp_kind, "swiglu"), ("norm_kind", cfg.norm_kind, "rms"),
@@ -117,7 +119,8 @@ def _decoder_config(cfg: ModelConfig, family: str) -> dict:
 
 
 def _modernbert_config(cfg: ModelConfig) -> dict:
-  for field, value, want in (("smeared_keys", cfg.smeared_keys, False), ("mlp_kind", cfg.mlp_kind, "geglu"),
+  for field, value, want in (("smeared_keys", cfg.smeared_keys, False), ("logn_attention", cfg.logn_attention, 0),
+                             ("mlp_kind", cfg.mlp_kind, "geglu"),
                              ("norm_kind", cfg.norm_kind, "layer"),
                              ("num_kv_heads", cfg.num_kv_heads, cfg.num_heads),
                              ("head_dim", cfg.head_dim, cfg.d_model // cfg.num_heads),

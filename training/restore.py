@@ -23,6 +23,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 import models
+from models.config import ModelConfig
 from training import checkpoint
 from training.config import TrainConfig, from_config_dict
 
@@ -153,6 +154,9 @@ def restore(workdir: str, step: int | None = None, overrides: dict[str, object] 
   """
   with _manager(workdir) as mngr:
     step, (saved, params) = _pick(mngr, step, lambda s: _read_step(mngr, s))
+  # ModelConfig fields added after the checkpoint was written take their defaults, which keep the behaviour
+  # it was trained with, and can then be overridden like the others (e.g. model.logn_attention).
+  saved["model"] = {**ModelConfig().to_dict(), **saved["model"]}
   saved = apply_overrides(saved, overrides or {})
   if "model.max_len" not in (overrides or {}):
     saved["model"]["max_len"] = max(saved["model"]["max_len"], min_max_len)
