@@ -95,7 +95,7 @@ class Attention(nnx.Module):
     k_raw = self.k(x)  # [B, T, K, H]
     k = self._smear(k_raw, positions, segment_ids, cache, self.smear, "k_last") if self.cfg.smeared_keys else k_raw
     q = self._rope(self.q(x), positions)  # [B, T, N, H]
-    if self.cfg.logn_attention and self.layer_type is not AttentionType.LOCAL:
+    if self.cfg.logn_attention and self.layer_type is AttentionType.GLOBAL:
       q = q * logn_scale(positions, self.cfg.logn_attention)[..., None, None].astype(q.dtype)
     return q, self._rope(k, positions), self.v(x), k_raw
 

@@ -92,10 +92,10 @@ class ModelConfig:
   # layer can match "the token before this key" without a previous-token head in an earlier layer.
   smeared_keys: bool = False
   # Log-n attention (Qwen's logn_attn; Nakanishi 2025, "Scalable-Softmax", arXiv 2501.19399): 0 is off; L > 1
-  # multiplies a GLOBAL or DSA layer's logits at query position p (p + 1 keys visible, positions counted from
-  # each document's start) by max(1, log(p + 1) / log(L)), so that past L the softmax over more keys stays
-  # as peaked as it was over L: without it the weight a query puts on one matching key falls as the number
-  # of keys grows. LOCAL layers see at most their window and are left alone.
+  # multiplies a GLOBAL layer's logits at query position p (p + 1 keys visible, positions counted from each
+  # document's start) by max(1, log(p + 1) / log(L)), so that past L the softmax over more keys stays as
+  # peaked as it was over L: without it the weight a query puts on one matching key falls as the number of
+  # keys grows. LOCAL layers (at most their window) and DSA layers (at most top_k keys) are left alone.
   logn_attention: int = 0
 
   def __post_init__(self):
