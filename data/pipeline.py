@@ -104,14 +104,17 @@ def draw_depth(rng: np.random.Generator, n: int, kind: str) -> float:
 def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, seed: int,
                   passkey_rate: float = 0.0, passkey_prompt: str = "landmark", mqar_rate: float = 0.0,
                   episode_min_len: int = 0, mqar_loss: str = "all", position_stride: int = 1,
-                  passkey_depth: str = "uniform", shard_index: int = 0, shard_count: int = 1) -> grain.MapDataset:
+                  passkey_depth: str = "uniform", passkey_whole_rate: float = 0.0, shard_index: int = 0,
+                  shard_count: int = 1) -> grain.MapDataset:
   """An infinite MapDataset of batches {tokens, segment_ids, positions}: int32 [batch_size, T].
 
   Rows are shuffled per epoch; decided per row index (deterministically), a row is replaced with
   probability `passkey_rate` by a passkey example (prompt `passkey_prompt`) at a depth drawn by
   `passkey_depth` (draw_depth: "uniform" or "log_distance"), and with probability `mqar_rate` by an MQAR
   row (data/mqar.py). `episode_min_len` > 0 makes those rows packs of episodes of mixed lengths from
-  episode_min_len up (data/retrieval.py; passkey episodes start at the first doubling that holds a prompt).
+  episode_min_len up (data/retrieval.py; passkey episodes start at the first doubling that holds a prompt),
+  except that a passkey row is one whole-row prompt with probability `passkey_whole_rate` (needles past
+  seq_len / 2 exist only in those: a pack draws one in log2(seq_len / episode_min_len) + 1).
   `mqar_loss` "answers" adds "loss_weights" float32 [batch_size, T] to every batch that weights the
   retrieval answers:
     - MQAR rows: 0 except where the next token is an answer (a value at its query), which weighs episode
@@ -132,6 +135,8 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
     raise ValueError(f"mqar_loss must be 'all' or 'answers', got {mqar_loss!r}")
   if position_stride < 1:
     raise ValueError(f"position_stride must be >= 1, got {position_stride}")
+  if not 0.0 <= passkey_whole_rate <= 1.0:
+    raise ValueError(f"passkey_whole_rate must be in [0, 1], got {passkey_whole_rate}")
   if passkey_depth not in PASSKEY_DEPTHS:
     raise ValueError(f"passkey_depth must be one of {PASSKEY_DEPTHS}, got {passkey_depth!r}")
   answers = mqar_loss == "answers"
@@ -163,7 +168,9 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
   def mix(index, row):
     rng = np.random.default_rng([seed, index, 0x9A55])
     u = rng.random() if passkey_rate or mqar_rate else 1.0
-    if u < passkey_rate and episode_min_len:
+    # (its own generator, drawn only when the rate is set: the rows of a run without it are unchanged)
+    whole = passkey_whole_rate and np.random.default_rng([seed, index, 0x3401]).random() < passkey_whole_rate
+    if u < passkey_rate and episode_min_len and not whole:
       return retrieval.episodes_row(passkey_tokens, tokenizer, seq_len, int(rng.integers(2**31)), passkey_min,
                                     weighted=answers)
     if u < passkey_rate:

@@ -183,3 +183,18 @@ def test_mqar_answers_only_loss_weights_mark_exactly_the_answers():
   row = retrieval.episodes_row(lambda n, s: (np.full(n, 5, np.int32), np.ones(n, np.float32)), tok, 64, 0, 16,
                                weighted=True)
   assert row["loss_weights"].shape == (64,) and row["loss_weights"].sum() == 64
+
+
+def test_passkey_whole_rate_makes_that_share_of_passkey_rows_one_prompt():
+  tok = data.get_tokenizer()
+  rows = {k: np.full((8, 256), 7 if k == "tokens" else 1, np.int32) for k in pipeline.ROW_KEYS}
+  make = lambda rate: pipeline.train_dataset(rows, tok, batch_size=64, seed=3, passkey_rate=1.0,
+                                             passkey_prompt="compact", episode_min_len=32, passkey_whole_rate=rate)
+  whole = lambda batch: batch["segment_ids"].max(axis=1) == 1  # one episode: the whole row
+  plain, half, every = (make(r)[0] for r in (0.0, 0.5, 1.0))
+  assert np.array_equal(make(0.0)[0]["tokens"], plain["tokens"])
+  assert whole(every).all() and all("pass key" in tok.decode(r) for r in every["tokens"])
+  # Packs of doublings 32..256 are one whole episode about 1 time in 4; the rate adds half of the rest.
+  assert 0.05 < whole(plain).mean() < 0.45 and whole(plain).mean() + 0.2 < whole(half).mean() < 0.9
+  with pytest.raises(ValueError, match="passkey_whole_rate"):
+    make(1.5)

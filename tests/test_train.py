@@ -220,3 +220,5 @@ def test_errors_unknown_override_and_missing_corpus(tmp_path):
     train_and_evaluate(c, str(tmp_path / "run"))
   with pytest.raises(ValueError, match="config.data.seq_len=4096: exceeds model.max_len=128"):
     train_and_evaluate(tiny(**{"data.seq_len": 4096}), str(tmp_path / "run"))
+  with pytest.raises(ValueError, match=r"config.data.passkey_whole_rate=1.5: must be in \[0, 1\]"):
+    train_and_evaluate(tiny(**{"data.passkey_whole_rate": 1.5}), str(tmp_path / "run"))

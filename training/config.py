@@ -35,6 +35,7 @@ class DataConfig:
   mqar_loss: str = "all"  # "answers": retrieval answers weighted up, MQAR rows score only theirs (data.train_dataset)
   position_stride: int = 1  # > 1: training positions advance by a random 1..N per token (data.jitter_positions)
   passkey_depth: str = "uniform"  # "log_distance": half the needles at a log-uniform distance (data.draw_depth)
+  passkey_whole_rate: float = 0.0  # with episode_min_len: the fraction of passkey rows that are one whole-row prompt
   num_val_batches: int = 4
   mlm_rate: float = 0.3  # encoder only: ModernBERT masks 30% (80% MASK / 10% random / 10% kept)
   loader_threads: int = 2
@@ -223,6 +224,7 @@ def _validate(c: TrainConfig):
          d.episode_min_len, f"must be 0 or in [2, data.seq_len={d.seq_len}]")
   _check(0 <= d.mqar_rate <= 1 - d.passkey_rate, "data.mqar_rate", d.mqar_rate,
          f"must be in [0, 1 - data.passkey_rate={d.passkey_rate}]")
+  _check(0 <= d.passkey_whole_rate <= 1, "data.passkey_whole_rate", d.passkey_whole_rate, "must be in [0, 1]")
   _check(d.position_stride >= 1, "data.position_stride", d.position_stride, "must be >= 1")
   _check(d.passkey_depth in ("uniform", "log_distance"), "data.passkey_depth", d.passkey_depth,
          "must be 'uniform' or 'log_distance'")

@@ -114,8 +114,8 @@ def _setup_data(cfg: TrainConfig) -> _Data:
                                     mqar_rate=cfg.data.mqar_rate, episode_min_len=cfg.data.episode_min_len,
                                     mqar_loss=cfg.data.mqar_loss, position_stride=cfg.data.position_stride,
                                     passkey_depth=cfg.data.passkey_depth,
-                                    shard_index=jax.process_index(),
-                                    shard_count=jax.process_count())
+                                    passkey_whole_rate=cfg.data.passkey_whole_rate,
+                                    shard_index=jax.process_index(), shard_count=jax.process_count())
   micro = cfg.data.batch_size // cfg.optim.grad_accum_steps
   return _Data(tokenizer, mesh, data_lib.train_iterator(train_ds, num_threads=cfg.data.loader_threads),
                data_lib.val_batches(splits.val, batch_size=micro, num_batches=cfg.data.num_val_batches),
