@@ -130,9 +130,14 @@ VARIANTS = ("global", "local", "dsa", "dsa_rope", "dsa_plain", "dsa_gd", "local_
 PATTERNS = {"dsa_gd": "GD", "local_lg": "LG", "dsa_ld": "LD"}
 RULES = ("yarn", "abf")
 STEPS = {"base_rand": 1000, "8x_rand": 800, "8x": 200, "16x": 50, "32x": 50, "64x": 100}
-# local/global's 64x stage: more steps, a linear decay to 0 over the last 200 (optim.schedule "wsd"), and
-# episodes from 2 L0 (EPISODE_MIN's unit), so that the 64x stage still trains needles in 256-token prompts
-LOCAL_64X = {"steps": 800, "decay_fraction": 0.25, "episode_min": 2}
+# local/global's 64x stage: more steps, a linear decay to 0 over the last 200 (optim.schedule "wsd"),
+# episodes from 2 L0 (EPISODE_MIN's unit), so that the 64x stage still trains needles in 256-token prompts,
+# and half the passkey rows one whole-row prompt (data.passkey_whole_rate), so that it trains needles at
+# 4096-8192 tokens from the question as often as the shorter distances together
+LOCAL_64X = {"steps": 800, "decay_fraction": 0.25, "episode_min": 2, "passkey_whole_rate": 0.5}
+# the variants whose 64x stage trains with log-n attention (model.logn_attention), from this many L0: a
+# global layer's logits at position p >= 8 L0 scaled by log(p + 1) / log(8 L0), 1.3 at 8192
+LOGN_64X = {"global": 8}
 BATCH = {"8x_rand": 4, "8x": 4, "16x": 4, "32x": 2, "64x": 1}
 EPISODE_MIN = {"8x_rand": 1, "8x": 1, "16x": 1, "32x": 1, "64x": 8}  # the shortest episode, in L0
 POSITION_STRIDE = {"base_rand": 2, "8x_rand": 2}  # data.position_stride: positions advance by 1 or 2 per token
@@ -199,8 +204,10 @@ def get_config(arg: str = "base"):
   steps = STEPS[stage]
   if (variant, stage) == ("local", "64x"):
     steps = LOCAL_64X["steps"]
-    c.data.episode_min_len = LOCAL_64X["episode_min"] * l0
+    c.data.update(episode_min_len=LOCAL_64X["episode_min"] * l0, passkey_whole_rate=LOCAL_64X["passkey_whole_rate"])
     c.optim.update(schedule="wsd", decay_fraction=LOCAL_64X["decay_fraction"], min_lr_ratio=0.0)
+  if stage == "64x" and variant in LOGN_64X:
+    c.model.logn_attention = LOGN_64X[variant] * l0
   steps = 2 if tiny else steps  # the tiny dry run keeps each stage's settings but not its length
   c.update(num_steps=steps, log_every=min(20, steps), eval_every=steps)
   c.checkpoint.every = steps

@@ -44,10 +44,13 @@ def test_stages_scale_rope_relative_to_l0(variant):
   assert [(c.data.passkey_rate, c.data.mqar_rate) for c in configs] == [(0.2, 0.55)] * (len(chain) - 1) + [(0.5, 0.3)]
   last = configs[-1]
   if variant == "local":  # 800 steps, the last 200 decaying to 0, episodes from 2 L0
-    assert (last.num_steps, last.data.episode_min_len) == (800, 2 * e64.L0)
+    assert (last.num_steps, last.data.episode_min_len, last.data.passkey_whole_rate) == (800, 2 * e64.L0, 0.5)
     assert (last.optim.schedule, last.optim.decay_fraction, last.optim.min_lr_ratio) == ("wsd", 0.25, 0.0)
   else:
     assert (last.num_steps, last.data.episode_min_len, last.optim.schedule) == (100, 8 * e64.L0, "constant")
+    assert last.data.passkey_whole_rate == 0.0
+  # log-n attention from 8 L0 in global's 64x stage only: the earlier stages are the chain every variant shares
+  assert [c.model.logn_attention for c in configs] == [0] * (len(chain) - 1) + [8 * e64.L0 * (variant == "global")]
   if variant == "local":  # base_rand: the base's rows and RoPE, on randomised positions at the fine-tune rate
     base, jit = configs[:2]
     assert (jit.model, dataclasses.replace(jit.data, position_stride=1)) == (base.model, base.data)

@@ -22,17 +22,28 @@ RUNS = {  # name -> (run directory, eval tag)
   "local v4 64x + 200 steps decaying to 0 (cool200)": ("runs/probe_s2local/cool200", "quick"),
   "local: base_rand 2000 steps, the chain, 64x 600 + 200 decaying (br2000)": ("runs/probe_s2local/br2000/64x_yarn",
                                                                               "quick"),
-  "local v5 64x (600 + 200 decaying, episodes from 2 L0)": ("runs/ext64/seed2/local/64x_yarn", ""),
+  "local v5 64x (600 + 200 decaying, episodes from 2 L0)": ("runs/ext64_v5/seed2/local/64x_yarn", ""),
   "local v5 64x + 400 steps (200 constant, 200 decaying; v5_400)": ("runs/probe_s2local/v5_400", "quick"),
   "local: basejit to 64x, read at attention_factor 1.6": ("runs/probe_s2local/basejit/64x_yarn", "t1.6"),
   "local: basejit, 64x stage 200 steps": ("runs/probe_s2local/basejit/64x200_yarn", "quick"),
   "local: basejit, 64x stage 200 + 200 steps": ("runs/probe_s2local/basejit/64x400_yarn", "quick"),
   "local: basejit, 64x stage 200 + 200 + 200 steps": ("runs/probe_s2local/basejit/64x600_yarn", "quick"),
   "local: basejit, 64x stage 200 + 200 + 200 + 200 steps": ("runs/probe_s2local/basejit/64x800_yarn", "quick"),
-  "global 64x: attention_factor 1.416 (trained)": ("runs/ext64/seed2/global/64x_yarn", ""),
-  "global 64x: attention_factor 1.6 at eval": ("runs/ext64/seed2/global/64x_yarn", "attention_factor_1.6"),
-  "global 64x: attention_factor 1.6 at eval, 128-4096": ("runs/ext64/seed2/global/64x_yarn",
-                                                         "attention_factor_1.6_short"),
+  # session 10, on recipe v5's 64x runs (moved to runs/ext64_v5 when recipe v6 retrained them)
+  **{f"local v5 64x read with log-n attention from {n}": ("runs/ext64_v5/seed2/local/64x_yarn", f"logn{n}")
+     for n in (1024, 2048, 4096)},
+  **{f"global v5 64x read with log-n attention from {n}": ("runs/ext64_v5/seed2/global/64x_yarn", f"logn{n}")
+     for n in (1024, 4096)},
+  "local v5 64x + 400 steps on whole-row episodes only (whole400)": ("runs/probe_s2local/whole400", "quick"),
+  "local 64x stage trained with log-n attention from 1024 (logn1024)": ("runs/probe_s2local/logn1024", "quick"),
+  "global 64x stage trained with log-n attention from 1024 (global_logn1024)": (
+      "runs/probe_s2local/global_logn1024", "quick"),
+  **{f"local 64x stage with passkey_whole_rate {r}": (f"runs/probe_s2local/whole_rate{r}", "quick")
+     for r in (0.25, 0.5)},
+  "global 64x: attention_factor 1.416 (trained)": ("runs/ext64_v5/seed2/global/64x_yarn", ""),
+  "global 64x: attention_factor 1.6 at eval": ("runs/ext64_v5/seed2/global/64x_yarn", "attention_factor_1.6"),
+  "global 64x: attention_factor 1.6 at eval, 128-4096": ("runs/ext64_v5/seed2/global/64x_yarn",
+                                                            "attention_factor_1.6_short"),
   "dsa_rope (DG, RoPE in the indexer) 64x": ("runs/ext64/seed2/dsa_rope/64x_yarn", ""),
   "dsa_rope (DG): 50 dense warm-up steps at 8192, then the 64x stage": ("runs/probe_s2dsa/64x_yarn", "quick"),
   "dsa_rope (DG) 64x, continued 200 steps": ("runs/probe_s2dsa/64x300_yarn", "quick"),

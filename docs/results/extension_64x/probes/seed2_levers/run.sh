@@ -31,11 +31,62 @@
 # the recipe's 8x_rand ... 32x and a 64x stage of 800 steps whose last 200 decay to 0 (schedule wsd), read at
 # every length. v5_400 continues recipe v5's 64x run (800 steps, the last 200 decaying) for 400 more steps,
 # 200 at the constant rate then 200 decaying to 0, read at 128 / 256 / 1024 / 4096 / 8192.
+#
+# Session 10, on recipe v5's 64x runs (moved to runs/ext64_v5 when recipe v6 retrained them): logn_read reads
+# v5's local and global 64x models with log-n attention (model.logn_attention L: a global layer's logits at
+# position p >= L scaled by log(p + 1) / log L), no training, at 4096 / 8192; whole400 continues v5's local
+# 64x run for 400 steps (200 constant, 200 decaying, as v5_400) on whole-row episodes only
+# (data.episode_min_len 8192); logn1024 and global_logn1024 retrain the local / global 64x stage from the
+# recipe's 32x with log-n attention from 1024; whole_rate trains local's 64x stage from 32x with
+# data.passkey_whole_rate 0.25 and 0.5 (that share of the passkey rows one whole-row prompt).
 set -euo pipefail
-lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg|basejit|basejit_64x|dsa_warm64|dsa_64x300|dsa_nope|cool200|br2000|v5_400}
+lever=${1:?usage: run.sh steps1600|stride3|passkey50|steps3200|local_lg|basejit|basejit_64x|dsa_warm64|dsa_64x300|dsa_nope|cool200|br2000|v5_400|logn_read|whole400|logn1024|global_logn1024|whole_rate}
 quick=(--tasks=passkey --passkey_samples=20 --tag=quick)
 cool=(--config.optim.schedule=wsd --config.optim.min_lr_ratio=0.0)  # linear decay to 0
 lengths=128,256,512,1024,2048,4096,8192
+v5=runs/ext64_v5/seed2
+v5_local=(--config.model.logn_attention=0 --config.data.passkey_whole_rate=0.0)  # recipe v5's local 64x stage
+if [ "$lever" = logn_read ]; then
+  for L in 1024 2048 4096; do
+    python -m eval --workdir=$v5/local/64x_yarn --lengths=4096,8192 "${quick[@]:0:2}" --tag=logn$L \
+      --config.model.logn_attention=$L
+  done
+  for L in 1024 4096; do
+    python -m eval --workdir=$v5/global/64x_yarn --lengths=8192 "${quick[@]:0:2}" --tag=logn$L \
+      --config.model.logn_attention=$L
+  done
+  exit
+fi
+if [ "$lever" = whole400 ]; then
+  root=runs/probe_s2local/whole400
+  python train.py --config=configs/extend_64x.py:64x,local,yarn --workdir=$root --config.seed=3 \
+    --config.init_from=$v5/local/64x_yarn --config.num_steps=400 --config.checkpoint.every=400 \
+    --config.eval_every=400 --config.optim.decay_fraction=0.5 --config.data.episode_min_len=8192 "${v5_local[@]}" \
+    > $root.log 2>&1
+  python -m eval --workdir=$root --lengths=128,256,1024,4096,8192 "${quick[@]}"
+  exit
+fi
+if [ "$lever" = logn1024 ] || [ "$lever" = global_logn1024 ]; then
+  variant=local tasks=passkey
+  [ "$lever" = global_logn1024 ] && variant=global tasks=passkey,mqar
+  root=runs/probe_s2local/$lever
+  python train.py --config=configs/extend_64x.py:64x,$variant,yarn --workdir=$root --config.seed=2 \
+    --config.init_from=runs/ext64/seed2/$variant/32x_yarn "${v5_local[@]}" --config.model.logn_attention=1024 \
+    > $root.log 2>&1
+  python -m eval --workdir=$root --lengths=128,256,1024,4096,8192 --tasks=$tasks --passkey_samples=20 \
+    --mqar_samples=16 --tag=quick
+  exit
+fi
+if [ "$lever" = whole_rate ]; then
+  for r in 0.25 0.5; do
+    root=runs/probe_s2local/whole_rate$r
+    python train.py --config=configs/extend_64x.py:64x,local,yarn --workdir=$root --config.seed=2 \
+      --config.init_from=runs/ext64/seed2/local/32x_yarn "${v5_local[@]}" --config.data.passkey_whole_rate=$r \
+      > $root.log 2>&1
+    python -m eval --workdir=$root --lengths=128,256,1024,4096,8192 "${quick[@]}"
+  done
+  exit
+fi
 if [ "$lever" = cool200 ]; then
   root=runs/probe_s2local/cool200
   python train.py --config=configs/extend_64x.py:64x,local,yarn --workdir=$root --config.seed=3 \
