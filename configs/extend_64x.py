@@ -49,8 +49,10 @@ writes docs/extension_64x.json.
 
 local/global's chain (chain("local")) first continues its base for 1000 steps at L0 on randomised positions
 (base_rand: the base's rows, position stride 2, lr 3e-4 constant, no RoPE change), and trains its 64x stage
-for 800 steps instead of 100, the last 200 decaying linearly to 0, on episodes from 2 L0 instead of 8 L0
-(LOCAL_64X).
+for 800 steps instead of 100, the last 200 decaying linearly to 0, on episodes from 2 L0 instead of 8 L0, with
+half its passkey rows one whole-row prompt (LOCAL_64X). The all-global model's 64x stage trains with log-n
+attention from 8 L0 (LOGN_64X: model.logn_attention, the logits at position p >= 1024 scaled by
+log(p + 1) / log 1024).
 
 Fine-tune budgets: the 8x step is two stages at lr 3e-4 constant, 4 rows of 1024: 8x_rand, 800 steps on
 randomised positions (data.position_stride 2: positions advance by 1 or 2 per token), then 8x, 200 steps
@@ -103,8 +105,19 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
     at 128-4096 (98% at 128, 1024 and 4096); what remained at 256 (90%) was the first digit, the 64x stage
     not training needles in short prompts (episodes from 8 L0); episodes from 2 L0 made it 98%. v5 on seed 2:
     99 / 98 / 100 / 99 / 97 / 96 / 86% at 128-8192 (seeds 0 and 1: 100% at every length). A base_rand of
-    2000 steps changed nothing beyond noise. The global and DSA chains keep 100 steps at 64x: global's 8192
-    misses are repaired by the temperature read, and DSA's by its RoPE-free indexer.
+    2000 steps changed nothing beyond noise, nor did 400 more 64x steps (85% at 8192). The global and DSA
+    chains keep 100 steps at 64x.
+  - Why LOCAL_64X's passkey_whole_rate (recipe v6; docs/results/extension_64x/probes/seed2_levers/, session
+    10): v5's seed-2 misses at 8192 are digits 2-5 of needles 4096-8192 tokens from the question (depths 0
+    and 1 of a whole-row prompt), which a pack of episodes from 2 L0 holds one row in 6. Trained from the
+    same 32x with that share of the passkey rows a whole-row prompt, passkey at 128 / 256 / 1024 / 4096 /
+    8192 read 98 / 99 / 99 / 95 / 88% (0.25) and 100 / 98 / 96 / 97 / 95% (0.5); v5's run continued on
+    whole rows only went to 97% at 8192 but 85% at 4096. Log-n attention (below) did not help local/global:
+    80% at 8192 trained, 91% read without training.
+  - Why LOGN_64X for global (recipe v6, session 10): v5's global seed 2 missed 7 of 100 needles at 8192
+    (93%). Read with log-n attention from 1024 or 4096 without training it was 98%; its 64x stage trained
+    with log-n attention from 1024 read 100% passkey and MQAR at 128 / 256 / 1024 / 4096 / 8192. It makes
+    the temperature read below unnecessary for the global models.
   - Why EVAL_TEMPERATURE (docs/extension.md, 64x section): the global models' misses at 8192 are the key's
     first digit near the question, the same dilution. YaRN's temperature sharpens every long-range logit;
     1.6 (logits x 2.56 instead of x 2.0) was chosen on seed 1 of recipe v2 at 4096 (depth 1: 60 -> 100%)
