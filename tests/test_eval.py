@@ -71,6 +71,25 @@ def test_overrides_rebuild_the_model_and_bad_ones_fail(run):
     restore.parse_overrides(["--config.model.max_len"])
 
 
+def test_a_checkpoint_saved_before_a_model_field_existed_restores_with_its_default(run, monkeypatch):
+  workdir, _ = run
+  read = restore._read_step
+
+  def without_the_field(mngr, step):  # the saved config of a checkpoint written before logn_attention existed
+    saved, params = read(mngr, step)
+    del saved["model"]["logn_attention"]
+    return saved, params
+
+  monkeypatch.setattr(restore, "_read_step", without_the_field)
+  assert restore.restore(workdir).model.cfg.logn_attention == 0
+  r = restore.restore(workdir, overrides={"model.logn_attention": 16}, min_max_len=64)
+  assert r.model.cfg.logn_attention == 16
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (1, 64)), jnp.int32)
+  plain = restore.restore(workdir, min_max_len=64).model
+  np.testing.assert_allclose(r.model(tokens)[:, :16], plain(tokens)[:, :16], rtol=1e-5, atol=1e-5)
+  assert not np.allclose(r.model(tokens)[:, 16:], plain(tokens)[:, 16:], atol=1e-4)
+
+
 def test_no_checkpoint_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="no checkpoints directory"):
     restore.restore(str(tmp_path))

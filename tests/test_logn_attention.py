@@ -1,6 +1,6 @@
 """Log-n attention (ModelConfig.logn_attention): the scale, a GLOBAL layer's logits multiplied by it past L
-(LOCAL and DSA layers untouched), every cached path equal to the full forward, export's refusal, and
-checkpoints written before the field existed."""
+(LOCAL and DSA layers untouched), every cached path equal to the full forward, and export's refusal
+(restoring a checkpoint written before the field existed: tests/test_eval.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +10,6 @@ from flax import nnx
 
 from models import build_model, hf_export, presets
 from models.attention import logn_scale
-from training import restore
-from tests.test_eval import run  # noqa: F401 (the module-scoped tiny run)
 from tests.test_models import _decode_all, _forward, _tokens
 from tests.test_prefill_chunk import _cfg
 
@@ -77,21 +75,3 @@ def test_export_refuses_logn_attention():
   with pytest.raises(ValueError, match="logn_attention"):
     hf_export.hf_config(presets.get("decoder_tiny").replace(logn_attention=64))
 
-
-def test_a_checkpoint_saved_before_the_field_restores_and_takes_the_override(run, monkeypatch):  # noqa: F811
-  workdir, _ = run
-  read = restore._read_step
-
-  def without_the_field(mngr, step):  # the saved config of a checkpoint written before logn_attention existed
-    saved, params = read(mngr, step)
-    del saved["model"]["logn_attention"]
-    return saved, params
-
-  monkeypatch.setattr(restore, "_read_step", without_the_field)
-  assert restore.restore(workdir).model.cfg.logn_attention == 0
-  r = restore.restore(workdir, overrides={"model.logn_attention": 16}, min_max_len=64)
-  assert r.model.cfg.logn_attention == 16
-  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (1, 64)), jnp.int32)
-  plain = restore.restore(workdir, min_max_len=64).model
-  np.testing.assert_allclose(r.model(tokens)[:, :16], plain(tokens)[:, :16], rtol=1e-5, atol=1e-5)
-  assert not np.allclose(r.model(tokens)[:, 16:], plain(tokens)[:, 16:], atol=1e-4)
