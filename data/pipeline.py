@@ -168,9 +168,10 @@ def train_dataset(rows: dict[str, np.ndarray], tokenizer, *, batch_size: int, se
   def mix(index, row):
     rng = np.random.default_rng([seed, index, 0x9A55])
     u = rng.random() if passkey_rate or mqar_rate else 1.0
-    # (its own generator, drawn only when the rate is set: the rows of a run without it are unchanged)
-    whole = passkey_whole_rate and np.random.default_rng([seed, index, 0x3401]).random() < passkey_whole_rate
-    if u < passkey_rate and episode_min_len and not whole:
+    # A whole-row prompt instead of a pack: its own generator, drawn only for passkey rows when the rate is
+    # set, so the rows of a run without it are unchanged.
+    if u < passkey_rate and episode_min_len and not (
+        passkey_whole_rate and np.random.default_rng([seed, index, 0x3401]).random() < passkey_whole_rate):
       return retrieval.episodes_row(passkey_tokens, tokenizer, seq_len, int(rng.integers(2**31)), passkey_min,
                                     weighted=answers)
     if u < passkey_rate:
