@@ -4,7 +4,7 @@ previous stage's params (config.init_from), as ProLong (Gao et al., arXiv 2410.0
 context in steps instead of one jump.
 
 The argument is STAGE[,VARIANT][,RULE][,tiny]:
-  STAGE    base | base_rand (local/global only) | 8x_rand | 8x | 16x | 32x | 64x
+  STAGE    base | base_passkey | base_rand (both local/global only) | 8x_rand | 8x | 16x | 32x | 64x
   VARIANT  global (default: 2 global layers) | local ("GL", window 32 < L0) | dsa ("DG", top_k 32 < L0:
            at 64x the sparse layer keeps 32 of 8192 keys, 1/256) -- configs/extend.py's variants. dsa's
            indexer differs from configs/extend.py's in two measured ways (docs/extension.md): smeared keys
@@ -131,10 +131,11 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
 from configs import extend, retrieval_base
 
 L0 = retrieval_base.L0
-# stage -> factor over L0, in training order; base_rand continues the base on randomised positions (BASE_RAND
-# variants only), 8x_rand is the 8x fine-tune on randomised positions, 8x its end
-STAGES = {"base": 1, "base_rand": 1, "8x_rand": 8, "8x": 8, "16x": 16, "32x": 32, "64x": 64}
-BASE_RAND = ("local",)  # the variants whose chain runs base_rand
+# stage -> factor over L0, in training order; base_passkey continues the base at a higher rate on more passkey
+# rows and base_rand continues that on randomised positions (BASE_STAGES' variants only), 8x_rand is the 8x
+# fine-tune on randomised positions, 8x its end
+STAGES = {"base": 1, "base_passkey": 1, "base_rand": 1, "8x_rand": 8, "8x": 8, "16x": 16, "32x": 32, "64x": 64}
+BASE_STAGES = {"local": ("base_passkey", "base_rand")}  # the L0 continuations of the base that a variant runs
 REPORTED = ("base", "8x", "64x")  # the stages evaluated at every length; the others are steps on the way
 # (stage, factor): the stage also read with this YaRN attention_factor (the cos/sin scale, so the logits
 # scale by its square) instead of the trained 0.1 ln(64) + 1 = 1.416 -- an evaluation, no training
@@ -143,7 +144,7 @@ VARIANTS = ("global", "local", "dsa", "dsa_rope", "dsa_plain", "dsa_gd", "local_
 # the levers' attention patterns (configs/extend.py sets the three answers' own: local "GL", dsa "DG")
 PATTERNS = {"dsa_gd": "GD", "local_lg": "LG", "dsa_ld": "LD"}
 RULES = ("yarn", "abf")
-STEPS = {"base_rand": 1000, "8x_rand": 800, "8x": 200, "16x": 50, "32x": 50, "64x": 100}
+STEPS = {"base_passkey": 1000, "base_rand": 1000, "8x_rand": 800, "8x": 200, "16x": 50, "32x": 50, "64x": 100}
 # local/global's 64x stage: more steps, a linear decay to 0 over the last 200 (optim.schedule "wsd"),
 # episodes from 2 L0 (EPISODE_MIN's unit), so that the 64x stage still trains needles in 256-token prompts,
 # and half the passkey rows one whole-row prompt (data.passkey_whole_rate), so that it trains needles at
@@ -157,7 +158,8 @@ EPISODE_MIN = {"8x_rand": 1, "8x": 1, "16x": 1, "32x": 1, "64x": 8}  # the short
 POSITION_STRIDE = {"base_rand": 2, "8x_rand": 2}  # data.position_stride: positions advance by 1 or 2 per token
 # (passkey_rate, mqar_rate) where they differ from the base's 0.2 / 0.55: the 64x stage's one row per step
 # would otherwise hold 20 passkey rows in all
-RETRIEVAL_RATES = {"64x": (0.5, 0.3)}
+RETRIEVAL_RATES = {"base_passkey": (0.5, 0.3), "64x": (0.5, 0.3)}
+LR = {"base_passkey": 1e-3}  # where a stage's learning rate differs from configs/extend.py's FINETUNE_LR
 TINY_L0 = 32
 
 
@@ -167,8 +169,9 @@ def abf_theta(theta: float, factor: int, head_dim: int) -> float:
 
 
 def chain(variant: str) -> list[str]:
-  """The stages `variant` trains, in order (base_rand only for BASE_RAND variants)."""
-  return [s for s in STAGES if s != "base_rand" or variant in BASE_RAND]
+  """The stages `variant` trains, in order (base_passkey and base_rand only where BASE_STAGES lists them)."""
+  extra = {s for stages in BASE_STAGES.values() for s in stages}
+  return [s for s in STAGES if s not in extra or s in BASE_STAGES.get(variant, ())]
 
 
 def previous(stage: str, variant: str = "global") -> str | None:
@@ -203,7 +206,7 @@ def get_config(arg: str = "base"):
   if stage == "base":
     return c
   factor = STAGES[stage]
-  if factor > 1:  # base_rand keeps the base's length, RoPE and rows
+  if factor > 1:  # base_passkey and base_rand keep the base's length, RoPE and rows
     c.model.max_len = c.data.seq_len = factor * l0
     if rule == "yarn":
       c.model.rope_scaling.update(kind="yarn", factor=float(factor), original_max_len=l0)
@@ -212,9 +215,9 @@ def get_config(arg: str = "base"):
     c.data.update(episode_min_len=EPISODE_MIN[stage] * l0, num_val_batches=2 if not tiny else 1,
                   batch_size=2 if tiny else BATCH[stage])
   c.data.position_stride = POSITION_STRIDE.get(stage, 1)
-  if stage in RETRIEVAL_RATES:
+  if stage in RETRIEVAL_RATES and not (tiny and factor == 1):  # tiny L0 = 32 is too short for a passkey row
     c.data.passkey_rate, c.data.mqar_rate = RETRIEVAL_RATES[stage]
-  c.optim.update(learning_rate=extend.FINETUNE_LR, schedule="constant", warmup_steps=1 if tiny else 10)
+  c.optim.update(learning_rate=LR.get(stage, extend.FINETUNE_LR), schedule="constant", warmup_steps=1 if tiny else 10)
   steps = STEPS[stage]
   if (variant, stage) == ("local", "64x"):
     steps = LOCAL_64X["steps"]
