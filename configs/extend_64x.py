@@ -47,7 +47,8 @@ python train.py --config=configs/extend_64x.py:64x --workdir=runs/ext64/seed0/gl
 benchmarks/extension_64x.py runs these for every seed and variant, evaluates each stage at L0 x 1..64 and
 writes docs/extension_64x.json.
 
-local/global's chain (chain("local")) first continues its base for 1000 steps at L0 on randomised positions
+local/global's chain (chain("local")) first continues its base for 1000 steps at L0 with half the rows passkey
+prompts and 30% MQAR at lr 1e-3 constant (base_passkey), then 1000 steps at L0 on randomised positions
 (base_rand: the base's rows, position stride 2, lr 3e-4 constant, no RoPE change), and trains its 64x stage
 for 800 steps instead of 100, the last 200 decaying linearly to 0, on episodes from 2 L0 instead of 8 L0, with
 half its passkey rows one whole-row prompt (LOCAL_64X). The all-global model's 64x stage trains with log-n
@@ -90,6 +91,14 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
     Half the rows passkey and 30% MQAR: 100 / 100 / 100 / 95% at 1024 / 2048 / 4096 / 8192, MQAR still 100%.
     Drawing needles near the question more often (data.passkey_depth="log_distance") instead fixed depth 1
     at 2048-4096 but lost the far needles (15% at 8192), and added nothing on top of the new mix.
+  - Why base_passkey (recipe v7; docs/results/extension_64x/probes/seed3_unseen/, session 11): an unseen seed,
+    3, trained local/global's base to MQAR 100% but passkey 9 / 7 / 11 / 11% at 128 after 1000 / 2000 / 3000 /
+    4000 steps: digits 2-5 copied, the first digit always "7" (in "GL" the first digit must be found by the
+    global layer 0, whose query at the answer's " " sees that token alone). Its 64x model kept that (5-14%
+    at every length). Continued 1000 steps from that base with passkey 0.5 / MQAR 0.3 of the rows:
+    lr 1e-3 on exact positions 100% (MQAR 100%); lr 1e-3 on randomised positions (stride 2) 25%; lr 3e-4
+    with stride 2 (base_rand's settings) 9%; lr 1e-3 with stride 2 and the base's mix 4%. Seeds 0-2's bases
+    already read 98-100% at 128.
   - Why base_rand and the longer 64x stage for local/global (docs/results/extension_64x/probes/
     seed2_levers/): recipe v3 (no base_rand, 100 steps at 64x) left local/global seed 2 at 43 / 33 / 0%
     passkey at 128 / 1024 / 8192 (seeds 0 and 1: 100 / 95% at 8192). Its base reads the key in two hops,

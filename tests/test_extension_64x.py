@@ -37,11 +37,13 @@ def test_stages_scale_rope_relative_to_l0(variant):
       assert yarn.window == (32, 0)
   assert thetas == sorted(thetas) and thetas[0] < thetas[-1]  # ABF's theta grows with the factor
   chain = e64.chain(variant)
-  assert chain == ["base"] + (["base_rand"] if variant == "local" else []) + ["8x_rand", "8x", "16x", "32x", "64x"]
+  local = variant == "local"
+  assert chain == ["base"] + (["base_passkey", "base_rand"] if local else []) + ["8x_rand", "8x", "16x", "32x", "64x"]
   assert [e64.previous(s, variant) for s in chain] == [None] + chain[:-1]
   configs = [from_config_dict(e64.get_config(f"{s},{variant}")) for s in chain]
   assert [c.data.position_stride for c in configs] == [2 if s.endswith("_rand") else 1 for s in chain]
-  assert [(c.data.passkey_rate, c.data.mqar_rate) for c in configs] == [(0.2, 0.55)] * (len(chain) - 1) + [(0.5, 0.3)]
+  rates = [(0.5, 0.3) if s in ("base_passkey", "64x") else (0.2, 0.55) for s in chain]  # base_passkey: local's
+  assert [(c.data.passkey_rate, c.data.mqar_rate) for c in configs] == rates
   last = configs[-1]
   if variant == "local":  # 800 steps, the last 200 decaying to 0, episodes from 2 L0
     assert (last.num_steps, last.data.episode_min_len, last.data.passkey_whole_rate) == (800, 2 * e64.L0, 0.5)
@@ -51,8 +53,11 @@ def test_stages_scale_rope_relative_to_l0(variant):
     assert last.data.passkey_whole_rate == 0.0
   # log-n attention from 8 L0 in global's 64x stage only: the earlier stages are the chain every variant shares
   assert [c.model.logn_attention for c in configs] == [0] * (len(chain) - 1) + [8 * e64.L0 * (variant == "global")]
-  if variant == "local":  # base_rand: the base's rows and RoPE, on randomised positions at the fine-tune rate
-    base, jit = configs[:2]
+  if local:  # base_passkey: the base's length and RoPE, more passkey rows at a higher rate; base_rand: the
+    # base's rows and RoPE, on randomised positions at the fine-tune rate
+    base, more, jit = configs[:3]
+    assert more.model == base.model and dataclasses.replace(more.data, passkey_rate=0.2, mqar_rate=0.55) == base.data
+    assert (more.optim.learning_rate, more.optim.schedule, more.num_steps) == (1e-3, "constant", 1000)
     assert (jit.model, dataclasses.replace(jit.data, position_stride=1)) == (base.model, base.data)
     assert (jit.optim.learning_rate, jit.optim.schedule, jit.num_steps) == (3e-4, "constant", 1000)
   with pytest.raises(ValueError, match="extend_64x"):
@@ -109,8 +114,8 @@ def test_tiny_stages_dry_run_and_report(tmp_path):
     assert train_and_evaluate(c, str(wd))["step"] == 1
     return str(wd)
 
-  # local's chain continues its base on randomised positions before any RoPE change
-  train("base_rand", "local", train("base", "local", ""))
+  # local's chain continues its base, on more passkey rows then on randomised positions, before any RoPE change
+  train("base_rand", "local", train("base_passkey", "local", train("base", "local", "")))
   shutil.rmtree(root / "seed0" / "local")  # the report below is dsa's alone
   previous = ""
   for stage in e64.chain("dsa"):
