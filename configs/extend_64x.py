@@ -215,7 +215,7 @@ def get_config(arg: str = "base"):
   if stage == "base":
     return c
   factor = STAGES[stage]
-  if factor > 1:  # base_passkey and base_rand keep the base's length, RoPE and rows
+  if factor > 1:  # base_passkey and base_rand keep the base's length and RoPE
     c.model.max_len = c.data.seq_len = factor * l0
     if rule == "yarn":
       c.model.rope_scaling.update(kind="yarn", factor=float(factor), original_max_len=l0)
@@ -226,7 +226,8 @@ def get_config(arg: str = "base"):
   c.data.position_stride = POSITION_STRIDE.get(stage, 1)
   if stage in RETRIEVAL_RATES and not (tiny and factor == 1):  # tiny L0 = 32 is too short for a passkey row
     c.data.passkey_rate, c.data.mqar_rate = RETRIEVAL_RATES[stage]
-  c.optim.update(learning_rate=LR.get(stage, extend.FINETUNE_LR), schedule="constant", warmup_steps=1 if tiny else 10)
+  c.optim.update(learning_rate=LR.get(stage, extend.FINETUNE_LR), schedule="constant",
+                 warmup_steps=1 if tiny else 10)
   steps = STEPS[stage]
   if (variant, stage) == ("local", "64x"):
     steps = LOCAL_64X["steps"]
