@@ -51,7 +51,8 @@ local/global's chain (chain("local")) first continues its base for 1000 steps at
 prompts and 30% MQAR at lr 1e-3 constant (base_passkey), then 1000 steps at L0 on randomised positions
 (base_rand: the base's rows, position stride 2, lr 3e-4 constant, no RoPE change), and trains its 64x stage
 for 800 steps instead of 100, the last 200 decaying linearly to 0, on episodes from 2 L0 instead of 8 L0, with
-half its passkey rows one whole-row prompt (LOCAL_64X). The all-global model's 64x stage trains with log-n
+half its passkey rows one whole-row prompt (LOCAL_64X). DSA's 64x stage trains 200 steps, the last 50
+decaying linearly to 0, on episodes from 2 L0 (DSA_64X). The all-global model's 64x stage trains with log-n
 attention from 8 L0 (LOGN_64X: model.logn_attention, the logits at position p >= 1024 scaled by
 log(p + 1) / log 1024).
 
@@ -114,8 +115,16 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
     at 128-4096 (98% at 128, 1024 and 4096); what remained at 256 (90%) was the first digit, the 64x stage
     not training needles in short prompts (episodes from 8 L0); episodes from 2 L0 made it 98%. v5 on seed 2:
     99 / 98 / 100 / 99 / 97 / 96 / 86% at 128-8192 (seeds 0 and 1: 100% at every length). A base_rand of
-    2000 steps changed nothing beyond noise, nor did 400 more 64x steps (85% at 8192). The global and DSA
-    chains keep 100 steps at 64x.
+    2000 steps changed nothing beyond noise, nor did 400 more 64x steps (85% at 8192). The global chain
+    keeps 100 steps at 64x.
+  - Why DSA_64X (recipe v8; docs/results/extension_64x/probes/seed5_whole/, session 12): seed 5, a seed the
+    project had not trained, read DSA's 64x model at 100 / 37 / 99 / 99 / 98 / 98 / 95% at 128-8192 with
+    100 steps on episodes from 8 L0: every miss at 256 was the key's first digit, guessed 9 (its 32x model
+    read 95% at 256, its 8x model 100%), though the indexer's top-32 held that digit at every length (100%).
+    The stage forgets the short prompts it no longer trains. Each continued from seed 5's 32x model:
+    episodes from 2 L0, 100 steps at constant lr: 97 / 88 / 90 / 100 / 98 / 98 / 96%; with the last 25
+    decaying to 0: 95 / 100 / 99 / 100 / 97 / 97 / 94%; 200 steps, the last 50 decaying:
+    98 / 99 / 100 / 100 / 97 / 98 / 98% (MQAR 100% in all; perplexity at 8192 4.89 against 5.12).
   - Why LOCAL_64X's passkey_whole_rate (recipe v6; docs/results/extension_64x/probes/seed2_levers/, session
     10): v5's seed-2 misses at 8192 are digits 2-5 of needles 4096-8192 tokens from the question (depths 0
     and 1 of a whole-row prompt), which a pack of episodes from 2 L0 holds one row in 6. Trained from the
@@ -159,6 +168,9 @@ STEPS = {"base_passkey": 1000, "base_rand": 1000, "8x_rand": 800, "8x": 200, "16
 # and half the passkey rows one whole-row prompt (data.passkey_whole_rate), so that it trains needles at
 # 4096-8192 tokens from the question as often as the shorter distances together
 LOCAL_64X = {"steps": 800, "decay_fraction": 0.25, "episode_min": 2, "passkey_whole_rate": 0.5}
+# DSA's 64x stage (recipe v8): 200 steps, the last 50 decaying to 0, episodes from 2 L0, so that it still
+# trains needles in 256-token prompts (the lever variants dsa_rope, dsa_gd, ... keep recipe v7's stage)
+DSA_64X = {"steps": 200, "decay_fraction": 0.25, "episode_min": 2, "passkey_whole_rate": 0.0}
 # the variants whose 64x stage trains with log-n attention (model.logn_attention), from this many L0: a
 # global layer's logits at position p >= 8 L0 scaled by log(p + 1) / log(8 L0), 1.3 at 8192
 LOGN_64X = {"global": 8}
@@ -229,10 +241,11 @@ def get_config(arg: str = "base"):
   c.optim.update(learning_rate=LR.get(stage, extend.FINETUNE_LR), schedule="constant",
                  warmup_steps=1 if tiny else 10)
   steps = STEPS[stage]
-  if (variant, stage) == ("local", "64x"):
-    steps = LOCAL_64X["steps"]
-    c.data.update(episode_min_len=LOCAL_64X["episode_min"] * l0, passkey_whole_rate=LOCAL_64X["passkey_whole_rate"])
-    c.optim.update(schedule="wsd", decay_fraction=LOCAL_64X["decay_fraction"], min_lr_ratio=0.0)
+  own_64x = {"local": LOCAL_64X, "dsa": DSA_64X}.get(variant) if stage == "64x" else None
+  if own_64x:
+    steps = own_64x["steps"]
+    c.data.update(episode_min_len=own_64x["episode_min"] * l0, passkey_whole_rate=own_64x["passkey_whole_rate"])
+    c.optim.update(schedule="wsd", decay_fraction=own_64x["decay_fraction"], min_lr_ratio=0.0)
   if stage == "64x" and variant in LOGN_64X:
     c.model.logn_attention = LOGN_64X[variant] * l0
   steps = 2 if tiny else steps  # the tiny dry run keeps each stage's settings but not its length

@@ -45,10 +45,12 @@ def test_stages_scale_rope_relative_to_l0(variant):
   rates = [(0.5, 0.3) if s in ("base_passkey", "64x") else (0.2, 0.55) for s in chain]  # base_passkey: local's
   assert [(c.data.passkey_rate, c.data.mqar_rate) for c in configs] == rates
   last = configs[-1]
-  if variant == "local":  # 800 steps, the last 200 decaying to 0, episodes from 2 L0
-    assert (last.num_steps, last.data.episode_min_len, last.data.passkey_whole_rate) == (800, 2 * e64.L0, 0.5)
+  if variant in ("local", "dsa"):  # local: 800 steps, dsa: 200, the last quarter decaying to 0, episodes from 2 L0
+    whole = 0.5 if local else 0.0  # local's passkey rows: half of them one whole-row prompt
+    assert (last.num_steps, last.data.episode_min_len, last.data.passkey_whole_rate) == (
+        800 if local else 200, 2 * e64.L0, whole)
     assert (last.optim.schedule, last.optim.decay_fraction, last.optim.min_lr_ratio) == ("wsd", 0.25, 0.0)
-  else:
+  else:  # global and the lever variants (dsa_rope, ...): 100 steps at constant lr, episodes from 8 L0
     assert (last.num_steps, last.data.episode_min_len, last.optim.schedule) == (100, 8 * e64.L0, "constant")
     assert last.data.passkey_whole_rate == 0.0
   # log-n attention from 8 L0 in global's 64x stage only: the earlier stages are the chain every variant shares
