@@ -124,7 +124,8 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
     The stage forgets the short prompts it no longer trains. Each continued from seed 5's 32x model:
     episodes from 2 L0, 100 steps at constant lr: 97 / 88 / 90 / 100 / 98 / 98 / 96%; with the last 25
     decaying to 0: 95 / 100 / 99 / 100 / 97 / 97 / 94%; 200 steps, the last 50 decaying:
-    98 / 99 / 100 / 100 / 97 / 98 / 98% (MQAR 100% in all; perplexity at 8192 4.89 against 5.12).
+    98 / 99 / 100 / 100 / 97 / 98 / 98% (MQAR 100% in all; perplexity at 8192 4.89 against 5.12). Seeds
+    0-2 with it: passkey >= 97% at every length (v7: >= 96%), mean perplexity at 8192 4.93 (v7: 5.23).
   - Why LOCAL_64X's passkey_whole_rate (recipe v6; docs/results/extension_64x/probes/seed2_levers/, session
     10): v5's seed-2 misses at 8192 are digits 2-5 of needles 4096-8192 tokens from the question (depths 0
     and 1 of a whole-row prompt), which a pack of episodes from 2 L0 holds one row in 6. Trained from the
