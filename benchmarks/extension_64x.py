@@ -42,7 +42,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("root", "runs/ext64", "Where the runs live: ROOT/seedSEED/VARIANT/STAGE.")
 flags.DEFINE_list("seeds", ["0"], "Training seeds (config.seed).")
 flags.DEFINE_list("variants", ["global", "local", "dsa"],
-                  "global, local, dsa; the levers dsa_rope, dsa_plain, dsa_gd, local_lg and dsa_ld (configs/extend_64x.py).")
+                  "global, local, dsa; the levers dsa_rope, dsa_plain, dsa_gd, local_lg, dsa_ld and dsa_local "
+                  "(configs/extend_64x.py).")
 flags.DEFINE_list("rules", ["yarn"], "Extension rules: yarn and/or abf (configs/extend_64x.py).")
 flags.DEFINE_list("stages", ["train", "eval", "cost", "collect", "report"], "Stages to run, in order.")
 flags.DEFINE_list("lengths", None, "Evaluation lengths (default: L0 x 1, 2, 4, ..., 64).")

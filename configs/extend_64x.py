@@ -20,6 +20,10 @@ The argument is STAGE[,VARIANT][,RULE][,tiny]:
                       (seed 0 at 8x: the top-32 held it for 32%).
            dsa_gd     dsa_rope with the layers swapped ("GD"): the first layer dense, the second sparse (the
                       layer-0 copy of the key's digits 2-5 needs keys a top-32 misses).
+           dsa_local  dsa whose sparse layer also attends to each query's 16 most recent keys
+                      (model.dsa_local_keys 16, the top-32 then chosen among the keys farther back): the
+                      distance term the content-only indexer lacks, for its perplexity cost. Same 64x stage
+                      as dsa (DSA_64X).
            local_lg ("LG") and dsa_ld ("LD", window 32, top_k 32; on dsa_rope) put the local layer first and
            the long-range layer second: a 2-layer "GL" model must copy far content in its one global layer
            0 from token embeddings and smeared keys alone, and local/global seed 2's base never formed such a
@@ -159,7 +163,7 @@ REPORTED = ("base", "8x", "64x")  # the stages evaluated at every length; the ot
 # (stage, factor): the stage also read with this YaRN attention_factor (the cos/sin scale, so the logits
 # scale by its square) instead of the trained 0.1 ln(64) + 1 = 1.416 -- an evaluation, no training
 EVAL_TEMPERATURE = ("64x", 1.6)
-VARIANTS = ("global", "local", "dsa", "dsa_rope", "dsa_plain", "dsa_gd", "local_lg", "dsa_ld")
+VARIANTS = ("global", "local", "dsa", "dsa_rope", "dsa_plain", "dsa_gd", "local_lg", "dsa_ld", "dsa_local")
 # the levers' attention patterns (configs/extend.py sets the three answers' own: local "GL", dsa "DG")
 PATTERNS = {"dsa_gd": "GD", "local_lg": "LG", "dsa_ld": "LD"}
 RULES = ("yarn", "abf")
@@ -170,8 +174,9 @@ STEPS = {"base_passkey": 1000, "base_rand": 1000, "8x_rand": 800, "8x": 200, "16
 # 4096-8192 tokens from the question as often as the shorter distances together
 LOCAL_64X = {"steps": 800, "decay_fraction": 0.25, "episode_min": 2, "passkey_whole_rate": 0.5}
 # DSA's 64x stage (recipe v8): 200 steps, the last 50 decaying to 0, episodes from 2 L0, so that it still
-# trains needles in 256-token prompts (the lever variants dsa_rope, dsa_gd, ... keep recipe v7's stage)
+# trains needles in 256-token prompts (dsa_local too; the levers dsa_rope, dsa_gd, ... keep recipe v7's stage)
 DSA_64X = {"steps": 200, "decay_fraction": 0.25, "episode_min": 2, "passkey_whole_rate": 0.0}
+DSA_LOCAL_KEYS = 16  # dsa_local's model.dsa_local_keys
 # the variants whose 64x stage trains with log-n attention (model.logn_attention), from this many L0: a
 # global layer's logits at position p >= 8 L0 scaled by log(p + 1) / log(8 L0), 1.3 at 8192
 LOGN_64X = {"global": 8}
@@ -217,9 +222,11 @@ def get_config(arg: str = "base"):
   c = retrieval_base.get_config("tiny" if tiny else "")
   if variant != "global":
     extend.apply_variant(c, variant.split("_")[0])
-    c.model.dsa_smeared_keys = variant in ("dsa", "dsa_rope", "dsa_gd", "dsa_ld")
-    if variant == "dsa":  # the indexer scores by content alone: no RoPE dims, so no distance term
+    c.model.dsa_smeared_keys = variant in ("dsa", "dsa_rope", "dsa_gd", "dsa_ld", "dsa_local")
+    if variant in ("dsa", "dsa_local"):  # the indexer scores by content alone: no RoPE dims, so no distance term
       c.model.dsa_rope_dim = 0
+    if variant == "dsa_local":
+      c.model.dsa_local_keys = DSA_LOCAL_KEYS
     if variant in PATTERNS:
       c.model.attention_pattern = PATTERNS[variant]
     if tiny:
@@ -242,7 +249,7 @@ def get_config(arg: str = "base"):
   c.optim.update(learning_rate=LR.get(stage, extend.FINETUNE_LR), schedule="constant",
                  warmup_steps=1 if tiny else 10)
   steps = STEPS[stage]
-  own_64x = {"local": LOCAL_64X, "dsa": DSA_64X}.get(variant) if stage == "64x" else None
+  own_64x = {"local": LOCAL_64X, "dsa": DSA_64X, "dsa_local": DSA_64X}.get(variant) if stage == "64x" else None
   if own_64x:
     steps = own_64x["steps"]
     c.data.update(episode_min_len=own_64x["episode_min"] * l0, passkey_whole_rate=own_64x["passkey_whole_rate"])

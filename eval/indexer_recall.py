@@ -10,7 +10,8 @@ rows (the same MQAR rows and passkey prompts as the mqar and passkey tasks):
   - passkey_digits_2_5: the same for the key's digits 2-5, each at the position that predicts it (the answer
     teacher-forced), averaged over the four: with smeared keys the induction match (the previous digit)
     lands on the needed digit itself, so this is what a sparse layer that copies the key by content needs.
-The top-k is Attention.selection(): the model's own indexer, top_k, mask, impl and score precision.
+The top-k is Attention.selection(): the model's own indexer, top_k, local keys (always held), mask, impl and
+score precision.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def indexer_recall(model, tokenizer, lengths: list[int], *, mqar_samples: int = 
   if not layers:
     raise ValueError("the indexer_recall task needs a model with DSA layers (attention_pattern with 'D')")
   usable = mqar_eval.usable_lengths(lengths)
-  out = {"layers": layers, "top_k": model.cfg.dsa_top_k, "lengths": usable, "mqar_value": [], "mqar_key": [],
+  out = {"layers": layers, "top_k": model.cfg.dsa_top_k, "local_keys": model.cfg.dsa_local_keys, "lengths": usable,
+         "mqar_value": [], "mqar_key": [],
          "mqar_value_by_gap": [], "gap_edges": [], "passkey_digit": [], "passkey_digits_2_5": []}
   for n in usable:
     rows = max(1, batch_tokens // n)

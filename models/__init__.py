@@ -57,9 +57,10 @@ def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
   """Forward matmul FLOPs of attention per token at sequence length seq_len, summed over the layers.
 
   Counts QK^T and PV (4 * N * H per visible key): a causal global layer sees (L + 1) / 2 keys on average,
-  a bidirectional one L, a local layer its window, a DSA layer min(top_k, visible) keys plus the indexer
-  (2 * Hi * (Di + 1) per causal key: q.k for every indexer head and the weighted ReLU sum). Projections
-  are not included (they are the usual 2 * params). Training costs about 3x this (forward + backward).
+  a bidirectional one L, a local layer its window, a DSA layer min(dsa_local_keys + top_k, visible) keys plus
+  the indexer (2 * Hi * (Di + 1) per causal key: q.k for every indexer head and the weighted ReLU sum).
+  Projections are not included (they are the usual 2 * params). Training costs about 3x this (forward +
+  backward).
   """
   if not isinstance(seq_len, int) or seq_len < 1:
     raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
@@ -74,7 +75,7 @@ def attention_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
       total += per_key * _mean_visible(seq_len, cfg.window[0], 0 if cfg.causal else cfg.window[1])
     else:
       keys = dense if cfg.dsa_phase == "dense_warmup" else float(
-          np.mean(np.minimum(np.arange(1, seq_len + 1), cfg.dsa_top_k)))
+          np.mean(np.minimum(np.arange(1, seq_len + 1), cfg.dsa_top_k + cfg.dsa_local_keys)))
       total += per_key * keys + 2 * cfg.dsa_index_heads * (cfg.dsa_index_dim + 1) * dense
   return total
 

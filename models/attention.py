@@ -137,15 +137,16 @@ class Attention(nnx.Module):
     return q_idx, k_idx, w, k_raw
 
   def selection(self, x, positions, segment_ids=None):
-    """A DSA layer's top-k keys for every query, int32 [B, T, top_k]: what __call__ attends over in its
-    sparse phase (same indexer, top_k, mask, impl and score precision). For measuring the indexer's recall."""
+    """A DSA layer's selected keys for every query, int32 [B, T, dsa_local_keys + top_k]: what __call__ attends
+    over in its sparse phase (same indexer, top_k, local keys, mask, impl and score precision). For measuring
+    the indexer's recall."""
     cfg = self.cfg
     if self.layer_type is not AttentionType.DSA:
       raise ValueError(f"selection() needs a DSA layer, this one is {self.layer_type.name}")
     q_idx, k_idx, w, _ = self._indexer(x, positions, segment_ids)
     return dsa.topk_indices(q_idx, k_idx, w, top_k=min(cfg.dsa_top_k, x.shape[1]), mask=self.mask,
                             segment_ids=segment_ids, impl=_topk_impl(cfg.attention_impl),
-                            score_dtype=getattr(jnp, cfg.dsa_score_dtype))
+                            score_dtype=getattr(jnp, cfg.dsa_score_dtype), local_keys=cfg.dsa_local_keys)
 
   def __call__(self, x, positions, segment_ids=None, *, with_aux: bool = False):
     """x [B, T, D], positions [B, T] -> ([B, T, D], aux dict of scalar losses: the indexer KL of a DSA layer)."""
@@ -156,7 +157,7 @@ class Attention(nnx.Module):
       out, kl = dsa.dsa_self_attention(q, k, v, q_idx, k_idx, w, top_k=cfg.dsa_top_k, mask=self.mask,
                                        segment_ids=segment_ids, sparse=cfg.dsa_phase == "sparse", with_kl=with_aux,
                                        impl=cfg.attention_impl, topk_impl=_topk_impl(cfg.attention_impl),
-                                       score_dtype=getattr(jnp, cfg.dsa_score_dtype))
+                                       score_dtype=getattr(jnp, cfg.dsa_score_dtype), local_keys=cfg.dsa_local_keys)
       aux = {"indexer_kl": kl} if with_aux else {}
     else:
       out = ring.context_parallel_attend(q, k, v, mask=self.mask, segment_ids=segment_ids, impl=cfg.attention_impl)
@@ -206,7 +207,8 @@ class Attention(nnx.Module):
       if cfg.dsa_phase == "sparse":  # each query's top-k over every key before it, as in the full sequence
         indices = dsa.topk_indices(q_idx, cache["k_idx"], w, top_k=min(cfg.dsa_top_k, cache["k"].shape[1]),
                                    mask=self.mask, q_offset=start, impl=_topk_impl(impl),
-                                   score_dtype=getattr(jnp, cfg.dsa_score_dtype))  # [B, C, top_k]
+                                   score_dtype=getattr(jnp, cfg.dsa_score_dtype),
+                                   local_keys=cfg.dsa_local_keys)  # [B, C, W + top_k]
         return self.o(dsa.sparse_attend(q, cache["k"], cache["v"], indices, impl=impl)), cache
     # Slots past the chunk hold zeros or stale rows: the causal mask at q_offset=start hides them, and the
     # blockwise impls skip their blocks.

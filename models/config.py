@@ -78,6 +78,7 @@ class ModelConfig:
   dsa_rope_dim: int = 16  # partial RoPE on the first dims of the indexer q/k
   dsa_top_k: int = 2048
   dsa_smeared_keys: bool = False  # smear the indexer's keys as smeared_keys does the attention's
+  dsa_local_keys: int = 0  # W > 0: each query also attends to its W most recent keys (topk_indices' local_keys)
   dsa_phase: str = "sparse"  # "dense_warmup" | "sparse"
   dsa_score_dtype: str = "bfloat16"  # precision of the indexer's q.k products: "bfloat16" | "float32"
   max_len: int = 2048
@@ -132,6 +133,8 @@ class ModelConfig:
     if not 0 <= self.dsa_rope_dim <= self.dsa_index_dim or self.dsa_rope_dim % 2:
       raise ValueError(f"dsa_rope_dim must be even and in [0, dsa_index_dim={self.dsa_index_dim}], got "
                        f"{self.dsa_rope_dim!r}")
+    if isinstance(self.dsa_local_keys, bool) or not isinstance(self.dsa_local_keys, int) or self.dsa_local_keys < 0:
+      raise ValueError(f"dsa_local_keys must be an int >= 0, got {self.dsa_local_keys!r}")
     if self.dsa_phase not in ("dense_warmup", "sparse"):
       raise ValueError(f"dsa_phase must be 'dense_warmup' or 'sparse', got {self.dsa_phase!r}")
     if self.dsa_score_dtype not in _DTYPES:

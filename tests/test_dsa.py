@@ -131,6 +131,58 @@ def test_topk_segments_and_batched_offset():
     np.testing.assert_array_equal(got[bi:bi + 1], want)
 
 
+def _np_with_local(score, visible, top_k, w, q_offset=0):
+  """Brute force of local_keys=w: the w most recent visible keys (nearest first, -1 where hidden), then the
+  top_k by score among the visible keys farther back than the window."""
+  b, t, s = score.shape
+  qp = np.arange(t)[:, None] + q_offset
+  kp = np.arange(s)[None, :]
+  visible = np.broadcast_to(visible, score.shape)
+  local = -np.ones((b, t, w), np.int32)
+  for bi in range(b):
+    for ti in range(t):
+      for j in range(w):
+        key = int(qp[ti, 0]) - j
+        if 0 <= key < s and visible[bi, ti, key]:
+          local[bi, ti, j] = key
+  return np.concatenate([local, _np_topk(score, visible & (kp <= qp - w), top_k)], axis=-1)
+
+
+@pytest.mark.parametrize("impl", ["reference", "xla"])
+@pytest.mark.parametrize("mask,q_offset,top_k,w,segmented", [
+    (Mask(causal=True), 0, 4, 3, False),
+    (Mask(causal=True), 5, 3, 6, True),
+    (Mask(causal=True, window=(7, 0)), 2, 3, 4, False),  # the window hides far keys and part of the local run
+    (Mask(causal=True), 0, 30, 2, False),  # top_k past the visible keys: -1 after them
+])
+def test_topk_local_keys_match_brute_force(impl, mask, q_offset, top_k, w, segmented):
+  """local_keys: the window first, then exactly the top_k among the keys behind it (ties as topk_indices)."""
+  b, t, s = 2, 13, 19
+  q_idx, k_idx, w_idx = _indexer_inputs(40, b, t, s, 2, 4, integer=True)
+  seg = kv_seg = None
+  if segmented:
+    kv_seg = jnp.array([[0] * 10 + [1] * 9, [0] * 3 + [1] * 16], jnp.int32)
+    seg = kv_seg[:, q_offset:q_offset + t]
+  got = topk_indices(q_idx, k_idx, w_idx, top_k=top_k, mask=mask, q_offset=q_offset, impl=impl,
+                     score_dtype=jnp.float32, chunk_size=4, local_keys=w, segment_ids=seg, kv_segment_ids=kv_seg)
+  assert got.dtype == jnp.int32 and got.shape == (b, t, w + top_k)
+  score = _np_scores(q_idx, k_idx, w_idx)
+  for bi in range(b):
+    vis = _np_visible(mask, t, s, q_offset, None if seg is None else seg[bi:bi + 1],
+                      None if seg is None else kv_seg[bi:bi + 1])
+    np.testing.assert_array_equal(got[bi:bi + 1], _np_with_local(score[bi:bi + 1], vis, top_k, w, q_offset))
+
+
+def test_local_keys_sparse_attention_equals_dense_when_everything_is_selected():
+  """A window as long as the sequence selects every causal key: sparse attention is causal attention."""
+  b, t, n, kh, h = 1, 9, 2, 1, 8
+  q, k, v, _ = random_qkv(41, b, t, t, n, kh, h)
+  q_idx, k_idx, w = _indexer_inputs(42, b, t, t, 2, 4)
+  idx = topk_indices(q_idx, k_idx, w, top_k=2, local_keys=t)
+  np.testing.assert_allclose(sparse_attend(q, k, v, idx), attend(q, k, v, mask=Mask(causal=True)),
+                             rtol=1e-5, atol=1e-5)
+
+
 def test_topk_bf16_is_deterministic_and_sorted():
   q_idx, k_idx, w = _indexer_inputs(4, 1, 33, 33, 4, 16)
   a = topk_indices(q_idx, k_idx, w, top_k=8, chunk_size=5)
@@ -311,15 +363,16 @@ def test_indexer_rope_is_partial_and_relative():
   assert not np.allclose(qr[..., :rd], q_idx[..., :rd])
 
 
-def test_decode_token_by_token_matches_full_sequence():
+@pytest.mark.parametrize("local_keys", [0, 3])
+def test_decode_token_by_token_matches_full_sequence(local_keys):
   b, t, n, kh, h, hi, di, top_k = 2, 12, 4, 2, 8, 2, 8, 5
   q, k, v, _ = random_qkv(19, b, t, t, n, kh, h, h)
   q_idx, k_idx, w = _indexer_inputs(20, b, t, t, hi, di)
-  idx_full = topk_indices(q_idx, k_idx, w, top_k=top_k)
+  idx_full = topk_indices(q_idx, k_idx, w, top_k=top_k, local_keys=local_keys)
   out_full = sparse_attend(q, k, v, idx_full)
   cap = 16  # cache capacity > T: unwritten slots must never be selected
   caches = [jnp.zeros((b, cap) + x.shape[2:], x.dtype) for x in (k, v, k_idx)]
-  step = jax.jit(lambda *a, pos: decode_step(*a, pos=pos, top_k=top_k))
+  step = jax.jit(lambda *a, pos: decode_step(*a, pos=pos, top_k=top_k, local_keys=local_keys))
   for i in range(t):
     caches = [write_cache(c, x[:, i:i + 1], i) for c, x in zip(caches, (k, v, k_idx))]
     out, idx = step(q[:, i:i + 1], caches[0], caches[1], q_idx[:, i:i + 1], caches[2], w[:, i:i + 1],
@@ -342,6 +395,9 @@ def test_decode_token_by_token_matches_full_sequence():
     (lambda a: topk_indices(a["qi"], a["ki"], a["w"][..., :1], top_k=2), "w must have shape"),
     (lambda a: topk_indices(a["qi"], a["ki"], a["w"], top_k=2, impl="bogus"), "impl='bogus'"),
     (lambda a: topk_indices(a["qi"], a["ki"], a["w"], top_k=2, score_dtype=jnp.int8), "score_dtype"),
+    (lambda a: topk_indices(a["qi"], a["ki"], a["w"], top_k=2, local_keys=-1), "local_keys must be an int >= 0"),
+    (lambda a: topk_indices(a["qi"], a["ki"], a["w"], top_k=2, mask=Mask(), local_keys=2),
+     "local_keys=2 needs a causal mask"),
 ])
 def test_validation_errors(call, match):
   q, k, v, _ = random_qkv(21, 1, 4, 4, 4, 2, 8, 8)

@@ -17,15 +17,18 @@ def _inputs(seed, b=2, length=32, n=4, kh=1, h=8, hi=2, di=8):
   return [jax.random.normal(k, s, jnp.float32) for k, s in zip(ks, shapes)]
 
 
-@pytest.mark.parametrize("sparse,mask", [(True, Mask(causal=True)), (False, Mask(causal=True, window=(9, 0)))])
-def test_context_4_equals_one_device_forward_and_grads(sparse, mask):
+@pytest.mark.parametrize("sparse,mask,local_keys", [(True, Mask(causal=True), 0),
+                                                    (False, Mask(causal=True, window=(9, 0)), 0),
+                                                    (True, Mask(causal=True), 3)])  # the window crosses shards
+def test_context_4_equals_one_device_forward_and_grads(sparse, mask, local_keys):
   """Mesh (data=2, context=4): out, indexer KL and the gradients of all six inputs match one device."""
   args = _inputs(0)
   seg = jnp.asarray(np.repeat([[0] * 13 + [1] * 19], 2, 0), jnp.int32)  # a document boundary inside a shard
 
   def loss(*xs):
     out, kl = dsa_self_attention(*xs, top_k=5, mask=mask, segment_ids=seg, sparse=sparse, with_kl=True,
-                                 impl="xla", topk_impl="xla", score_dtype=jnp.float32)
+                                 impl="xla", topk_impl="xla", score_dtype=jnp.float32,
+                                 local_keys=local_keys)
     return jnp.sum(out * jnp.cos(out)) + kl, (out, kl)
 
   fn = jax.jit(jax.grad(loss, argnums=tuple(range(6)), has_aux=True))

@@ -28,11 +28,12 @@ def test_stages_scale_rope_relative_to_l0(variant):
           ("yarn", factor, e64.L0)
       assert abf.model.rope_scaling.kind == "none"
     pattern = "".join(t.value for t in yarn.attention_pattern)
-    own = {"global": "GG", "local": "GL", "dsa": "DG", "dsa_rope": "DG", "dsa_plain": "DG"}
+    own = {"global": "GG", "local": "GL", "dsa": "DG", "dsa_rope": "DG", "dsa_plain": "DG", "dsa_local": "DG"}
     assert pattern == own.get(variant, e64.PATTERNS.get(variant))
     if variant.startswith("dsa"):  # top_k fixed below L0: 1/256 of the keys at 64x
       assert yarn.dsa_top_k == 32 and yarn.dsa_smeared_keys == (variant != "dsa_plain")
-      assert yarn.dsa_rope_dim == (0 if variant == "dsa" else 8)  # dsa: an indexer without RoPE
+      assert yarn.dsa_rope_dim == (0 if variant in ("dsa", "dsa_local") else 8)  # an indexer without RoPE
+      assert yarn.dsa_local_keys == (16 if variant == "dsa_local" else 0)  # dsa_local: + the 16 nearest keys
     if "L" in pattern:  # the local layer's window stays below L0
       assert yarn.window == (32, 0)
   assert thetas == sorted(thetas) and thetas[0] < thetas[-1]  # ABF's theta grows with the factor
@@ -45,7 +46,8 @@ def test_stages_scale_rope_relative_to_l0(variant):
   rates = [(0.5, 0.3) if s in ("base_passkey", "64x") else (0.2, 0.55) for s in chain]  # base_passkey: local's
   assert [(c.data.passkey_rate, c.data.mqar_rate) for c in configs] == rates
   last = configs[-1]
-  if variant in ("local", "dsa"):  # local: 800 steps, dsa: 200, the last quarter decaying to 0, episodes from 2 L0
+  if variant in ("local", "dsa", "dsa_local"):  # local: 800 steps, dsa: 200, the last quarter decaying to 0,
+    # episodes from 2 L0
     whole = 0.5 if local else 0.0  # local's passkey rows: half of them one whole-row prompt
     assert (last.num_steps, last.data.episode_min_len, last.data.passkey_whole_rate) == (
         800 if local else 200, 2 * e64.L0, whole)

@@ -26,6 +26,11 @@ def test_dsa_with_all_keys_equals_dense_and_top_k_matters():
   sparse = _forward(build_model(_cfg(dsa_top_k=4), rngs=nnx.Rngs(0)), tokens)
   np.testing.assert_allclose(sparse[:, :4], dense[:, :4], rtol=1e-5, atol=1e-5)  # <= 4 visible keys
   assert float(jnp.abs(sparse[:, 8:] - dense[:, 8:]).max()) > 1e-4
+  # local keys: a window of 20 and a top-4 see all 24 keys; a window of 3 changes the answer of top-4 alone
+  windowed = _forward(build_model(_cfg(dsa_top_k=4, dsa_local_keys=20), rngs=nnx.Rngs(0)), tokens)
+  np.testing.assert_allclose(windowed, dense, rtol=1e-5, atol=1e-5)
+  local3 = _forward(build_model(_cfg(dsa_top_k=4, dsa_local_keys=3), rngs=nnx.Rngs(0)), tokens)
+  assert float(jnp.abs(local3[:, 8:] - sparse[:, 8:]).max()) > 1e-4
 
 
 def _is_indexer(path):
@@ -52,9 +57,9 @@ def test_indexer_kl_trains_only_the_indexer_and_lm_loss_only_the_model(phase, sm
     assert (norm > 0) == _is_indexer(path), (phase, path, norm)  # KL: the indexer only
 
 
-@pytest.mark.parametrize("smeared", [False, True])
-def test_dsa_packing_isolation(smeared):
-  model = build_model(_cfg(dsa_smeared_keys=smeared), rngs=nnx.Rngs(2))
+@pytest.mark.parametrize("smeared,local_keys", [(False, 0), (True, 0), (False, 4)])
+def test_dsa_packing_isolation(smeared, local_keys):
+  model = build_model(_cfg(dsa_smeared_keys=smeared, dsa_local_keys=local_keys), rngs=nnx.Rngs(2))
   seg = jnp.array([[1] * 14 + [2] * 18])
   a = _tokens(3, (1, 32))
   b = a.at[:, :14].set(_tokens(4, (1, 14)))
@@ -63,9 +68,9 @@ def test_dsa_packing_isolation(smeared):
   np.testing.assert_allclose(la[:, 14:], _forward(model, a[:, 14:]), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("phase", ["sparse", "dense_warmup"])
-def test_dsa_kv_cache_decode_matches_full_forward(phase):
-  model = build_model(_cfg(dsa_phase=phase, attention_pattern="DD"), rngs=nnx.Rngs(3))
+@pytest.mark.parametrize("phase,local_keys", [("sparse", 0), ("dense_warmup", 0), ("sparse", 3)])
+def test_dsa_kv_cache_decode_matches_full_forward(phase, local_keys):
+  model = build_model(_cfg(dsa_phase=phase, attention_pattern="DD", dsa_local_keys=local_keys), rngs=nnx.Rngs(3))
   tokens = _tokens(5, (2, 20))
   lens = jnp.array([5, 11], jnp.int32)
   full = _forward(model, tokens)
@@ -87,6 +92,11 @@ def test_dsa_generate_and_flops():
   sparse = np.mean(np.minimum(np.arange(1, t + 1), cfg.dsa_top_k))
   indexer = 2 * cfg.dsa_index_heads * (cfg.dsa_index_dim + 1) * dense
   assert models.attention_flops_per_token(cfg, t) == pytest.approx(per_key * dense + per_key * sparse + indexer)
+  local = np.mean(np.minimum(np.arange(1, t + 1), cfg.dsa_top_k + 5))
+  assert models.attention_flops_per_token(cfg.replace(dsa_local_keys=5), t) == pytest.approx(
+      per_key * dense + per_key * local + indexer)
+  with pytest.raises(ValueError, match="dsa_local_keys must be an int >= 0, got -1"):
+    cfg.replace(dsa_local_keys=-1)
 
 
 def test_indexer_selection_ignores_yarn_temperature():

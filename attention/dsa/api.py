@@ -26,7 +26,7 @@ from attention.dsa.sparse_pallas_gpu import sparse_pallas_gpu
 from attention.dsa.sparse_pallas_tpu import sparse_pallas_tpu
 from attention.dsa.sparse_reference import sparse_reference
 from attention.dsa.sparse_xla import sparse_xla
-from attention.dsa.topk import topk_reference, topk_xla
+from attention.dsa.topk import topk_reference, topk_xla, with_local_keys
 from attention.dsa.topk_pallas import topk_pallas_gpu, topk_pallas_tpu
 from attention.kernel_utils import default_scale
 from attention.mask import Mask
@@ -65,7 +65,7 @@ TOPK_REGISTRY: dict[str, Impl[TopkFn]] = {
 
 def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True), segment_ids=None,
                  kv_segment_ids=None, q_offset=0, impl: str = "auto", interpret: bool | None = None,
-                 score_dtype=jnp.bfloat16, chunk_size: int | None = None):
+                 score_dtype=jnp.bfloat16, chunk_size: int | None = None, local_keys: int = 0):
   """Lightning-indexer top-k: the keys each query will attend to.
 
   score[t, s] = sum_j w[t, j] * relu(q_idx[t, j] . k_idx[s]), over the keys the mask lets query t see.
@@ -82,8 +82,13 @@ def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True),
     score_dtype: precision of the q.k products: jnp.bfloat16 (default), jnp.float32, or
       jnp.float8_e4m3fn (per-row scales; for backends with FP8 matmuls).
     chunk_size: queries per chunk (default: a fixed per-backend working set, see attention.dsa.rows).
+    local_keys: W >= 0 (causal masks only). W > 0 always selects each query's W most recent visible keys
+      (a sliding window, which a content-only indexer cannot prefer) and the indexer's top_k among the
+      keys farther back.
   Returns:
     int32 [B, T, top_k], best first, ties towards the lower index, -1 past the number of visible keys.
+    With local_keys W: [B, T, W + top_k], the window's keys first (nearest first, -1 where the mask hides
+    one), then the top_k as above.
   """
   for name, x in (("q_idx", q_idx), ("k_idx", k_idx), ("w", w)):
     check_rank(name, x, {"q_idx": 4, "k_idx": 3, "w": 3}[name])
@@ -98,6 +103,10 @@ def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True),
     raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
   if not isinstance(mask, Mask):
     raise ValueError(f"mask must be an attention.Mask, got {mask!r}")
+  if isinstance(local_keys, bool) or not isinstance(local_keys, (int, np.integer)) or local_keys < 0:
+    raise ValueError(f"local_keys must be an int >= 0, got {local_keys!r}")
+  if local_keys and not mask.causal:
+    raise ValueError(f"local_keys={local_keys} needs a causal mask (the most recent keys), got {mask!r}")
   if score_dtype not in SCORE_DTYPES:
     names = [jnp.dtype(d).name for d in SCORE_DTYPES]
     raise ValueError(f"score_dtype must be one of {names}, got {score_dtype!r}")
@@ -113,9 +122,14 @@ def topk_indices(q_idx, k_idx, w, *, top_k: int, mask: Mask = Mask(causal=True),
   # Indices are integers: no gradient flows through the selection, and stopping it here keeps autodiff
   # out of the Pallas selection kernels (a pallas_call has no JVP rule for its program ids).
   q_idx, k_idx, w = (jax.lax.stop_gradient(x) for x in (q_idx, k_idx, w))
-  return TOPK_REGISTRY[name].fn(q_idx, k_idx, w, top_k=int(top_k), mask=mask, segment_ids=segment_ids,
-                                kv_segment_ids=kv_segment_ids, q_offset=q_offset, score_dtype=score_dtype,
-                                chunk_size=chunk_size, interpret=interpret)
+  local_keys = int(local_keys)
+  far = TOPK_REGISTRY[name].fn(q_idx, k_idx, w, top_k=int(top_k) + local_keys, mask=mask, segment_ids=segment_ids,
+                               kv_segment_ids=kv_segment_ids, q_offset=q_offset, score_dtype=score_dtype,
+                               chunk_size=chunk_size, interpret=interpret)
+  if not local_keys:
+    return far
+  return with_local_keys(far, int(top_k), local_keys, mask=mask, kv_len=k_idx.shape[1], q_offset=q_offset,
+                         segment_ids=segment_ids, kv_segment_ids=kv_segment_ids)
 
 
 def sparse_attend(q, k, v, indices, *, scale=None, impl: str = "auto", interpret: bool | None = None):

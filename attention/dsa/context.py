@@ -34,12 +34,13 @@ from attention.dsa.losses import indexer_kl_terms
 
 
 def _local(q, k, v, q_idx, k_idx, w, seg, kv_seg, q_offset, *, top_k, mask, sparse, with_kl, impl, topk_impl,
-           score_dtype):
+           score_dtype, local_keys):
   """DSA of local queries [B, T, ...] against all keys [B, S, ...]: (out, KL sum, KL count)."""
   indices = None
   if sparse:
     indices = topk_indices(q_idx, k_idx, w, top_k=min(top_k, k.shape[1]), mask=mask, segment_ids=seg,
-                           kv_segment_ids=kv_seg, q_offset=q_offset, impl=topk_impl, score_dtype=score_dtype)
+                           kv_segment_ids=kv_seg, q_offset=q_offset, impl=topk_impl, score_dtype=score_dtype,
+                           local_keys=local_keys)
     out = sparse_attend(q, k, v, indices, impl=impl)
   else:
     out = attend(q, k, v, mask=mask, segment_ids=seg, kv_segment_ids=kv_seg, q_offset=q_offset, impl=impl)
@@ -64,7 +65,7 @@ def _batch_axes(mesh, batch: int, axis_name: str) -> tuple[str, ...]:
 
 def dsa_self_attention(q, k, v, q_idx, k_idx, w, *, top_k: int, mask, segment_ids=None, sparse: bool = True,
                        with_kl: bool = False, impl: str = "auto", topk_impl: str = "auto", score_dtype=jnp.bfloat16,
-                       axis_name: str = "context"):
+                       local_keys: int = 0, axis_name: str = "context"):
   """DSA self-attention of a sequence and its indexer loss; context-parallel under a mesh with `axis_name`.
 
   Args:
@@ -74,12 +75,13 @@ def dsa_self_attention(q, k, v, q_idx, k_idx, w, *, top_k: int, mask, segment_id
     sparse: attend over the top-k keys (V3.2's sparse stage); False: dense attention (the warm-up).
     with_kl: also return the indexer KL loss (over the selected keys when sparse).
     impl: sparse_attend / attend impl; topk_impl: topk_indices impl; score_dtype: the indexer's precision.
+    local_keys: each query also attends to its this many most recent keys (topk_indices' local_keys).
     axis_name: the mesh axis that shards L (when the current mesh has it with size > 1).
   Returns:
     (out [B, L, N, Hv], KL float32 scalar, 0 unless with_kl).
   """
   kw = dict(top_k=top_k, mask=mask, sparse=sparse, with_kl=with_kl, impl=impl, topk_impl=topk_impl,
-            score_dtype=score_dtype)
+            score_dtype=score_dtype, local_keys=local_keys)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or axis_name not in mesh.axis_names or mesh.shape[axis_name] == 1:
     out, total, count = _local(q, k, v, q_idx, k_idx, w, segment_ids, segment_ids, 0, **kw)

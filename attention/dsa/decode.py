@@ -22,18 +22,18 @@ def write_cache(cache, new, pos):
 
 
 def decode_step(q, k_cache, v_cache, q_idx, k_idx_cache, w, *, pos, top_k: int, mask: Mask = Mask(causal=True),
-                scale=None, impl: str = "auto", topk_impl: str = "auto", score_dtype=jnp.bfloat16):
+                scale=None, impl: str = "auto", topk_impl: str = "auto", score_dtype=jnp.bfloat16, local_keys: int = 0):
   """DSA for one new token whose k/v/k_idx are already in the caches at `pos`.
 
   Args:
     q: [B, 1, N, H]; k_cache: [B, S, K, H]; v_cache: [B, S, K, Hv] (S = cache capacity).
     q_idx: [B, 1, Hi, Di]; k_idx_cache: [B, S, Di]; w: [B, 1, Hi].
     pos: position of the new token (int or int32 [B]); slots after it are never selected.
-    top_k, mask, score_dtype: as in topk_indices; scale, impl: as in sparse_attend.
+    top_k, mask, score_dtype, local_keys: as in topk_indices; scale, impl: as in sparse_attend.
     topk_impl: impl of topk_indices.
   Returns:
-    (out [B, 1, N, Hv], indices int32 [B, 1, top_k]).
+    (out [B, 1, N, Hv], indices int32 [B, 1, local_keys + top_k]).
   """
   indices = topk_indices(q_idx, k_idx_cache, w, top_k=top_k, mask=mask, q_offset=pos, impl=topk_impl,
-                         score_dtype=score_dtype)
+                         score_dtype=score_dtype, local_keys=local_keys)
   return sparse_attend(q, k_cache, v_cache, indices, scale=scale, impl=impl), indices

@@ -12,6 +12,9 @@ comes before the new block in the concatenation, and lax.top_k prefers the earli
 
 Output contract: int32 [B, T, top_k] ordered by score (descending), ties towards the lower key index
 (lax.top_k's documented order), slots past the number of visible keys hold -1.
+
+with_local_keys puts a sliding window in front of any selector's output: each query's W most recent visible
+keys, then the indexer's best top_k among the keys farther back (topk_indices' local_keys).
 """
 
 from __future__ import annotations
@@ -43,6 +46,30 @@ def select(score, visible, top_k: int):
   if kk < top_k:
     idx = jnp.pad(idx, ((0, 0), (0, 0), (0, top_k - kk)), constant_values=-1)
   return idx.astype(jnp.int32)
+
+
+def with_local_keys(far, top_k: int, local_keys: int, *, mask, kv_len: int, q_offset, segment_ids=None,
+                    kv_segment_ids=None):
+  """A selection with each query's `local_keys` (W) most recent keys in front of the indexer's choice.
+
+  far: int32 [B, T, top_k + W], a selector's output (best first, -1 past the visible keys); mask causal.
+  Returns int32 [B, T, W + top_k]: slots 0..W-1 the keys at q, q-1, ..., q-W+1 that the mask lets the query see
+  (-1 where it sees none), then far's best top_k keys outside that window, in far's order, -1 past them. As
+  at most W of far's keys fall in the window, those are exactly the top_k best among the keys farther back.
+  """
+  b, t, _ = far.shape
+  q_pos = jnp.reshape(jnp.asarray(q_offset, jnp.int32), (-1, 1)) + jnp.arange(t, dtype=jnp.int32)  # [B|1, T]
+  local = q_pos[:, :, None] - jnp.arange(local_keys, dtype=jnp.int32)  # [B|1, T, W], nearest first
+  q_seg = k_seg = None
+  if segment_ids is not None:
+    safe = jnp.broadcast_to(jnp.clip(local, 0, kv_len - 1), (b, t, local_keys))
+    q_seg, k_seg = segment_ids[:, :, None], jnp.take_along_axis(kv_segment_ids[:, None, :], safe, axis=2)
+  visible = (local >= 0) & element_mask(mask, q_pos[:, :, None], local, kv_len, q_seg, k_seg)
+  local = jnp.where(visible, local, -1)  # [B, T, W] (or [1, T, W] without segments or per-row offsets)
+  keep = (far >= 0) & (far <= q_pos[:, :, None] - local_keys)  # far keys outside the window
+  order = jnp.argsort(~keep, axis=-1, stable=True)[..., :top_k]  # the kept slots first, far's order kept
+  far = jnp.where(jnp.take_along_axis(keep, order, -1), jnp.take_along_axis(far, order, -1), -1)
+  return jnp.concatenate([jnp.broadcast_to(local, (b, t, local_keys)), far], axis=-1).astype(jnp.int32)
 
 
 def topk_reference(q_idx, k_idx, w, *, top_k, mask, segment_ids, kv_segment_ids, q_offset, score_dtype,
