@@ -158,7 +158,8 @@ L0 = retrieval_base.L0
 # rows and base_rand continues that on randomised positions (BASE_STAGES' variants only), 8x_rand is the 8x
 # fine-tune on randomised positions, 8x its end
 STAGES = {"base": 1, "base_passkey": 1, "base_rand": 1, "8x_rand": 8, "8x": 8, "16x": 16, "32x": 32, "64x": 64}
-BASE_STAGES = {"local": ("base_passkey", "base_rand")}  # the L0 continuations of the base that a variant runs
+BASE_STAGES = {v: ("base_passkey", "base_rand") for v in ("local", "dsa", "dsa_local")}  # the L0 continuations of
+# the base that a variant runs (dsa since recipe v9)
 REPORTED = ("base", "8x", "64x")  # the stages evaluated at every length; the others are steps on the way
 # (stage, factor): the stage also read with this YaRN attention_factor (the cos/sin scale, so the logits
 # scale by its square) instead of the trained 0.1 ln(64) + 1 = 1.416 -- an evaluation, no training

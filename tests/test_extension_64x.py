@@ -39,7 +39,9 @@ def test_stages_scale_rope_relative_to_l0(variant):
   assert thetas == sorted(thetas) and thetas[0] < thetas[-1]  # ABF's theta grows with the factor
   chain = e64.chain(variant)
   local = variant == "local"
-  assert chain == ["base"] + (["base_passkey", "base_rand"] if local else []) + ["8x_rand", "8x", "16x", "32x", "64x"]
+  base_stages = variant in ("local", "dsa", "dsa_local")  # dsa since recipe v9
+  assert chain == ["base"] + (["base_passkey", "base_rand"] if base_stages else []) + [
+      "8x_rand", "8x", "16x", "32x", "64x"]
   assert [e64.previous(s, variant) for s in chain] == [None] + chain[:-1]
   configs = [from_config_dict(e64.get_config(f"{s},{variant}")) for s in chain]
   assert [c.data.position_stride for c in configs] == [2 if s.endswith("_rand") else 1 for s in chain]
@@ -57,8 +59,8 @@ def test_stages_scale_rope_relative_to_l0(variant):
     assert last.data.passkey_whole_rate == 0.0
   # log-n attention from 8 L0 in global's 64x stage only: the earlier stages are the chain every variant shares
   assert [c.model.logn_attention for c in configs] == [0] * (len(chain) - 1) + [8 * e64.L0 * (variant == "global")]
-  if local:  # base_passkey: the base's length and RoPE, more passkey rows at a higher rate; base_rand: the
-    # base's rows and RoPE, on randomised positions at the fine-tune rate
+  if base_stages:  # base_passkey: the base's length and RoPE, more passkey rows at a higher rate; base_rand:
+    # the base's rows and RoPE, on randomised positions at the fine-tune rate
     base, more, jit = configs[:3]
     assert more.model == base.model and dataclasses.replace(more.data, passkey_rate=0.2, mqar_rate=0.55) == base.data
     assert (more.optim.learning_rate, more.optim.schedule, more.num_steps) == (1e-3, "constant", 1000)
