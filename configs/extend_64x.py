@@ -51,9 +51,10 @@ python train.py --config=configs/extend_64x.py:64x --workdir=runs/ext64/seed0/gl
 benchmarks/extension_64x.py runs these for every seed and variant, evaluates each stage at L0 x 1..64 and
 writes docs/extension_64x.json.
 
-local/global's chain (chain("local")) first continues its base for 1000 steps at L0 with half the rows passkey
-prompts and 30% MQAR at lr 1e-3 constant (base_passkey), then 1000 steps at L0 on randomised positions
-(base_rand: the base's rows, position stride 2, lr 3e-4 constant, no RoPE change), and trains its 64x stage
+local/global's and (since recipe v9) DSA's chains (chain("local"), chain("dsa")) first continue the base for
+1000 steps at L0 with half the rows passkey prompts and 30% MQAR at lr 1e-3 constant (base_passkey), then 1000
+steps at L0 on randomised positions (base_rand: the base's rows, position stride 2, lr 3e-4 constant, no RoPE
+change). local/global trains its 64x stage
 for 800 steps instead of 100, the last 200 decaying linearly to 0, on episodes from 2 L0 instead of 8 L0, with
 half its passkey rows one whole-row prompt (LOCAL_64X). DSA's 64x stage trains 200 steps, the last 50
 decaying linearly to 0, on episodes from 2 L0 (DSA_64X). The all-global model's 64x stage trains with log-n
@@ -130,6 +131,16 @@ Why, from seed 0 (benchmarks/extension_64x_levers.py, docs/extension.md):
     decaying to 0: 95 / 100 / 99 / 100 / 97 / 97 / 94%; 200 steps, the last 50 decaying:
     98 / 99 / 100 / 100 / 97 / 98 / 98% (MQAR 100% in all; perplexity at 8192 4.89 against 5.12). Seeds
     0-2 with it: passkey >= 97% at every length (v7: >= 96%), mean perplexity at 8192 4.93 (v7: 5.23).
+  - Why DSA runs base_passkey and base_rand too (recipe v9; docs/results/extension_64x/probes/seed7_unseen/,
+    session 13): seed 7, a seed the project had not trained, run on a fresh clone with recipe v8, read global
+    and local/global at 100% passkey and MQAR at every length, but DSA at 3-12% passkey at every length
+    (MQAR 100%). Its base read 100% at 128 while its indexer's top-32 held the key's first digit for only
+    53% of those prompts (digits 2-5: 100%): the first digit came through the global layer 1, by a route
+    that 8x_rand's RoPE change and randomised positions broke (18% at 128 after it, the first digit a fixed
+    guess; the 64x stage never rebuilt it). Each continued from seed 7's DSA base through the 8x step,
+    passkey at 128 / 256 / 1024: 8x_rand and 8x with passkey 0.5 / MQAR 0.3 of the rows 13 / 5 / 2%;
+    local/global's base_passkey and base_rand first 100 / 100 / 98% (the indexer's top-32 then holds the
+    first digit for 0-12%: layer 1 finds it by content).
   - Why LOCAL_64X's passkey_whole_rate (recipe v6; docs/results/extension_64x/probes/seed2_levers/, session
     10): v5's seed-2 misses at 8192 are digits 2-5 of needles 4096-8192 tokens from the question (depths 0
     and 1 of a whole-row prompt), which a pack of episodes from 2 L0 holds one row in 6. Trained from the

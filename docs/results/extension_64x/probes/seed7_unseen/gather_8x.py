@@ -10,7 +10,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(sys.argv[1])
 RUNS = {  # name -> eval directory under ROOT
-  "base (recipe v8)": "seed7/dsa/base/eval/4000",
+  "base (recipe v8), read": "seed7/dsa/base/eval/4000/probe",
   "8x_rand (recipe v8), read": "seed7/dsa/8x_rand_yarn/eval/800/probe",
   "8x (recipe v8)": "seed7/dsa/8x_yarn/eval/200",
   "64x (recipe v8)": "seed7/dsa/64x_yarn/eval/200",

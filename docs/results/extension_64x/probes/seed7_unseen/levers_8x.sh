@@ -6,12 +6,13 @@
 # at 128 and 0-9% from 512 on (digits 2-5: 100%). Each lever continues seed 7's DSA base through the 8x
 # step with configs/extend_64x.py's stages and overrides, then reads passkey (20 prompts per depth) and the
 # indexer's recall at 128 / 256 / 1024. Run from the repository root, then gather_8x.py.
+#   readbase     seed 7's own DSA base, read
 #   read8x_rand  seed 7's own 8x_rand model, read (where the digit was lost)
 #   pk8x         8x_rand and 8x with passkey 0.5 / MQAR 0.3 of the rows (the 64x stage's mix)
 #   base2        local/global's L0 stages first (base_passkey, then base_rand), then 8x_rand and 8x
 set -euo pipefail
 
-root=${1}; lever=${2:?usage: levers_8x.sh ROOT read8x_rand|pk8x|base2}
+root=${1}; lever=${2:?usage: levers_8x.sh ROOT readbase|read8x_rand|pk8x|base2}
 from=$root/seed7/dsa
 out=$root/probe8x/$lever
 read() {  # the lever's last model at 128 / 256 / 1024
@@ -25,6 +26,7 @@ stage() {  # stage, init_from, workdir, overrides...
 }
 mkdir -p $out
 case $lever in
+  readbase) read $from/base ;;
   read8x_rand) read $from/8x_rand_yarn ;;
   pk8x)
     mix=(--config.data.passkey_rate=0.5 --config.data.mqar_rate=0.3)
