@@ -171,8 +171,8 @@ L0 = retrieval_base.L0
 # rows and base_rand continues that on randomised positions (BASE_STAGES' variants only), 8x_rand is the 8x
 # fine-tune on randomised positions, 8x its end
 STAGES = {"base": 1, "base_passkey": 1, "base_rand": 1, "8x_rand": 8, "8x": 8, "16x": 16, "32x": 32, "64x": 64}
-BASE_STAGES = {v: ("base_passkey", "base_rand") for v in ("local", "dsa", "dsa_local")}  # the L0 continuations of
-# the base that a variant runs (dsa since recipe v9)
+BASE_STAGES = {v: ("base_passkey", "base_rand") for v in ("local", "dsa")}  # the L0 continuations of the base
+# that a variant runs (dsa since recipe v9)
 REPORTED = ("base", "8x", "64x")  # the stages evaluated at every length; the others are steps on the way
 # (stage, factor): the stage also read with this YaRN attention_factor (the cos/sin scale, so the logits
 # scale by its square) instead of the trained 0.1 ln(64) + 1 = 1.416 -- an evaluation, no training
@@ -180,6 +180,8 @@ EVAL_TEMPERATURE = ("64x", 1.6)
 VARIANTS = ("global", "local", "dsa", "dsa_rope", "dsa_plain", "dsa_gd", "local_lg", "dsa_ld", "dsa_local")
 # the levers' attention patterns (configs/extend.py sets the three answers' own: local "GL", dsa "DG")
 PATTERNS = {"dsa_gd": "GD", "local_lg": "LG", "dsa_ld": "LD"}
+# levers that are another variant with one change (below), and follow that variant's recipe in everything else
+LIKE = {"dsa_local": "dsa"}
 RULES = ("yarn", "abf")
 STEPS = {"base_passkey": 1000, "base_rand": 1000, "8x_rand": 800, "8x": 200, "16x": 50, "32x": 50, "64x": 100}
 # local/global's 64x stage: more steps, a linear decay to 0 over the last 200 (optim.schedule "wsd"),
@@ -188,9 +190,9 @@ STEPS = {"base_passkey": 1000, "base_rand": 1000, "8x_rand": 800, "8x": 200, "16
 # 4096-8192 tokens from the question as often as the shorter distances together
 LOCAL_64X = {"steps": 800, "decay_fraction": 0.25, "episode_min": 2, "passkey_whole_rate": 0.5}
 # DSA's 64x stage (recipe v8): 200 steps, the last 50 decaying to 0, episodes from 2 L0, so that it still
-# trains needles in 256-token prompts (dsa_local too; the levers dsa_rope, dsa_gd, ... keep recipe v7's stage)
+# trains needles in 256-token prompts (the levers dsa_rope, dsa_gd, ... keep recipe v7's stage)
 DSA_64X = {"steps": 200, "decay_fraction": 0.25, "episode_min": 2, "passkey_whole_rate": 0.0}
-DSA_LOCAL_KEYS = 16  # dsa_local's model.dsa_local_keys
+DSA_LOCAL_KEYS = 16  # dsa_local's model.dsa_local_keys, its one change from dsa
 # the variants whose 64x stage trains with log-n attention (model.logn_attention), from this many L0: a
 # global layer's logits at position p >= 8 L0 scaled by log(p + 1) / log(8 L0), 1.3 at 8192
 LOGN_64X = {"global": 8}
@@ -212,7 +214,7 @@ def abf_theta(theta: float, factor: int, head_dim: int) -> float:
 def chain(variant: str) -> list[str]:
   """The stages `variant` trains, in order (base_passkey and base_rand only where BASE_STAGES lists them)."""
   extra = {s for stages in BASE_STAGES.values() for s in stages}
-  return [s for s in STAGES if s not in extra or s in BASE_STAGES.get(variant, ())]
+  return [s for s in STAGES if s not in extra or s in BASE_STAGES.get(LIKE.get(variant, variant), ())]
 
 
 def previous(stage: str, variant: str = "global") -> str | None:
@@ -227,6 +229,7 @@ def get_config(arg: str = "base"):
   parts = parts[:-1] if tiny else parts
   stage, rest = (parts[0], parts[1:]) if parts else ("base", [])
   variant = next((p for p in rest if p in VARIANTS), "global")
+  like = LIKE.get(variant, variant)
   rule = next((p for p in rest if p in RULES), "yarn")
   if stage == "tiny" and not rest:  # the plain `tiny` smoke run of tests/test_configs.py: the base stage
     stage, tiny = "base", True
@@ -236,8 +239,8 @@ def get_config(arg: str = "base"):
   c = retrieval_base.get_config("tiny" if tiny else "")
   if variant != "global":
     extend.apply_variant(c, variant.split("_")[0])
-    c.model.dsa_smeared_keys = variant in ("dsa", "dsa_rope", "dsa_gd", "dsa_ld", "dsa_local")
-    if variant in ("dsa", "dsa_local"):  # the indexer scores by content alone: no RoPE dims, so no distance term
+    c.model.dsa_smeared_keys = like in ("dsa", "dsa_rope", "dsa_gd", "dsa_ld")
+    if like == "dsa":  # the indexer scores by content alone: no RoPE dims, so no distance term
       c.model.dsa_rope_dim = 0
     if variant == "dsa_local":
       c.model.dsa_local_keys = DSA_LOCAL_KEYS
@@ -263,7 +266,7 @@ def get_config(arg: str = "base"):
   c.optim.update(learning_rate=LR.get(stage, extend.FINETUNE_LR), schedule="constant",
                  warmup_steps=1 if tiny else 10)
   steps = STEPS[stage]
-  own_64x = {"local": LOCAL_64X, "dsa": DSA_64X, "dsa_local": DSA_64X}.get(variant) if stage == "64x" else None
+  own_64x = {"local": LOCAL_64X, "dsa": DSA_64X}.get(like) if stage == "64x" else None
   if own_64x:
     steps = own_64x["steps"]
     c.data.update(episode_min_len=own_64x["episode_min"] * l0, passkey_whole_rate=own_64x["passkey_whole_rate"])

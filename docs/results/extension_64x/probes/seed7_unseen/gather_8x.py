@@ -30,11 +30,10 @@ def read(d: str) -> dict:
       out["missed_digits"][str(n)] = dict(sorted(wrong.items()))
       guesses = collections.Counter(e["predicted"][0] for e in ex if e["predicted"][0] != e["key"][0])
       out["first_digit_guesses"][str(n)] = dict(guesses.most_common(3))
-  for task, key in (("mqar", "accuracy"),):
-    f = os.path.join(d, f"{task}.json")
-    if os.path.isfile(f):
-      r = json.load(open(f))
-      out[task] = {str(n): round(a, 3) for n, a in zip(r["lengths"], r[key])}
+  f = os.path.join(d, "mqar.json")
+  if os.path.isfile(f):
+    r = json.load(open(f))
+    out["mqar"] = {str(n): round(a, 3) for n, a in zip(r["lengths"], r["accuracy"])}
   f = os.path.join(d, "indexer_recall.json")
   if os.path.isfile(f):
     r = json.load(open(f))
